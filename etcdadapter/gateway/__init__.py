@@ -1,0 +1,1 @@
+"""The HTTP face: etcd's JSON gateway routes plus /version, /health and /metrics."""

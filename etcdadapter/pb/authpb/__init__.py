@@ -1,0 +1,1 @@
+"""Generated from proto/authpb by proto/generate.py; do not edit."""

@@ -1,0 +1,1 @@
+"""Generated from proto/etcdserverpb by proto/generate.py; do not edit."""

@@ -1,0 +1,1 @@
+"""Generated from proto/mvccpb by proto/generate.py; do not edit."""

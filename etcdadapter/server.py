@@ -1,0 +1,120 @@
+"""Assemble one adapter: store + services + both faces on the listening endpoints.
+
+This is what ``twistd etcd-adapter`` runs (via :mod:`etcdadapter.tap`) and what a host
+program embeds.  It is a twisted.application service: start it, stop it (stopping drains
+connections: GOAWAY, in-flight calls finish, then the store closes).
+"""
+
+import socket
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from etcdadapter.gateway import endpoints as http_endpoints
+from etcdadapter.gateway.router import HttpRouter
+from etcdadapter.services.cluster import ClusterService
+from etcdadapter.services.identity import ServerIdentity
+from etcdadapter.services.kv import KVLimits, KVService
+from etcdadapter.services.maintenance import MaintenanceService
+from etcdadapter.services.rpc import MethodRegistry
+from etcdadapter.transport.h2_server import H2Settings
+from etcdadapter.transport.protocol import EtcdFactory
+
+log = Logger()
+
+GRPC_RECEIVE_SLACK = 512 * 1024   # etcd: gRPC max receive = max-request-bytes + 512 KiB
+
+
+class AdapterConfig(object):
+    def __init__(self, listen=("tcp:2379:interface=127.0.0.1",), store="memory://",
+                 name="default", advertise_client_urls=(), max_request_bytes=1572864,
+                 max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0):
+        self.listen = list(listen)
+        self.store = store
+        self.name = name
+        self.advertise_client_urls = list(advertise_client_urls)
+        self.max_request_bytes = max_request_bytes
+        self.max_txn_ops = max_txn_ops
+        self.max_concurrent_streams = max_concurrent_streams
+        self.drain_timeout = drain_timeout
+
+
+class AdapterService(service.Service):
+    def __init__(self, config, store=None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = config
+        if store is None:
+            from etcdadapter.store.urls import open_store
+            store = open_store(config.store)
+        self.store = store
+        self.identity = ServerIdentity(name=config.name,
+                                       client_urls=config.advertise_client_urls)
+        self.registry = MethodRegistry()
+        self.router = HttpRouter()
+        self.kv = KVService(store, self.identity,
+                            KVLimits(config.max_request_bytes, config.max_txn_ops))
+        self.maintenance = MaintenanceService(store, self.identity)
+        self.cluster = ClusterService(self.identity)
+        for svc in (self.kv, self.maintenance, self.cluster):
+            for method in svc.methods():
+                self.registry.add(method)
+        http_endpoints.install(self.router, self.health)
+        self.factory = EtcdFactory(
+            self.registry, self.router, clock=reactor,
+            h2_settings=H2Settings(
+                max_concurrent_streams=config.max_concurrent_streams,
+                max_receive_message_size=config.max_request_bytes + GRPC_RECEIVE_SLACK))
+        self.ports = []
+
+    def health(self):
+        """(healthy, reason) -- the store answers a status request."""
+        return self.store.status().addCallback(lambda _: (True, ""))
+
+    @defer.inlineCallbacks
+    def _start(self):
+        yield self.store.start()
+        for description in self.config.listen:
+            ep = endpoints.serverFromString(self.reactor, description)
+            port = yield ep.listen(self.factory)
+            self.ports.append(port)
+            host = port.getHost()
+            log.info("etcd-adapter listening on {desc} ({host}:{port})",
+                     desc=description, host=getattr(host, "host", "?"),
+                     port=getattr(host, "port", "?"))
+        if not self.identity.client_urls:
+            self.identity.client_urls = [self._url(p) for p in self.ports]
+        log.info("etcd-adapter ready: store {store}, revision {rev}, member {member:x}",
+                 store=self.config.store, rev=self.store.revision,
+                 member=self.identity.member_id)
+
+    def _url(self, port):
+        host = port.getHost()
+        addr = getattr(host, "host", "localhost")
+        if addr in ("0.0.0.0", "::", ""):
+            addr = socket.getfqdn()
+        if ":" in addr:
+            addr = "[%s]" % addr
+        return "http://%s:%d" % (addr, host.port)
+
+    def startService(self):
+        service.Service.startService(self)
+        self.started = self._start()
+        self.started.addErrback(self._start_failed)
+        return self.started
+
+    def _start_failed(self, failure):
+        log.failure("etcd-adapter failed to start", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        ports, self.ports = self.ports, []
+        yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
+        yield self.factory.shutdown(self.config.drain_timeout)
+        yield self.store.stop()
+        log.info("etcd-adapter stopped")

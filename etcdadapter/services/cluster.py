@@ -1,0 +1,23 @@
+"""etcdserverpb.Cluster: MemberList answers with this one member and its real client URLs
+(never a schemeless `://host:port`, which broke api7/etcd-adapter's users)."""
+
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.services.rpc import Method, UNARY
+
+
+class ClusterService(object):
+    def __init__(self, identity):
+        self.identity = identity
+
+    def MemberList(self, request, context):
+        ident = self.identity
+        response = rpc.MemberListResponse()
+        ident.fill(response.header)          # etcd leaves the revision out here
+        response.members.add(ID=ident.member_id, name=ident.name,
+                             peerURLs=ident.peer_urls, clientURLs=ident.client_urls)
+        return response
+
+    def methods(self):
+        return [Method("/etcdserverpb.Cluster/MemberList", rpc.MemberListRequest,
+                       rpc.MemberListResponse, UNARY, self.MemberList,
+                       ("/v3/cluster/member/list",))]

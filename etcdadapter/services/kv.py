@@ -1,0 +1,192 @@
+"""etcdserverpb.KV: validate like etcd's v3rpc/key.go, then delegate to the store.
+
+All revision logic is in the store's MVCC layer; here are only the request checks etcd
+makes before a request reaches raft (empty keys, txn sizes, overlapping writes, request
+size), and the constant header fields.
+"""
+
+from etcdadapter import errors
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.services.rpc import Method, UNARY
+
+# Bytes etcd's InternalRaftRequest wrapper adds around a request (header with the
+# request ID, the oneof tag and length); the limit applies to the wrapped size.
+_RAFT_OVERHEAD = 20
+
+_VALID_SORT_ORDERS = frozenset(rpc.RangeRequest.SortOrder.values())
+_VALID_SORT_TARGETS = frozenset(rpc.RangeRequest.SortTarget.values())
+ErrInvalidSortOption = errors.EtcdError(errors.StatusCode.INVALID_ARGUMENT,
+                                        "etcdserver: invalid sort option")
+
+
+class KVLimits(object):
+    def __init__(self, max_request_bytes=1572864, max_txn_ops=128):
+        self.max_request_bytes = max_request_bytes
+        self.max_txn_ops = max_txn_ops
+
+
+# -- request checks (etcd: server/etcdserver/api/v3rpc/key.go) -------------------------
+
+def check_range(r):
+    if not r.key:
+        raise errors.ErrKeyNotProvided
+    if r.sort_order not in _VALID_SORT_ORDERS or r.sort_target not in _VALID_SORT_TARGETS:
+        raise ErrInvalidSortOption
+
+
+def check_put(r):
+    if not r.key:
+        raise errors.ErrKeyNotProvided
+    if r.ignore_value and r.value:
+        raise errors.ErrValueProvided
+    if r.ignore_lease and r.lease:
+        raise errors.ErrLeaseProvided
+
+
+def check_delete(r):
+    if not r.key:
+        raise errors.ErrKeyNotProvided
+
+
+def check_txn(r, max_txn_ops):
+    opc = max(len(r.compare), len(r.success), len(r.failure))
+    if opc > max_txn_ops:
+        raise errors.ErrTooManyOps
+    for c in r.compare:
+        if not c.key:
+            raise errors.ErrKeyNotProvided
+    for ops in (r.success, r.failure):
+        for op in ops:
+            _check_op(op, max_txn_ops - opc)
+
+
+def _check_op(op, max_txn_ops):
+    which = op.WhichOneof("request")
+    if which == "request_range":
+        check_range(op.request_range)
+    elif which == "request_put":
+        check_put(op.request_put)
+    elif which == "request_delete_range":
+        check_delete(op.request_delete_range)
+    elif which == "request_txn":
+        check_txn(op.request_txn, max_txn_ops)
+    else:
+        raise errors.ErrKeyNotFound
+
+
+def _intersects(intervals, key):
+    # A delete interval [begin, end): end b"" means "point" was already expanded below;
+    # etcd compares range ends as plain strings, so range_end b"\0" matches no put.
+    for begin, end in intervals:
+        if begin <= key and (end is None or key < end):
+            return True
+    return False
+
+
+def check_intervals(ops):
+    """etcd's checkIntervals: a txn branch may not put one key twice, nor put a key that
+    a delete of the same branch covers (nested txns included; a nested txn's success and
+    failure may put the same key).  Returns (puts, dels)."""
+    dels = []
+    for op in ops:
+        if op.WhichOneof("request") == "request_delete_range":
+            d = op.request_delete_range
+            dels.append((d.key, d.range_end) if d.range_end else (d.key, d.key + b"\0"))
+    puts = set()
+    for op in ops:
+        if op.WhichOneof("request") != "request_txn":
+            continue
+        puts_then, dels_then = check_intervals(op.request_txn.success)
+        puts_else, dels_else = check_intervals(op.request_txn.failure)
+        for k in puts_then:
+            if k in puts or _intersects(dels, k):
+                raise errors.ErrDuplicateKey
+            puts.add(k)
+        for k in puts_else:
+            if (k in puts and k not in puts_then) or _intersects(dels, k):
+                raise errors.ErrDuplicateKey
+            puts.add(k)
+        dels.extend(dels_then)
+        dels.extend(dels_else)
+    for op in ops:
+        if op.WhichOneof("request") != "request_put":
+            continue
+        k = op.request_put.key
+        if k in puts or _intersects(dels, k):
+            raise errors.ErrDuplicateKey
+        puts.add(k)
+    return puts, dels
+
+
+def _txn_writes(r):
+    for ops in (r.success, r.failure):
+        for op in ops:
+            which = op.WhichOneof("request")
+            if which in ("request_put", "request_delete_range"):
+                return True
+            if which == "request_txn" and _txn_writes(op.request_txn):
+                return True
+    return False
+
+
+class KVService(object):
+    def __init__(self, store, identity, limits=None):
+        self.store = store
+        self.identity = identity
+        self.limits = limits or KVLimits()
+
+    def _check_size(self, request):
+        if request.ByteSize() + _RAFT_OVERHEAD > self.limits.max_request_bytes:
+            raise errors.ErrRequestTooLarge
+
+    def _header(self, response):
+        h = response.header
+        ident = self.identity
+        h.cluster_id = ident.cluster_id
+        h.member_id = ident.member_id
+        h.raft_term = ident.raft_term
+        return response
+
+    def Range(self, request, context):
+        check_range(request)
+        return self.store.range(request).addCallback(self._header)
+
+    def Put(self, request, context):
+        check_put(request)
+        self._check_size(request)
+        return self.store.put(request).addCallback(self._header)
+
+    def DeleteRange(self, request, context):
+        check_delete(request)
+        self._check_size(request)
+        return self.store.delete_range(request).addCallback(self._header)
+
+    def Txn(self, request, context):
+        check_txn(request, self.limits.max_txn_ops)
+        check_intervals(request.success)
+        check_intervals(request.failure)
+        if _txn_writes(request):
+            self._check_size(request)
+        return self.store.txn(request).addCallback(self._header)
+
+    def Compact(self, request, context):
+        def done(revision):
+            response = rpc.CompactionResponse()
+            self.identity.fill(response.header, revision)
+            return response
+        return self.store.compact(request.revision, request.physical).addCallback(done)
+
+    def methods(self):
+        p = "/etcdserverpb.KV/"
+        return [
+            Method(p + "Range", rpc.RangeRequest, rpc.RangeResponse, UNARY, self.Range,
+                   ("/v3/kv/range",)),
+            Method(p + "Put", rpc.PutRequest, rpc.PutResponse, UNARY, self.Put,
+                   ("/v3/kv/put",)),
+            Method(p + "DeleteRange", rpc.DeleteRangeRequest, rpc.DeleteRangeResponse, UNARY,
+                   self.DeleteRange, ("/v3/kv/deleterange",)),
+            Method(p + "Txn", rpc.TxnRequest, rpc.TxnResponse, UNARY, self.Txn,
+                   ("/v3/kv/txn",)),
+            Method(p + "Compact", rpc.CompactionRequest, rpc.CompactionResponse, UNARY,
+                   self.Compact, ("/v3/kv/compaction",)),
+        ]

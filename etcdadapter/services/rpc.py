@@ -1,0 +1,106 @@
+"""What a service method is, independent of the transport that carries it.
+
+Both faces -- gRPC over HTTP/2 and the HTTP/JSON gateway -- look methods up in one
+:class:`MethodRegistry` and call the same handlers, so behaviour cannot drift between them.
+
+* A unary handler is ``handler(request, context)`` returning the response message or a
+  Deferred firing with it, or raising/failing with :class:`~etcdadapter.errors.EtcdError`.
+* A streaming handler (Watch, LeaseKeepAlive) is ``handler(stream)`` where ``stream`` is a
+  :class:`ServerStream`: it sets the three callbacks and calls ``send``/``finish``.
+"""
+
+UNARY = "unary"
+SERVER_STREAM = "server_stream"
+BIDI_STREAM = "bidi_stream"
+
+
+class Method(object):
+    __slots__ = ("path", "request_type", "response_type", "kind", "handler",
+                 "http_paths")
+
+    def __init__(self, path, request_type, response_type, kind, handler, http_paths=()):
+        self.path = path                    # "/etcdserverpb.KV/Range"
+        self.request_type = request_type
+        self.response_type = response_type
+        self.kind = kind
+        self.handler = handler
+        self.http_paths = tuple(http_paths)  # gateway routes, e.g. ("/v3/kv/range",)
+
+    @property
+    def streaming(self):
+        return self.kind != UNARY
+
+    def __repr__(self):
+        return "<Method %s %s>" % (self.path, self.kind)
+
+
+class MethodRegistry(object):
+    def __init__(self):
+        self._by_path = {}
+        self._by_http_path = {}
+
+    def add(self, method):
+        self._by_path[method.path] = method
+        for p in method.http_paths:
+            self._by_http_path[p] = method
+
+    def lookup(self, path):
+        return self._by_path.get(path)
+
+    def lookup_http(self, http_path):
+        return self._by_http_path.get(http_path)
+
+    def __iter__(self):
+        return iter(self._by_path.values())
+
+
+class CallContext(object):
+    """Per-call facts a handler may need: metadata (auth token), the peer, the transport.
+
+    ``metadata`` maps lower-case names to str values (gRPC metadata; for the gateway the
+    HTTP headers as grpc-gateway forwards them).  ``peer_identity`` is filled by the TLS
+    layer with the verified client certificate's identity.
+    """
+
+    __slots__ = ("metadata", "peer", "transport", "peer_identity", "deadline")
+
+    def __init__(self, metadata=None, peer=None, transport="grpc", peer_identity=None,
+                 deadline=None):
+        self.metadata = metadata if metadata is not None else {}
+        self.peer = peer
+        self.transport = transport
+        self.peer_identity = peer_identity
+        self.deadline = deadline
+
+
+class ServerStream(object):
+    """The handler's side of a streaming call.  Transports subclass this.
+
+    The handler assigns:
+      ``on_message(request)``  -- each request message, in order
+      ``on_half_close()``      -- the client will send no more (the stream stays open)
+      ``on_cancel()``          -- the client went away or the server is shutting down;
+                                  release everything, do not send
+    and calls ``send(response)`` (any number of times) and ``finish(error=None)``.
+    """
+
+    def __init__(self, context):
+        self.context = context
+        self.on_message = _ignore
+        self.on_half_close = _ignore0
+        self.on_cancel = _ignore0
+        self.closed = False
+
+    def send(self, response):
+        raise NotImplementedError
+
+    def finish(self, error=None):
+        raise NotImplementedError
+
+
+def _ignore(_msg):
+    pass
+
+
+def _ignore0():
+    pass

@@ -1,0 +1,99 @@
+"""The store contract every backend implements (memory now; SQLite/MySQL/TiDB/PostgreSQL later).
+
+Layering, borrowed from etcd (v3rpc -> mvcc -> backend) and kine (one generic store, small
+per-backend pieces):
+
+* ``etcdadapter.services`` validate requests syntactically (empty keys, txn op counts,
+  duplicate keys) and fill the constant header fields (cluster_id, member_id, raft_term).
+* A :class:`Store` runs each request atomically and answers with the protobuf response whose
+  ``header.revision`` it has set.  Everything about revisions -- compares, create/mod
+  revision, version, tombstones, history reads, compaction -- lives in
+  :mod:`etcdadapter.store.mvcc`, which is pure code over a small backend view, so the SQL
+  stores run the very same logic inside a database transaction.
+* The change feed hands every committed write, in revision order, to the watch hub.
+
+All request methods return Deferreds and never block the reactor.  Errors are
+:class:`etcdadapter.errors.EtcdError` failures (ErrCompacted, ErrFutureRev, ErrKeyNotFound,
+ErrLeaseNotFound, ...).
+"""
+
+from collections import namedtuple
+
+# One version of one key.  Field names match mvccpb.KeyValue so conversion is mechanical.
+# A tombstone (the key was deleted at mod_revision) has version == 0 and create_revision == 0.
+KV = namedtuple("KV", "key create_revision mod_revision version value lease")
+
+PUT = 0
+DELETE = 1
+
+# A change of one key made by one write request.  ``kv`` for a DELETE carries only key and
+# mod_revision (the deletion revision), exactly as etcd's events do.  ``prev_kv`` is the
+# key's KV before the write, or None when the key did not exist.
+Event = namedtuple("Event", "type kv prev_kv")
+
+# Every event of one write request; all share ``revision``, in execution order.
+Change = namedtuple("Change", "revision events")
+
+StoreStatus = namedtuple("StoreStatus",
+                         "revision compact_revision db_size db_size_in_use")
+
+
+class Store(object):
+    """Abstract store.  Subclasses implement every method below."""
+
+    #: The latest committed revision this process knows of (synchronous; for headers of
+    #: responses that do not touch the store, e.g. Watch created).
+    revision = 0
+
+    #: The revision compacted to; -1 when nothing has been compacted.
+    compact_revision = -1
+
+    def start(self):
+        """Open the store (connect, create/migrate the schema).  Returns a Deferred."""
+        raise NotImplementedError
+
+    def stop(self):
+        """Close the store.  Returns a Deferred."""
+        raise NotImplementedError
+
+    # -- KV ---------------------------------------------------------------------------
+    def range(self, request):
+        """RangeRequest -> Deferred[RangeResponse]."""
+        raise NotImplementedError
+
+    def put(self, request):
+        """PutRequest -> Deferred[PutResponse].  Always one new revision."""
+        raise NotImplementedError
+
+    def delete_range(self, request):
+        """DeleteRangeRequest -> Deferred[DeleteRangeResponse].  A new revision only if a
+        key was deleted."""
+        raise NotImplementedError
+
+    def txn(self, request):
+        """TxnRequest -> Deferred[TxnResponse].  Atomic; one new revision if the executed
+        branch wrote anything."""
+        raise NotImplementedError
+
+    def compact(self, revision, physical=False):
+        """Compact history below ``revision``.  Deferred[int]: the current revision."""
+        raise NotImplementedError
+
+    def status(self):
+        """Deferred[StoreStatus]."""
+        raise NotImplementedError
+
+    # -- change feed --------------------------------------------------------------------
+    def subscribe(self, callback):
+        """Call ``callback(change)`` with every committed :class:`Change`, in strictly
+        increasing revision order, on the reactor thread.  Returns a callable that
+        unsubscribes."""
+        raise NotImplementedError
+
+    def history(self, start_revision, key, range_end, limit_revisions=1000):
+        """Deferred[list of Change]: the changes with revision >= start_revision touching
+        [key, range_end) (etcd range rules), oldest first, covering at most
+        ``limit_revisions`` distinct revisions, each Change holding only the matching
+        events (with prev_kv filled where the previous version is still retained).
+        Fails with ErrCompacted if start_revision < compact_revision."""
+        raise NotImplementedError

@@ -1,0 +1,104 @@
+"""``twistd etcd-adapter``: command-line options and the service they make.
+
+Every option can also come from the environment as ``ETCD_ADAPTER_<NAME>`` (upper case,
+dashes as underscores; ``ETCD_ADAPTER_LISTEN`` takes a comma-separated list).  The command
+line wins over the environment.
+"""
+
+import os
+
+from twisted.python import usage
+
+from etcdadapter.server import AdapterConfig, AdapterService
+
+ENV_PREFIX = "ETCD_ADAPTER_"
+DEFAULT_LISTEN = "tcp:2379:interface=127.0.0.1"
+
+
+def _positive_int(value):
+    n = int(value)
+    if n <= 0:
+        raise ValueError("must be a positive integer")
+    return n
+
+
+_positive_int.coerceDoc = "Must be a positive integer."
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Serve etcd's v3 API (gRPC and the HTTP/JSON gateway, one port) from the "
+                "chosen store.  Each option may also be set with the environment "
+                "variable ETCD_ADAPTER_<OPTION> (e.g. ETCD_ADAPTER_STORE).")
+
+    optParameters = [
+        ["store", None, "memory://",
+         "Where the data lives: memory:// (default; memory://?initial_revision=N pins "
+         "the first revision)."],
+        ["name", None, "default", "Member name shown by `etcdctl member list`."],
+        ["advertise-client-urls", None, "",
+         "Comma-separated client URLs reported by MemberList (default: the listening "
+         "addresses as http://host:port)."],
+        ["max-request-bytes", None, 1572864,
+         "Largest write request accepted, in bytes (etcd's default 1.5 MiB); gRPC "
+         "messages may be 512 KiB larger.", _positive_int],
+        ["max-txn-ops", None, 128, "Most operations in one txn branch.", _positive_int],
+        ["max-concurrent-streams", None, 2 ** 32 - 1,
+         "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection.", _positive_int],
+        ["drain-timeout", None, 10.0,
+         "Seconds to let in-flight requests finish on shutdown.", float],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["listen"] = []
+        self._from_environment(os.environ)
+
+    def opt_listen(self, description):
+        """Twisted endpoint to listen on, e.g. tcp:2379:interface=0.0.0.0 (repeatable;
+        default tcp:2379:interface=127.0.0.1)."""
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def _from_environment(self, environ):
+        listen = environ.get(ENV_PREFIX + "LISTEN")
+        if listen:
+            self._env_listen = [x.strip() for x in listen.split(",") if x.strip()]
+        else:
+            self._env_listen = []
+        for name, _short, _default, _doc, *coerce in self.optParameters:
+            value = environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+            if value is None:
+                continue
+            if coerce:
+                try:
+                    value = coerce[0](value)
+                except ValueError as e:
+                    raise usage.UsageError("%s%s: %s" % (
+                        ENV_PREFIX, name.upper().replace("-", "_"), e))
+            self[name] = value
+
+    def postOptions(self):
+        if not self["listen"]:
+            self["listen"] = self._env_listen or [DEFAULT_LISTEN]
+        urls = self["advertise-client-urls"]
+        self["advertise-client-urls"] = [u.strip() for u in urls.split(",") if u.strip()] \
+            if isinstance(urls, str) else list(urls)
+        from etcdadapter.store.urls import StoreURLError, open_store
+        try:
+            self.store = open_store(self["store"])
+        except StoreURLError as e:
+            raise usage.UsageError(str(e))
+
+    def config(self):
+        return AdapterConfig(
+            listen=self["listen"], store=self["store"], name=self["name"],
+            advertise_client_urls=self["advertise-client-urls"],
+            max_request_bytes=self["max-request-bytes"], max_txn_ops=self["max-txn-ops"],
+            max_concurrent_streams=self["max-concurrent-streams"],
+            drain_timeout=self["drain-timeout"])
+
+
+def makeService(options):
+    return AdapterService(options.config(), store=options.store)

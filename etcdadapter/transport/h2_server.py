@@ -1,0 +1,552 @@
+"""The server side of one HTTP/2 connection, as pure code over ``h2``.
+
+Bytes come in through :meth:`H2Server.data_received`; bytes go out through the ``write``
+callable given at construction.  No sockets, no reactor: a clock (``IReactorTime``) is
+injected for grpc-timeout, so the whole thing runs in unit tests with ``task.Clock``.
+
+Streams whose content-type is ``application/grpc*`` are gRPC calls dispatched through the
+:class:`~etcdadapter.services.rpc.MethodRegistry`; every other stream is an HTTP exchange
+handed to the HTTP router (the JSON gateway), exactly as HTTP/1.1 requests are.
+"""
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import hyperframe.frame
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from etcdadapter.errors import EtcdError, StatusCode, ErrStopped, unimplemented
+from etcdadapter.services.rpc import CallContext, ServerStream, UNARY
+from etcdadapter.transport import grpc_codec
+from etcdadapter.transport.http_exchange import HttpExchange
+
+log = Logger()
+
+_RESPONSE_HEADERS = ((":status", "200"), ("content-type", "application/grpc"),
+                     ("grpc-accept-encoding", grpc_codec.ACCEPT_ENCODING))
+_OK_TRAILERS = (("grpc-status", "0"),)
+_STREAM_WINDOW = 1 << 20       # per-stream receive window we advertise
+_CONNECTION_WINDOW = 16 << 20  # connection receive window
+
+
+class H2Settings(object):
+    """Tunables for one connection (set from the daemon's options)."""
+
+    def __init__(self, max_concurrent_streams=2 ** 32 - 1, max_receive_message_size=2097152,
+                 max_header_list_size=1 << 20):
+        self.max_concurrent_streams = max_concurrent_streams
+        self.max_receive_message_size = max_receive_message_size
+        self.max_header_list_size = max_header_list_size
+
+
+def _error_trailers(error):
+    trailers = [("grpc-status", str(error.code))]
+    if error.message:
+        trailers.append(("grpc-message", grpc_codec.encode_grpc_message(error.message)))
+    return trailers
+
+
+def _as_etcd_error(failure_or_exc):
+    exc = failure_or_exc.value if isinstance(failure_or_exc, Failure) else failure_or_exc
+    if isinstance(exc, EtcdError):
+        return exc
+    if isinstance(exc, defer.CancelledError):
+        return EtcdError(StatusCode.CANCELLED, "context canceled")
+    log.failure("unexpected error in handler", failure_or_exc
+                if isinstance(failure_or_exc, Failure) else Failure(exc))
+    return EtcdError(StatusCode.UNKNOWN, str(exc) or exc.__class__.__name__)
+
+
+class GrpcCall(ServerStream):
+    """One gRPC call on one HTTP/2 stream (unary or streaming)."""
+
+    def __init__(self, server, stream_id, method, context, decoder):
+        ServerStream.__init__(self, context)
+        self.server = server
+        self.stream_id = stream_id
+        self.method = method
+        self.decoder = decoder
+        self.request_payloads = []      # unary: collected until END_STREAM
+        self.headers_sent = False
+        self.pending = bytearray()      # response bytes waiting for flow-control window
+        self.trailers = None            # sent once pending is drained
+        self.deferred = None            # unary handler's Deferred (for cancellation)
+        self.timer = None
+
+    # -- handler-facing API --------------------------------------------------------
+    def send(self, response):
+        if self.closed:
+            return
+        payload = response.SerializeToString()
+        self.server._send_grpc_data(self, grpc_codec.frame_message(payload))
+
+    def _window_opened(self):
+        if self.pending:
+            self.server._flush_stream(self)
+
+    def finish(self, error=None):
+        if self.closed:
+            return
+        self.closed = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.server._finish_grpc(self, error)
+
+
+class H2Server(object):
+    def __init__(self, write, lose_connection, registry, router, clock,
+                 settings=None, peer=None, peer_identity=None):
+        self._write = write
+        self._lose_connection = lose_connection
+        self.registry = registry
+        self.router = router
+        self.clock = clock
+        self.settings = settings or H2Settings()
+        self.peer = peer
+        self.peer_identity = peer_identity
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding="utf-8",
+            validate_outbound_headers=False, normalize_outbound_headers=False)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS:
+                min(self.settings.max_concurrent_streams, 2 ** 32 - 1),
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.settings.max_header_list_size,
+        })
+        self.streams = {}          # stream_id -> GrpcCall or HttpExchange
+        self._in_receive = False
+        self._closed = False
+        self._draining = None      # Deferred fired when the last stream ends after GOAWAY
+
+    # -- lifecycle -----------------------------------------------------------------
+    def initiate(self):
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
+        self._flush()
+
+    def data_received(self, data):
+        if self._closed:
+            return
+        self._in_receive = True
+        try:
+            try:
+                events = self.conn.receive_data(data)
+            except h2.exceptions.ProtocolError as e:
+                self._protocol_error(e)
+                return
+            for event in events:
+                self._handle_event(event)
+        finally:
+            self._in_receive = False
+        self._flush()
+
+    def connection_lost(self):
+        self._closed = True
+        for stream in list(self.streams.values()):
+            self._cancel_stream(stream)
+        self.streams.clear()
+        if self._draining is not None and not self._draining.called:
+            self._draining.callback(None)
+
+    def shutdown(self, grace=None):
+        """Send GOAWAY, let in-flight unary calls finish, end streaming calls with
+        'server stopped', then close.  Returns a Deferred fired when closed."""
+        if self._closed:
+            return defer.succeed(None)
+        if self._draining is None:
+            self._draining = defer.Deferred()
+            # h2's close_connection() would close the state machine and drop the calls
+            # still running, so the GOAWAY frame is written by hand: in-flight streams
+            # finish normally, new ones are refused.
+            self._flush()
+            self._write(hyperframe.frame.GoAwayFrame(
+                0, last_stream_id=self.conn.highest_inbound_stream_id,
+                error_code=h2.errors.ErrorCodes.NO_ERROR).serialize())
+            for stream in list(self.streams.values()):
+                if isinstance(stream, GrpcCall) and stream.method.kind != UNARY:
+                    stream.on_cancel()
+                    stream.finish(ErrStopped)
+            self._flush()
+            self._maybe_close_drained()
+        return self._draining
+
+    def _maybe_close_drained(self):
+        if self._draining is not None and not self.streams and not self._closed:
+            self._flush()
+            self._lose_connection()
+
+    def _protocol_error(self, exc):
+        log.debug("HTTP/2 protocol error from {peer}: {exc}", peer=self.peer, exc=exc)
+        code = getattr(exc, "error_code", None) or h2.errors.ErrorCodes.PROTOCOL_ERROR
+        try:
+            self.conn.close_connection(error_code=code)
+        except h2.exceptions.ProtocolError:
+            pass
+        self._in_receive = False
+        self._flush()
+        self._closed = True
+        for stream in list(self.streams.values()):
+            self._cancel_stream(stream)
+        self.streams.clear()
+        self._lose_connection()
+
+    def _flush(self):
+        if self._in_receive:
+            return
+        data = self.conn.data_to_send()
+        if data:
+            self._write(data)
+
+    # -- events --------------------------------------------------------------------
+    def _handle_event(self, event):
+        t = type(event)
+        if t is h2.events.RequestReceived:
+            self._request_received(event)
+        elif t is h2.events.DataReceived:
+            self._data_received(event)
+        elif t is h2.events.StreamEnded:
+            self._stream_ended(event.stream_id)
+        elif t is h2.events.StreamReset:
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                self._cancel_stream(stream)
+                self._maybe_close_drained()
+        elif t is h2.events.WindowUpdated:
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream._window_opened()
+            else:
+                for stream in list(self.streams.values()):
+                    stream._window_opened()
+        elif t is h2.events.RemoteSettingsChanged:
+            for stream in list(self.streams.values()):
+                stream._window_opened()
+        elif t is h2.events.ConnectionTerminated:
+            self._closed = True
+            for stream in list(self.streams.values()):
+                self._cancel_stream(stream)
+            self.streams.clear()
+            self._lose_connection()
+        elif t is h2.events.TrailersReceived:
+            if event.stream_ended:
+                self._stream_ended(event.stream_id)
+        # PingReceived (auto-acked by h2), SettingsAcknowledged, PriorityUpdated: nothing
+
+    def _request_received(self, event):
+        stream_id = event.stream_id
+        headers = dict(event.headers)
+        if self._draining is not None:
+            self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        content_type = headers.get("content-type", "")
+        if content_type.startswith("application/grpc"):
+            self._start_grpc(stream_id, headers, event.stream_ended)
+        else:
+            exchange = H2HttpExchange(self, stream_id, headers)
+            self.streams[stream_id] = exchange
+            if event.stream_ended:
+                self._stream_ended(stream_id)
+
+    def _start_grpc(self, stream_id, headers, ended):
+        path = headers.get(":path", "")
+        method = self.registry.lookup(path)
+        if headers.get(":method") != "POST":
+            self._send_trailers_only(stream_id, EtcdError(
+                StatusCode.INTERNAL, "grpc: only POST is allowed"))
+            return
+        if method is None:
+            self._send_trailers_only(stream_id, unimplemented(path))
+            return
+        encoding = headers.get("grpc-encoding", "identity")
+        if encoding not in grpc_codec.SUPPORTED_ENCODINGS:
+            self._send_trailers_only(stream_id, EtcdError(
+                StatusCode.UNIMPLEMENTED,
+                'grpc: Decompressor is not installed for grpc-encoding "%s"' % encoding))
+            return
+        metadata = {k: v for k, v in headers.items() if not k.startswith(":")}
+        context = CallContext(metadata=metadata, peer=self.peer, transport="grpc",
+                              peer_identity=self.peer_identity)
+        decoder = grpc_codec.MessageDecoder(self.settings.max_receive_message_size, encoding)
+        call = GrpcCall(self, stream_id, method, context, decoder)
+        self.streams[stream_id] = call
+        timeout = grpc_codec.parse_timeout(headers.get("grpc-timeout"))
+        if timeout is not None:
+            context.deadline = self.clock.seconds() + timeout
+            call.timer = self.clock.callLater(timeout, self._deadline_exceeded, call)
+        if method.kind != UNARY:
+            self._invoke_streaming(call)
+        if ended and not call.closed:
+            self._stream_ended(stream_id)
+
+    def _data_received(self, event):
+        stream_id = event.stream_id
+        if event.flow_controlled_length:
+            self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if isinstance(stream, HttpExchange):
+            stream._body_received(event.data)
+            return
+        if stream.closed:
+            return
+        try:
+            payloads = stream.decoder.feed(event.data)
+        except EtcdError as error:
+            stream.on_cancel()
+            stream.finish(error)
+            return
+        if not payloads:
+            return
+        if stream.method.kind == UNARY:
+            stream.request_payloads.extend(payloads)
+            return
+        for payload in payloads:
+            if stream.closed:
+                return
+            try:
+                request = stream.method.request_type.FromString(payload)
+            except Exception as e:
+                stream.on_cancel()
+                stream.finish(_unmarshal_error(e))
+                return
+            try:
+                stream.on_message(request)
+            except Exception as e:
+                stream.on_cancel()
+                stream.finish(_as_etcd_error(e))
+
+    def _stream_ended(self, stream_id):
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if isinstance(stream, HttpExchange):
+            stream._request_complete()
+            return
+        if stream.closed:
+            return
+        if stream.decoder.pending:
+            stream.on_cancel()
+            stream.finish(EtcdError(StatusCode.INTERNAL,
+                                    "grpc: client streaming ended with a truncated message"))
+            return
+        if stream.method.kind == UNARY:
+            self._invoke_unary(stream)
+        else:
+            try:
+                stream.on_half_close()
+            except Exception as e:
+                stream.on_cancel()
+                stream.finish(_as_etcd_error(e))
+
+    # -- calls ---------------------------------------------------------------------
+    def _invoke_unary(self, call):
+        payloads = call.request_payloads
+        if len(payloads) != 1:
+            call.finish(EtcdError(
+                StatusCode.INTERNAL if payloads else StatusCode.INTERNAL,
+                "grpc: client sent %s request messages for a unary call"
+                % ("no" if not payloads else "several")))
+            return
+        try:
+            request = call.method.request_type.FromString(payloads[0])
+        except Exception as e:
+            call.finish(_unmarshal_error(e))
+            return
+        call.request_payloads = None
+        try:
+            result = call.method.handler(request, call.context)
+        except Exception as e:
+            call.finish(_as_etcd_error(e))
+            return
+        if isinstance(result, defer.Deferred):
+            call.deferred = result
+            result.addCallbacks(self._unary_done, self._unary_failed,
+                                callbackArgs=(call,), errbackArgs=(call,))
+        else:
+            self._unary_done(result, call)
+
+    def _unary_done(self, response, call):
+        call.deferred = None
+        if not call.closed:
+            call.send(response)
+            call.finish()
+
+    def _unary_failed(self, failure, call):
+        call.deferred = None
+        if not call.closed:
+            call.finish(_as_etcd_error(failure))
+
+    def _invoke_streaming(self, call):
+        try:
+            call.method.handler(call)
+        except Exception as e:
+            call.on_cancel()
+            call.finish(_as_etcd_error(e))
+
+    def _deadline_exceeded(self, call):
+        call.timer = None
+        if call.closed:
+            return
+        call.on_cancel()
+        call.finish(EtcdError(StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded"))
+        if call.deferred is not None:
+            d, call.deferred = call.deferred, None
+            d.cancel()
+
+    def _cancel_stream(self, stream):
+        if isinstance(stream, HttpExchange):
+            stream._connection_lost()
+            return
+        if stream.closed:
+            return
+        stream.closed = True
+        if stream.timer is not None and stream.timer.active():
+            stream.timer.cancel()
+        if stream.deferred is not None:
+            d, stream.deferred = stream.deferred, None
+            d.cancel()
+        try:
+            stream.on_cancel()
+        except Exception:
+            log.failure("error in on_cancel")
+
+    # -- output --------------------------------------------------------------------
+    def _send_grpc_data(self, call, data):
+        if not call.headers_sent:
+            call.headers_sent = True
+            self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
+        call.pending += data
+        self._flush_stream(call)
+
+    def _finish_grpc(self, call, error):
+        if self._closed or self.streams.get(call.stream_id) is not call:
+            return
+        if not call.headers_sent and not call.pending:
+            self._send_trailers_only(call.stream_id, error)
+            return
+        call.trailers = _OK_TRAILERS if error is None else _error_trailers(error)
+        self._flush_stream(call)
+
+    def _send_trailers_only(self, stream_id, error):
+        headers = list(_RESPONSE_HEADERS[:2])
+        headers.extend(_OK_TRAILERS if error is None else _error_trailers(error))
+        self._safe(self.conn.send_headers, stream_id, headers, end_stream=True)
+        self._stream_done(stream_id)
+        self._flush()
+
+    def _flush_stream(self, call):
+        conn = self.conn
+        sid = call.stream_id
+        pending = call.pending
+        try:
+            while pending:
+                window = conn.local_flow_control_window(sid)
+                if window <= 0:
+                    break
+                size = min(window, conn.max_outbound_frame_size, len(pending))
+                conn.send_data(sid, bytes(pending[:size]))
+                del pending[:size]
+            if not pending and call.trailers is not None:
+                conn.send_headers(sid, call.trailers, end_stream=True)
+                call.trailers = None
+                self._stream_done(sid)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            # The client reset the stream or closed the connection meanwhile.
+            pending.clear()
+            self._stream_done(sid)
+        self._flush()
+
+    def _stream_done(self, stream_id):
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and getattr(stream, "decoder", None) is not None \
+                and not self._closed:
+            # The client may still be sending (we answered early); tell it to stop.
+            state = self.conn.streams.get(stream_id)
+            if state is not None and state.open:
+                self._reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        self._maybe_close_drained()
+
+    def _reset(self, stream_id, code):
+        self._safe(self.conn.reset_stream, stream_id, code)
+        self._flush()
+
+    def _safe(self, fn, *args, **kwargs):
+        try:
+            fn(*args, **kwargs)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass
+
+
+def _unmarshal_error(exc):
+    return EtcdError(StatusCode.INTERNAL,
+                     "grpc: error unmarshalling request: %s" % (exc,))
+
+
+class H2HttpExchange(HttpExchange):
+    """A plain HTTP request carried on an HTTP/2 stream (the JSON gateway over h2)."""
+
+    def __init__(self, server, stream_id, headers):
+        HttpExchange.__init__(
+            self, method=headers.get(":method", "GET"), uri=headers.get(":path", "/"),
+            headers={k: v for k, v in headers.items() if not k.startswith(":")},
+            context=CallContext(metadata={}, peer=server.peer, transport="http",
+                                peer_identity=server.peer_identity))
+        self.server = server
+        self.stream_id = stream_id
+        self._chunks = []
+        self._pending = bytearray()
+        self._end_after = False
+
+    def _body_received(self, data):
+        self._chunks.append(data)
+
+    def _request_complete(self):
+        self.body = b"".join(self._chunks)
+        self._chunks = None
+        self.server.router.dispatch(self)
+
+    def _send_head(self, status, headers):
+        hdrs = [(":status", str(status))]
+        hdrs.extend((k.lower(), v) for k, v in headers
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"))
+        self.server._safe(self.server.conn.send_headers, self.stream_id, hdrs)
+        self.server._flush()
+
+    def _send_body(self, data, end):
+        self._pending += data
+        self._end_after = self._end_after or end
+        self._drain()
+
+    def _window_opened(self):
+        if self._pending:
+            self._drain()
+
+    def _drain(self):
+        server = self.server
+        conn = server.conn
+        sid = self.stream_id
+        try:
+            while self._pending:
+                window = conn.local_flow_control_window(sid)
+                if window <= 0:
+                    return
+                size = min(window, conn.max_outbound_frame_size, len(self._pending))
+                conn.send_data(sid, bytes(self._pending[:size]))
+                del self._pending[:size]
+            if self._end_after:
+                conn.end_stream(sid)
+                server.streams.pop(sid, None)
+                server._maybe_close_drained()
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self._pending.clear()
+            server.streams.pop(sid, None)
+        finally:
+            server._flush()

@@ -1,0 +1,70 @@
+"""HTTP/1.1 via twisted.web (keep-alive, pipelining, chunked bodies come with it).
+
+twisted.web parses; every request becomes an :class:`HttpExchange` for the same router the
+HTTP/2 side uses.
+"""
+
+from twisted.web import resource, server
+
+from etcdadapter.services.rpc import CallContext
+from etcdadapter.transport.http_exchange import HttpExchange
+
+
+class TwistedWebExchange(HttpExchange):
+    def __init__(self, request, peer_identity=None):
+        headers = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
+                   for k, v in request.requestHeaders.getAllRawHeaders()}
+        HttpExchange.__init__(
+            self, method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1"), headers=headers,
+            context=CallContext(metadata={}, peer=request.getClientAddress(),
+                                transport="http", peer_identity=peer_identity),
+            body=request.content.read() if request.content is not None else b"")
+        self.request = request
+        request.notifyFinish().addErrback(lambda _: self._connection_lost())
+
+    def _send_head(self, status, headers):
+        req = self.request
+        req.setResponseCode(status)
+        for name, value in headers:
+            req.responseHeaders.setRawHeaders(name, [value])
+
+    def _send_body(self, data, end):
+        req = self.request
+        if req._disconnected:
+            return
+        if data:
+            req.write(data)
+        if end:
+            req.finish()
+
+
+class _RouterResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, router):
+        resource.Resource.__init__(self)
+        self.router = router
+
+    def render(self, request):
+        self.router.dispatch(TwistedWebExchange(request))
+        return server.NOT_DONE_YET
+
+
+def make_site(router):
+    site = server.Site(_RouterResource(router))
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+class _QuietRequest(server.Request):
+    # twisted.web adds "Server" and "Date"; etcd's gateway sends Date only.  Keep both
+    # (harmless) -- this class exists to keep the default Content-Type off.
+    defaultContentType = None
+
+
+def make_quiet_site(router):
+    site = make_site(router)
+    site.requestFactory = _QuietRequest
+    return site

@@ -1,0 +1,62 @@
+"""One HTTP request/response, the same shape whether it came over HTTP/1.1 or HTTP/2.
+
+The gateway (router and handlers) only sees this class, so the JSON face behaves the same
+on both protocols.  Transports subclass it and implement ``_send_head``/``_send_body``.
+"""
+
+from urllib.parse import parse_qs
+
+
+class HttpExchange(object):
+    def __init__(self, method, uri, headers, context, body=b""):
+        self.method = method
+        self.uri = uri
+        path, _, query = uri.partition("?")
+        self.path = path
+        self.query = parse_qs(query) if query else {}
+        self.headers = headers          # lower-case name -> str
+        self.context = context
+        self.body = body
+        self.on_close = None            # called once if the client goes away first
+        self.started = False
+        self.finished = False
+
+    # -- for handlers ------------------------------------------------------------------
+    def respond(self, status, headers, body):
+        """Send a complete response."""
+        headers = list(headers)
+        headers.append(("Content-Length", str(len(body))))
+        self.start(status, headers)
+        self.finished = True
+        self._send_body(body, True)
+
+    def start(self, status, headers):
+        """Begin a streamed response (e.g. the watch stream)."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self._send_head(status, headers)
+
+    def write(self, data):
+        if not self.finished:
+            self._send_body(data, False)
+
+    def end(self):
+        if not self.finished:
+            self.finished = True
+            self._send_body(b"", True)
+
+    # -- for transports ------------------------------------------------------------------
+    def _connection_lost(self):
+        if self.finished:
+            return
+        self.finished = True
+        callback, self.on_close = self.on_close, None
+        if callback is not None:
+            callback()
+
+    def _send_head(self, status, headers):
+        raise NotImplementedError
+
+    def _send_body(self, data, end):
+        raise NotImplementedError

@@ -1,0 +1,105 @@
+"""The Twisted Protocol: a thin shell that picks HTTP/2 or HTTP/1.1 and feeds bytes.
+
+One port, two faces, like etcd's cmux: a connection that opens with the HTTP/2 client
+preface (h2c prior knowledge, what etcdctl and grpcio send to http:// endpoints) goes to
+:class:`~etcdadapter.transport.h2_server.H2Server`; anything else is HTTP/1.1 for
+twisted.web.  With TLS the ALPN result decides the same way.
+"""
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from etcdadapter.transport.h2_server import H2Server, H2Settings
+from etcdadapter.transport.http1 import make_quiet_site
+
+log = Logger()
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class EtcdProtocol(protocol.Protocol):
+    def __init__(self, factory, addr):
+        self.factory = factory
+        self.addr = addr
+        self._buffer = b""
+        self._inner = None       # H2Server, or twisted.web's HTTPChannel
+        self._h2 = None
+
+    def connectionMade(self):
+        self.factory.connections.add(self)
+
+    def dataReceived(self, data):
+        if self._inner is not None:
+            self._inner.dataReceived(data) if self._h2 is None \
+                else self._h2.data_received(data)
+            return
+        self._buffer += data
+        n = min(len(self._buffer), len(H2_PREFACE))
+        if self._buffer[:n] != H2_PREFACE[:n]:
+            self._start_http1()
+        elif n == len(H2_PREFACE):
+            self._start_h2()
+
+    def _start_h2(self):
+        f = self.factory
+        transport = self.transport
+        self._h2 = H2Server(transport.write, transport.loseConnection, f.registry, f.router,
+                            f.clock, settings=f.h2_settings, peer=self.addr)
+        self._inner = self._h2
+        self._h2.initiate()
+        data, self._buffer = self._buffer, b""
+        self._h2.data_received(data)
+
+    def _start_http1(self):
+        channel = self.factory.site.buildProtocol(self.addr)
+        self._inner = channel
+        channel.makeConnection(self.transport)
+        data, self._buffer = self._buffer, b""
+        channel.dataReceived(data)
+
+    def connectionLost(self, reason):
+        self.factory.connections.discard(self)
+        if self._h2 is not None:
+            self._h2.connection_lost()
+        elif self._inner is not None:
+            self._inner.connectionLost(reason)
+
+    def shutdown(self):
+        """GOAWAY / close after in-flight requests; Deferred fires when done."""
+        if self._h2 is not None:
+            return self._h2.shutdown()
+        self.transport.loseConnection()
+        return defer.succeed(None)
+
+
+class EtcdFactory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, registry, router, clock=None, h2_settings=None):
+        from twisted.internet import reactor
+        self.registry = registry
+        self.router = router
+        self.clock = clock or reactor
+        self.h2_settings = h2_settings or H2Settings()
+        self.site = make_quiet_site(router)
+        self.connections = set()
+
+    def buildProtocol(self, addr):
+        return EtcdProtocol(self, addr)
+
+    def shutdown(self, timeout=10.0):
+        """Drain every connection; give up (close hard) after ``timeout`` seconds."""
+        conns = list(self.connections)
+        if not conns:
+            return defer.succeed(None)
+        d = defer.DeferredList([c.shutdown() for c in conns], consumeErrors=True)
+        timer = self.clock.callLater(timeout, self._abort_all)
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            return None
+        return d.addBoth(done)
+
+    def _abort_all(self):
+        for c in list(self.connections):
+            c.transport.abortConnection()

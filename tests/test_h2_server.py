@@ -1,0 +1,358 @@
+"""The HTTP/2 + gRPC layer without sockets: an h2 client state machine talks to H2Server
+through byte buffers, with a fake clock for timeouts."""
+
+import struct
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+from twisted.internet import defer, task
+
+from etcdadapter.errors import EtcdError, StatusCode
+from etcdadapter.gateway import endpoints
+from etcdadapter.gateway.router import HttpRouter
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.services.rpc import BIDI_STREAM, UNARY, Method, MethodRegistry
+from etcdadapter.transport.grpc_codec import (
+    MessageDecoder, decode_grpc_message, encode_grpc_message, frame_message, parse_timeout)
+from etcdadapter.transport.h2_server import H2Server, H2Settings
+
+
+class Harness(object):
+    def __init__(self, registry, settings=None, router=None):
+        self.clock = task.Clock()
+        self.to_client = bytearray()
+        self.lost = False
+        if router is None:
+            router = HttpRouter()
+            endpoints.install(router, lambda: defer.succeed((True, "")))
+        self.server = H2Server(self.to_client.extend, self._lose, registry, router,
+                               self.clock, settings=settings)
+        self.client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.server.initiate()
+        self.client.initiate_connection()
+        self.events = []
+        self.pump()
+
+    def _lose(self):
+        self.lost = True
+
+    def pump(self):
+        for _ in range(100):
+            out = self.client.data_to_send()
+            if out:
+                self.server.data_received(out)
+            if not self.to_client:
+                if not out:
+                    return
+                continue
+            data = bytes(self.to_client)
+            del self.to_client[:]
+            for ev in self.client.receive_data(data):
+                self.events.append(ev)
+                if isinstance(ev, h2.events.DataReceived):
+                    self.client.acknowledge_received_data(ev.flow_controlled_length,
+                                                          ev.stream_id)
+
+    def start_call(self, path, extra_headers=(), end=False):
+        sid = self.client.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", path),
+                   (":authority", "localhost"), ("content-type", "application/grpc"),
+                   ("te", "trailers")]
+        headers.extend(extra_headers)
+        self.client.send_headers(sid, headers, end_stream=end)
+        return sid
+
+    def send(self, sid, data, end=False):
+        self.client.send_data(sid, data, end_stream=end)
+        self.pump()
+
+    def unary(self, path, message, extra_headers=()):
+        sid = self.start_call(path, extra_headers)
+        self.send(sid, frame_message(message.SerializeToString()), end=True)
+        return sid
+
+    def result(self, sid):
+        """(headers, [payloads], trailers dict) for a finished stream."""
+        headers, data, trailers = None, b"", None
+        for ev in self.events:
+            if getattr(ev, "stream_id", None) != sid:
+                continue
+            if isinstance(ev, h2.events.ResponseReceived):
+                headers = dict(ev.headers)
+            elif isinstance(ev, h2.events.DataReceived):
+                data += ev.data
+            elif isinstance(ev, h2.events.TrailersReceived):
+                trailers = dict(ev.headers)
+        if trailers is None and headers is not None and "grpc-status" in headers:
+            trailers = headers   # trailers-only response
+        decoder = MessageDecoder(1 << 30)
+        return headers, decoder.feed(data), trailers
+
+
+def echo_registry(**handlers):
+    reg = MethodRegistry()
+
+    def range_handler(request, context):
+        if request.key == b"boom":
+            raise EtcdError(StatusCode.OUT_OF_RANGE, "bad: 100% \u00e9\n")
+        if request.key == b"later":
+            d = defer.Deferred()
+            handlers["pending"].append((d, request))
+            return d
+        if request.key == b"big":
+            return rpc.RangeResponse(kvs=[{"key": b"k", "value": b"v" * (request.limit)}])
+        return rpc.RangeResponse(count=len(request.key), kvs=[{"key": request.key}])
+
+    def watch_handler(stream):
+        handlers["streams"].append(stream)
+        stream.on_message = lambda req: stream.send(
+            rpc.WatchResponse(watch_id=req.create_request.watch_id))
+        stream.on_half_close = lambda: handlers["half_closed"].append(stream)
+        stream.on_cancel = lambda: handlers["cancelled"].append(stream)
+
+    handlers.setdefault("pending", [])
+    handlers.setdefault("streams", [])
+    handlers.setdefault("half_closed", [])
+    handlers.setdefault("cancelled", [])
+    reg.add(Method("/etcdserverpb.KV/Range", rpc.RangeRequest, rpc.RangeResponse, UNARY,
+                   range_handler))
+    reg.add(Method("/etcdserverpb.Watch/Watch", rpc.WatchRequest, rpc.WatchResponse,
+                   BIDI_STREAM, watch_handler))
+    return reg, handlers
+
+
+def test_unary_round_trip():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"abc"))
+    headers, payloads, trailers = h.result(sid)
+    assert headers[":status"] == "200"
+    assert headers["content-type"] == "application/grpc"
+    assert len(payloads) == 1
+    resp = rpc.RangeResponse.FromString(payloads[0])
+    assert resp.count == 3 and resp.kvs[0].key == b"abc"
+    assert trailers["grpc-status"] == "0"
+
+
+def test_message_split_byte_by_byte_and_frames_joined():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.start_call("/etcdserverpb.KV/Range")
+    h.pump()
+    framed = frame_message(rpc.RangeRequest(key=b"x" * 300).SerializeToString())
+    for i in range(len(framed)):
+        h.send(sid, framed[i:i + 1], end=(i == len(framed) - 1))
+    _, payloads, trailers = h.result(sid)
+    assert trailers["grpc-status"] == "0"
+    assert rpc.RangeResponse.FromString(payloads[0]).count == 300
+
+
+def test_unknown_method_is_unimplemented_trailers_only():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Nope", rpc.RangeRequest(key=b"a"))
+    headers, payloads, trailers = h.result(sid)
+    assert payloads == []
+    assert trailers["grpc-status"] == str(StatusCode.UNIMPLEMENTED)
+    assert trailers["grpc-message"] == "unknown method Nope for service etcdserverpb.KV"
+
+
+def test_error_message_is_percent_encoded():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"boom"))
+    _, payloads, trailers = h.result(sid)
+    assert payloads == []
+    assert trailers["grpc-status"] == "11"
+    assert trailers["grpc-message"] == "bad: 100%25 %C3%A9%0A"
+    assert decode_grpc_message(trailers["grpc-message"]) == "bad: 100% \u00e9\n"
+
+
+def test_malformed_protobuf_and_truncated_frame():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.start_call("/etcdserverpb.KV/Range")
+    h.send(sid, frame_message(b"\xff\xff\xff"), end=True)
+    _, _, trailers = h.result(sid)
+    assert trailers["grpc-status"] == str(StatusCode.INTERNAL)
+    assert trailers["grpc-message"].startswith("grpc: error unmarshalling request")
+    sid = h.start_call("/etcdserverpb.KV/Range")
+    h.send(sid, struct.pack(">BI", 0, 100) + b"abc", end=True)
+    _, _, trailers = h.result(sid)
+    assert trailers["grpc-status"] == str(StatusCode.INTERNAL)
+    # the connection still serves calls
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"ok"))
+    assert h.result(sid)[2]["grpc-status"] == "0"
+
+
+def test_oversized_message_rejected_before_buffering():
+    reg, _ = echo_registry()
+    h = Harness(reg, settings=H2Settings(max_receive_message_size=1000))
+    sid = h.start_call("/etcdserverpb.KV/Range")
+    h.send(sid, struct.pack(">BI", 0, 5000) + b"x" * 100)
+    _, _, trailers = h.result(sid)
+    assert trailers["grpc-status"] == str(StatusCode.RESOURCE_EXHAUSTED)
+    assert trailers["grpc-message"] == "grpc: received message larger than max (5000 vs. 1000)"
+
+
+def test_large_response_streams_through_flow_control():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    size = 5 * 1024 * 1024
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"big", limit=size))
+    h.pump()
+    _, payloads, trailers = h.result(sid)
+    assert trailers["grpc-status"] == "0"
+    assert len(rpc.RangeResponse.FromString(payloads[0]).kvs[0].value) == size
+
+
+def test_grpc_timeout_gives_deadline_exceeded_and_cancels_handler():
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"later"),
+                  extra_headers=[("grpc-timeout", "200m")])
+    assert h.result(sid)[2] is None
+    h.clock.advance(0.25)
+    h.pump()
+    _, _, trailers = h.result(sid)
+    assert trailers["grpc-status"] == str(StatusCode.DEADLINE_EXCEEDED)
+    d, _ = handlers["pending"][0]
+    assert d.called   # cancelled
+
+
+def test_unknown_encoding_unimplemented():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"a"),
+                  extra_headers=[("grpc-encoding", "snappy")])
+    _, _, trailers = h.result(sid)
+    assert trailers["grpc-status"] == str(StatusCode.UNIMPLEMENTED)
+
+
+def test_gzip_compressed_request():
+    import gzip
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.start_call("/etcdserverpb.KV/Range", extra_headers=[("grpc-encoding", "gzip")])
+    body = gzip.compress(rpc.RangeRequest(key=b"zipped").SerializeToString())
+    h.send(sid, struct.pack(">BI", 1, len(body)) + body, end=True)
+    _, payloads, trailers = h.result(sid)
+    assert trailers["grpc-status"] == "0"
+    assert rpc.RangeResponse.FromString(payloads[0]).kvs[0].key == b"zipped"
+
+
+def test_bidi_stream_survives_half_close_and_cancel_on_reset():
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sid = h.start_call("/etcdserverpb.Watch/Watch")
+    req = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=b"a", watch_id=7))
+    h.send(sid, frame_message(req.SerializeToString()) * 2, end=True)
+    _, payloads, trailers = h.result(sid)
+    assert [rpc.WatchResponse.FromString(p).watch_id for p in payloads] == [7, 7]
+    assert trailers is None                       # still open after the client half-closed
+    stream = handlers["streams"][0]
+    assert handlers["half_closed"] == [stream]
+    stream.send(rpc.WatchResponse(watch_id=8))    # server keeps sending
+    h.pump()
+    assert len(h.result(sid)[1]) == 3
+    stream.finish()
+    h.pump()
+    assert h.result(sid)[2]["grpc-status"] == "0"
+
+    sid2 = h.start_call("/etcdserverpb.Watch/Watch")
+    h.pump()
+    h.client.reset_stream(sid2)
+    h.pump()
+    assert handlers["cancelled"] == [handlers["streams"][1]]
+
+
+def test_ping_answered_and_settings_advertised():
+    reg, _ = echo_registry()
+    h = Harness(reg, settings=H2Settings(max_concurrent_streams=12345))
+    assert h.client.remote_settings.max_concurrent_streams == 12345
+    h.client.ping(b"12345678")
+    h.pump()
+    acks = [e for e in h.events if isinstance(e, h2.events.PingAckReceived)]
+    assert acks and acks[0].ping_data == b"12345678"
+
+
+def test_default_concurrent_streams_far_above_etcd_trap():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    assert h.client.remote_settings.max_concurrent_streams > 250 * 1000
+
+
+def _raw_frames(data):
+    import hyperframe.frame as hf
+    frames, i = [], 0
+    while i < len(data):
+        frame, length = hf.Frame.parse_frame_header(memoryview(data[i:i + 9]))
+        frame.parse_body(memoryview(data[i + 9:i + 9 + length]))
+        frames.append(frame)
+        i += 9 + length
+    return frames
+
+
+def test_goaway_after_inflight_call_finishes():
+    # (h2's own client state machine closes on GOAWAY, so read the raw frames here.)
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"later"))
+    done = h.server.shutdown()
+    frames = _raw_frames(bytes(h.to_client))
+    del h.to_client[:]
+    assert [type(f).__name__ for f in frames] == ["GoAwayFrame"]
+    assert frames[0].last_stream_id == sid and frames[0].error_code == 0
+    assert not done.called and not h.lost
+    d, req = handlers["pending"][0]
+    d.callback(rpc.RangeResponse(count=1))
+    frames = _raw_frames(bytes(h.to_client))
+    kinds = [(type(f).__name__, f.stream_id, "END_STREAM" in f.flags) for f in frames]
+    assert kinds == [("HeadersFrame", sid, False), ("DataFrame", sid, False),
+                     ("HeadersFrame", sid, True)]
+    assert h.lost
+    h.server.connection_lost()
+    assert done.called
+
+
+def test_http_json_over_h2():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.client.get_next_available_stream_id()
+    h.client.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
+                                (":path", "/version"), (":authority", "x")], end_stream=True)
+    h.pump()
+    headers = body = None
+    body = b""
+    for ev in h.events:
+        if getattr(ev, "stream_id", None) == sid:
+            if isinstance(ev, h2.events.ResponseReceived):
+                headers = dict(ev.headers)
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+    assert headers[":status"] == "200"
+    assert body == b'{"etcdserver":"3.5.17","etcdcluster":"3.5.0"}'
+
+
+def test_garbage_frames_close_connection_without_crash():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    h.server.data_received(b"\x00\x00\x08\x07\x00\x00\x00\x00\x01garbage!!" * 3)
+    assert h.lost
+
+
+def test_codec_helpers():
+    assert parse_timeout("100m") == 0.1
+    assert parse_timeout("5S") == 5
+    assert parse_timeout("1H") == 3600
+    assert parse_timeout("12x") is None
+    assert parse_timeout("") is None
+    assert encode_grpc_message("plain text") == "plain text"
+    dec = MessageDecoder(100)
+    framed = frame_message(b"hello") + frame_message(b"") + frame_message(b"world")
+    assert dec.feed(framed[:7]) == []
+    assert dec.feed(framed[7:]) == [b"hello", b"", b"world"]
+    assert dec.pending == 0
