@@ -26,6 +26,11 @@ log = Logger()
 GRPC_RECEIVE_SLACK = 512 * 1024   # etcd: gRPC max receive = max-request-bytes + 512 KiB
 
 
+def _exit_after_shutdown(code):
+    import os
+    os._exit(code)
+
+
 class AdapterConfig(object):
     def __init__(self, listen=("tcp:2379:interface=127.0.0.1",), store="memory://",
                  name="default", advertise_client_urls=(), max_request_bytes=1572864,
@@ -80,19 +85,19 @@ class AdapterService(service.Service):
             ep = endpoints.serverFromString(self.reactor, description)
             port = yield ep.listen(self.factory)
             self.ports.append(port)
-            host = port.getHost()
-            log.info("etcd-adapter listening on {desc} ({host}:{port})",
-                     desc=description, host=getattr(host, "host", "?"),
-                     port=getattr(host, "port", "?"))
+            log.info("etcd-adapter listening on {desc} ({addr})", desc=description,
+                     addr=port.getHost())
         if not self.identity.client_urls:
-            self.identity.client_urls = [self._url(p) for p in self.ports]
+            self.identity.client_urls = [u for u in map(self._url, self.ports) if u]
         log.info("etcd-adapter ready: store {store}, revision {rev}, member {member:x}",
                  store=self.config.store, rev=self.store.revision,
                  member=self.identity.member_id)
 
     def _url(self, port):
         host = port.getHost()
-        addr = getattr(host, "host", "localhost")
+        if not hasattr(host, "port"):
+            return "unix://%s" % (getattr(host, "name", "") or "",)
+        addr = host.host
         if addr in ("0.0.0.0", "::", ""):
             addr = socket.getfqdn()
         if ":" in addr:
@@ -106,9 +111,15 @@ class AdapterService(service.Service):
         return self.started
 
     def _start_failed(self, failure):
+        # Exit non-zero (so systemd's Restart=on-failure and supervisors notice) instead
+        # of idling without a listener.
         log.failure("etcd-adapter failed to start", failure)
+        self.exit_code = 1
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
+        self.reactor.addSystemEventTrigger("after", "shutdown", _exit_after_shutdown, 1)
 
     @defer.inlineCallbacks
     def stopService(self):

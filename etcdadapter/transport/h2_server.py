@@ -111,7 +111,8 @@ class H2Server(object):
         self.peer_identity = peer_identity
         config = h2.config.H2Configuration(
             client_side=False, header_encoding="utf-8",
-            validate_outbound_headers=False, normalize_outbound_headers=False)
+            validate_outbound_headers=False, normalize_outbound_headers=False,
+            validate_inbound_headers=False, normalize_inbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS:

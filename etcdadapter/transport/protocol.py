@@ -17,6 +17,16 @@ log = Logger()
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
+class _Discard(object):
+    @staticmethod
+    def dataReceived(data):
+        pass
+
+    @staticmethod
+    def connectionLost(reason):
+        pass
+
+
 class EtcdProtocol(protocol.Protocol):
     def __init__(self, factory, addr):
         self.factory = factory
@@ -27,6 +37,12 @@ class EtcdProtocol(protocol.Protocol):
 
     def connectionMade(self):
         self.factory.connections.add(self)
+        # Small gRPC frames must not wait for Nagle + delayed ACK (40 ms stalls).
+        if hasattr(self.transport, "setTcpNoDelay"):
+            try:
+                self.transport.setTcpNoDelay(True)
+            except OSError:
+                pass
 
     def dataReceived(self, data):
         if self._inner is not None:
@@ -36,6 +52,12 @@ class EtcdProtocol(protocol.Protocol):
         self._buffer += data
         n = min(len(self._buffer), len(H2_PREFACE))
         if self._buffer[:n] != H2_PREFACE[:n]:
+            if not self._buffer[:1].isupper():
+                # Neither HTTP/2 nor an HTTP/1.x request line (a method is an upper-case
+                # token): like etcd's cmux, which matches nothing, just hang up.
+                self.transport.loseConnection()
+                self._inner = _Discard
+                return
             self._start_http1()
         elif n == len(H2_PREFACE):
             self._start_h2()

@@ -1,0 +1,497 @@
+#!/usr/bin/env python3
+"""Benchmark etcd-adapter against a real etcd with the same client and workloads.
+
+Starts a real etcd (temporary data dir, loopback ports, default settings: it fsyncs every
+write, as in production) and etcd-adapter (through twistd, as an operator runs it), then
+runs each workload against each server for a fixed time with the same client: grpc.aio
+(grpcio) generic calls carrying our generated messages, over one connection with
+``--concurrency`` calls in flight.
+
+Workloads:
+  put    Put of a distinct key, 256-byte value
+  get    point Range of an existing key (random among 1000)
+  range  Range of a 100-key prefix (256-byte values)
+
+Prints ops/s, p50 and p99 latency (ms) per workload for both servers, the ratio
+adapter/etcd of throughput, and the servers' resident memory at the end.
+
+Usage:
+  python bench/bench.py                              # both servers, 5 s per workload
+  python bench/bench.py --only etcd --seconds 2
+  python bench/bench.py --adapter-endpoint 127.0.0.1:2379 --only adapter
+
+The client runs on the same machine and competes with the server for CPU; compare the
+two columns, not the absolute figures across machines.
+"""
+
+import argparse
+import asyncio
+import atexit
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import grpc  # noqa: E402  (grpcio: pip install -e '.[test]')
+
+from etcdadapter.pb.etcdserverpb import rpc_pb2  # noqa: E402
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+
+GET_KEYS = 1000
+RANGE_KEYS = 100
+PREFIX = b"/bench/"
+
+
+# ---------------------------------------------------------------------------------------
+# Servers
+
+def free_port():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+class Server(object):
+    """A server process we started (in its own process group) or an external endpoint."""
+
+    def __init__(self, name, endpoint=None):
+        self.name = name
+        self.endpoint = endpoint
+        self.proc = None
+        self.tmp = None
+        self.log_path = None
+
+    def command(self, port):
+        raise NotImplementedError
+
+    def env(self):
+        return dict(os.environ)
+
+    def cwd(self):
+        return self.tmp
+
+    def start(self):
+        if self.endpoint is not None:        # external server
+            wait_ready(self, START_TIMEOUT)
+            return
+        self.tmp = tempfile.mkdtemp(prefix="etcdadapter-bench-%s-" % self.name)
+        for attempt in range(3):
+            port = free_port()
+            self.endpoint = "127.0.0.1:%d" % port
+            self.log_path = os.path.join(self.tmp, "server-%d.log" % attempt)
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(
+                    self.command(port), stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, cwd=self.cwd(), env=self.env(),
+                    start_new_session=True)
+            try:
+                wait_ready(self, START_TIMEOUT)
+                return
+            except RuntimeError:
+                in_use = "address already in use" in self.log_text().lower()
+                self.stop()
+                if not in_use or attempt == 2:
+                    raise
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except (OSError, TypeError):
+            return ""
+
+    def rss_mib(self):
+        """Resident memory of the process we started, in MiB, or None."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            with open("/proc/%d/status" % self.proc.pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            return None
+        return None
+
+    def stop(self):
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                proc.wait()
+
+    def cleanup(self):
+        self.stop()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+class Etcd(Server):
+    def __init__(self, endpoint=None, data_parent=None):
+        Server.__init__(self, "etcd", endpoint)
+        self.data_parent = data_parent
+
+    def start(self):
+        if self.endpoint is None and self.data_parent:
+            self.tmp = tempfile.mkdtemp(prefix="etcdadapter-bench-etcd-",
+                                        dir=self.data_parent)
+        Server.start(self)
+
+    def command(self, port):
+        peer = "http://127.0.0.1:%d" % free_port()
+        client = "http://127.0.0.1:%d" % port
+        data = os.path.join(self.tmp, "data-%d" % port)
+        return [shutil.which("etcd") or "etcd",
+                "--name", "bench", "--data-dir", data,
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", "bench=" + peer,
+                "--initial-cluster-token", "bench-%d" % port,
+                "--logger", "zap", "--log-outputs", "stderr"]
+
+    def env(self):
+        # etcd also reads its flags from ETCD_* variables (and ETCD_ADAPTER_* would confuse it).
+        return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+
+
+class Adapter(Server):
+    def __init__(self, endpoint=None, store=None):
+        Server.__init__(self, "adapter", endpoint)
+        self.store = store
+
+    def command(self, port):
+        cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+               "-n", "--pidfile=", "etcd-adapter",
+               "--listen", "tcp:%d:interface=127.0.0.1" % port]
+        if self.store:
+            cmd += ["--store", self.store]
+        return cmd
+
+    def cwd(self):
+        return REPO_ROOT
+
+    def env(self):
+        env = dict(os.environ)
+        old = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + old if old else "")
+        return env
+
+
+def _ser(msg):
+    return msg.SerializeToString()
+
+
+def wait_ready(server, timeout):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if server.proc is not None and server.proc.poll() is not None:
+            raise RuntimeError("%s exited with status %s; log:\n%s"
+                               % (server.name, server.proc.returncode,
+                                  tail(server.log_text())))
+        try:
+            with grpc.insecure_channel(server.endpoint) as channel:
+                call = channel.unary_unary(
+                    "/etcdserverpb.KV/Range", request_serializer=_ser,
+                    response_deserializer=rpc_pb2.RangeResponse.FromString)
+                call(rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", count_only=True),
+                     timeout=1.0)
+            return
+        except grpc.RpcError as exc:
+            last = exc
+            time.sleep(0.1)
+    raise RuntimeError("%s on %s not ready after %.0f s (last error: %s); log:\n%s"
+                       % (server.name, server.endpoint, timeout, last,
+                          tail(server.log_text())))
+
+
+def tail(text, lines=30):
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def server_version(endpoint):
+    """Maintenance.Status version, or a note why not."""
+    try:
+        with grpc.insecure_channel(endpoint) as channel:
+            call = channel.unary_unary(
+                "/etcdserverpb.Maintenance/Status", request_serializer=_ser,
+                response_deserializer=rpc_pb2.StatusResponse.FromString)
+            return call(rpc_pb2.StatusRequest(), timeout=5.0).version or "?"
+    except grpc.RpcError as exc:
+        return "? (Status: %s)" % exc.code().name
+
+
+# ---------------------------------------------------------------------------------------
+# Workloads
+
+def prefix_end(prefix):
+    end = bytearray(prefix)
+    end[-1] += 1
+    return bytes(end)
+
+
+class Client(object):
+    def __init__(self, endpoint):
+        self.channel = grpc.aio.insecure_channel(endpoint)
+        self.put = self.channel.unary_unary(
+            "/etcdserverpb.KV/Put", request_serializer=_ser,
+            response_deserializer=rpc_pb2.PutResponse.FromString)
+        self.range = self.channel.unary_unary(
+            "/etcdserverpb.KV/Range", request_serializer=_ser,
+            response_deserializer=rpc_pb2.RangeResponse.FromString)
+
+    async def close(self):
+        await self.channel.close()
+
+
+def value(size, i):
+    v = (b"%d:" % i) * (size // 2 + 1)
+    return v[:size]
+
+
+async def populate(client, args, run_id):
+    """Keys the get and range workloads read."""
+    sem = asyncio.Semaphore(args.concurrency)
+
+    async def put(key, val):
+        async with sem:
+            await client.put(rpc_pb2.PutRequest(key=key, value=val), timeout=30)
+
+    jobs = [put(PREFIX + b"get/%s/%05d" % (run_id, i), value(args.value_size, i))
+            for i in range(GET_KEYS)]
+    jobs += [put(PREFIX + b"range/%s/%05d" % (run_id, i), value(args.value_size, i))
+             for i in range(RANGE_KEYS)]
+    await asyncio.gather(*jobs)
+
+
+def make_workloads(client, args, run_id):
+    val = value(args.value_size, 7)
+    rng = random.Random(1)
+    range_prefix = PREFIX + b"range/%s/" % run_id
+    range_req = rpc_pb2.RangeRequest(key=range_prefix, range_end=prefix_end(range_prefix))
+    get_reqs = [rpc_pb2.RangeRequest(key=PREFIX + b"get/%s/%05d" % (run_id, i))
+                for i in range(GET_KEYS)]
+
+    def put_op(worker, n):
+        key = PREFIX + b"put/%s/%d/%d" % (run_id, worker, n)
+        return client.put(rpc_pb2.PutRequest(key=key, value=val), timeout=30)
+
+    async def get_op(worker, n):
+        resp = await client.range(rng.choice(get_reqs), timeout=30)
+        if resp.count != 1:
+            raise RuntimeError("get: expected 1 key, got %d" % resp.count)
+
+    async def range_op(worker, n):
+        resp = await client.range(range_req, timeout=30)
+        if len(resp.kvs) != RANGE_KEYS:
+            raise RuntimeError("range: expected %d keys, got %d" % (RANGE_KEYS, len(resp.kvs)))
+
+    return [("put", put_op), ("get", get_op), ("range", range_op)]
+
+
+async def run_workload(op, seconds, concurrency, warmup):
+    """Run op from `concurrency` workers for `seconds`; returns a result dict."""
+    latencies = []
+    errors = []
+    counter = [0]
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+
+    async def worker(w):
+        n = 0
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            try:
+                await op(w, counter[0])
+            except Exception as exc:  # noqa: BLE001  -- report, keep going
+                errors.append(exc)
+                if len(errors) > 100:
+                    return
+            t1 = time.perf_counter()
+            counter[0] += 1
+            n += 1
+            if t0 >= measure_from:
+                latencies.append(t1 - t0)
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    end = time.perf_counter()
+    latencies.sort()
+    elapsed = end - measure_from
+
+    def pct(p):
+        if not latencies:
+            return float("nan")
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000.0
+
+    return {"ops": len(latencies), "ops_s": len(latencies) / elapsed if elapsed > 0 else 0.0,
+            "p50": pct(0.50), "p99": pct(0.99), "errors": len(errors),
+            "error": repr(errors[0]) if errors else None}
+
+
+async def bench_server(server, args):
+    run_id = b"%x" % random.getrandbits(32)
+    client = Client(server.endpoint)
+    results = {}
+    try:
+        await populate(client, args, run_id)
+        for name, op in make_workloads(client, args, run_id):
+            if args.workloads and name not in args.workloads:
+                continue
+            results[name] = await run_workload(op, args.seconds, args.concurrency,
+                                               args.warmup)
+            r = results[name]
+            print("  %-7s %-6s %9.0f ops/s  p50 %7.2f ms  p99 %7.2f ms%s"
+                  % (server.name, name, r["ops_s"], r["p50"], r["p99"],
+                     "  (%d errors, first: %s)" % (r["errors"], r["error"])
+                     if r["errors"] else ""), flush=True)
+    finally:
+        await client.close()
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+
+def print_table(results, order):
+    names = [n for n in ("put", "get", "range")
+             if any(n in results.get(s, {}) for s in order)]
+    head = "%-8s" % "workload"
+    for s in order:
+        head += " | %12s %8s %8s" % (s + " ops/s", "p50 ms", "p99 ms")
+    both = "etcd" in results and "adapter" in results
+    if both:
+        head += " | %13s" % "adapter/etcd"
+    print(head)
+    print("-" * len(head))
+    for n in names:
+        line = "%-8s" % n
+        for s in order:
+            r = results.get(s, {}).get(n)
+            if r is None:
+                line += " | %12s %8s %8s" % ("-", "-", "-")
+            else:
+                line += " | %12.0f %8.2f %8.2f" % (r["ops_s"], r["p50"], r["p99"])
+        if both:
+            e, a = results["etcd"].get(n), results["adapter"].get(n)
+            if e and a and e["ops_s"] > 0:
+                line += " | %12.2fx" % (a["ops_s"] / e["ops_s"])
+            else:
+                line += " | %13s" % "-"
+        print(line)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="measured duration of each workload (default 5)")
+    p.add_argument("--warmup", type=float, default=0.5,
+                   help="unmeasured run-in before each workload (default 0.5 s)")
+    p.add_argument("--concurrency", type=int, default=16,
+                   help="calls in flight (default 16)")
+    p.add_argument("--value-size", type=int, default=256, help="bytes per value (256)")
+    p.add_argument("--only", choices=("etcd", "adapter"),
+                   help="benchmark only one of the two servers")
+    p.add_argument("--workload", dest="workloads", action="append",
+                   choices=("put", "get", "range"), help="run only this workload (repeatable)")
+    p.add_argument("--adapter-endpoint", metavar="HOST:PORT",
+                   help="benchmark an already-running adapter instead of starting one")
+    p.add_argument("--etcd-endpoint", metavar="HOST:PORT",
+                   help="benchmark an already-running etcd instead of starting one")
+    p.add_argument("--store", metavar="URL",
+                   help="--store for the adapter we start (default: the adapter's default)")
+    p.add_argument("--etcd-data-parent", metavar="DIR",
+                   help="where etcd's temporary data dir goes (default: the system temp "
+                        "dir; /dev/shm takes fsync cost out of etcd's figures)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    order = [args.only] if args.only else ["etcd", "adapter"]
+    servers = {}
+
+    def cleanup():
+        for s in servers.values():
+            s.cleanup()
+
+    atexit.register(cleanup)
+
+    def on_signal(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    results = {}
+    rss = {}
+    failed_start = False
+    try:
+        print("machine: %d CPUs; client: grpcio %s, 1 connection, %d calls in flight, "
+              "%.1f s per workload (+%.1f s warm-up), %d-byte values"
+              % (os.cpu_count() or 0, grpc.__version__, args.concurrency, args.seconds,
+                 args.warmup, args.value_size), flush=True)
+        for name in order:
+            if name == "etcd":
+                server = Etcd(args.etcd_endpoint, args.etcd_data_parent)
+            else:
+                server = Adapter(args.adapter_endpoint, args.store)
+            servers[name] = server
+            try:
+                server.start()
+            except RuntimeError as exc:
+                print("%s: could not start: %s" % (name, exc), file=sys.stderr)
+                server.cleanup()
+                results[name] = {}
+                failed_start = True
+                continue
+            where = ("external" if server.proc is None
+                     else "started by us, pid %d, log in %s" % (server.proc.pid, server.tmp))
+            print("%s %s on %s (%s)" % (name, server_version(server.endpoint),
+                                        server.endpoint, where), flush=True)
+            results[name] = asyncio.run(bench_server(server, args))
+            rss[name] = server.rss_mib()
+            server.cleanup()    # the next server gets the CPU to itself
+        print()
+        print_table(results, order)
+        print()
+        for name in order:
+            if rss.get(name) is not None:
+                print("%s RSS after its workloads: %.1f MiB" % (name, rss[name]))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        cleanup()
+    failed = [(s, n) for s, r in results.items() for n, x in r.items() if x["errors"]]
+    return 1 if failed or failed_start else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""TLS, client-certificate identity policy and etcd Auth (being built)."""
