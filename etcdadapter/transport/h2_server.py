@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from etcdadapter.errors import EtcdError, StatusCode, ErrStopped, unimplemented
 from etcdadapter.services.rpc import CallContext, ServerStream, UNARY
 from etcdadapter.transport import grpc_codec
+from etcdadapter.transport.hpack_cache import CachingEncoder
 from etcdadapter.transport.http_exchange import HttpExchange
 
 log = Logger()
@@ -30,6 +31,8 @@ log = Logger()
 _RESPONSE_HEADERS = ((":status", "200"), ("content-type", "application/grpc"),
                      ("grpc-accept-encoding", grpc_codec.ACCEPT_ENCODING))
 _OK_TRAILERS = (("grpc-status", "0"),)
+_TRAILERS_ONLY_OK = _RESPONSE_HEADERS[:2] + _OK_TRAILERS
+_CONSTANT_HEADER_SETS = (_RESPONSE_HEADERS, _OK_TRAILERS, _TRAILERS_ONLY_OK)
 _STREAM_WINDOW = 1 << 20       # per-stream receive window we advertise
 _CONNECTION_WINDOW = 16 << 20  # connection receive window
 
@@ -114,6 +117,7 @@ class H2Server(object):
             validate_outbound_headers=False, normalize_outbound_headers=False,
             validate_inbound_headers=False, normalize_inbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
+        self.conn.encoder = CachingEncoder(self.conn.encoder, _CONSTANT_HEADER_SETS)
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS:
                 min(self.settings.max_concurrent_streams, 2 ** 32 - 1),
