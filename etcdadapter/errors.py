@@ -110,15 +110,6 @@ ErrPermissionNotGiven = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: permission n
 ErrInvalidAuthMgmt = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: invalid auth management")
 
 
-def unimplemented(path):
-    """The error grpc-go gives for a method the server does not register."""
-    service, _, method = path.lstrip("/").partition("/")
-    if not method:
-        return EtcdError(_C.UNIMPLEMENTED, "malformed method name: %r" % (path,))
-    return EtcdError(_C.UNIMPLEMENTED,
-                     "unknown method %s for service %s" % (method, service))
-
-
 def message_too_large(size, limit):
     """grpc-go's receive-side size error (etcd: max-request-bytes + 512 KiB)."""
     return EtcdError(_C.RESOURCE_EXHAUSTED,

@@ -18,6 +18,8 @@ from etcdadapter.services.identity import ServerIdentity
 from etcdadapter.services.kv import KVLimits, KVService
 from etcdadapter.services.maintenance import MaintenanceService
 from etcdadapter.services.rpc import MethodRegistry
+from etcdadapter.services.watch import WatchService
+from etcdadapter.services.watch_hub import WatchHub
 from etcdadapter.transport.h2_server import H2Settings
 from etcdadapter.transport.protocol import EtcdFactory
 
@@ -63,7 +65,10 @@ class AdapterService(service.Service):
                             KVLimits(config.max_request_bytes, config.max_txn_ops))
         self.maintenance = MaintenanceService(store, self.identity)
         self.cluster = ClusterService(self.identity)
-        for svc in (self.kv, self.maintenance, self.cluster):
+        self.watch_hub = WatchHub(store, self.identity, clock=reactor)
+        self.watch = WatchService(self.watch_hub, store, self.identity,
+                                  max_request_bytes=config.max_request_bytes)
+        for svc in (self.kv, self.maintenance, self.cluster, self.watch):
             for method in svc.methods():
                 self.registry.add(method)
         http_endpoints.install(self.router, self.health)

@@ -182,7 +182,8 @@ def test_malformed_protobuf_and_truncated_frame():
     sid = h.start_call("/etcdserverpb.KV/Range")
     h.send(sid, struct.pack(">BI", 0, 100) + b"abc", end=True)
     _, _, trailers = h.result(sid)
-    assert trailers["grpc-status"] == str(StatusCode.INTERNAL)
+    assert trailers["grpc-status"] == str(StatusCode.UNKNOWN)     # as grpc-go reports it
+    assert trailers["grpc-message"] == "unexpected EOF"
     # the connection still serves calls
     sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"ok"))
     assert h.result(sid)[2]["grpc-status"] == "0"
@@ -356,3 +357,78 @@ def test_codec_helpers():
     assert dec.feed(framed[:7]) == []
     assert dec.feed(framed[7:]) == [b"hello", b"", b"world"]
     assert dec.pending == 0
+
+
+def test_corrupt_and_bomb_compressed_messages_fail_the_call_only():
+    import zlib
+    reg, _ = echo_registry()
+    h = Harness(reg, settings=H2Settings(max_receive_message_size=4096))
+    sid = h.start_call("/etcdserverpb.KV/Range", extra_headers=[("grpc-encoding", "gzip")])
+    h.send(sid, struct.pack(">BI", 1, 10) + b"notgzip!!!", end=True)
+    _, _, trailers = h.result(sid)
+    assert trailers["grpc-status"] == str(StatusCode.INTERNAL)
+    assert trailers["grpc-message"].startswith(
+        "grpc: failed to decompress the received message")
+    bomb = zlib.compress(b"\0" * (64 << 20))       # 64 MiB inflated, ~64 KiB on the wire
+    sid = h.start_call("/etcdserverpb.KV/Range", extra_headers=[("grpc-encoding", "deflate")])
+    h.send(sid, struct.pack(">BI", 1, len(bomb)) + bomb[:4000], end=False)
+    _, _, trailers = h.result(sid)
+    # the announced (compressed) size already exceeds the limit here; now a bomb within it
+    assert trailers["grpc-status"] == str(StatusCode.RESOURCE_EXHAUSTED)
+    small_bomb = zlib.compress(b"\0" * (8 << 20))
+    assert len(small_bomb) < 4096 * 4
+    h2_ = Harness(reg, settings=H2Settings(max_receive_message_size=len(small_bomb) + 10))
+    sid = h2_.start_call("/etcdserverpb.KV/Range",
+                         extra_headers=[("grpc-encoding", "deflate")])
+    h2_.send(sid, struct.pack(">BI", 1, len(small_bomb)) + small_bomb, end=True)
+    _, _, trailers = h2_.result(sid)
+    assert trailers["grpc-status"] == str(StatusCode.RESOURCE_EXHAUSTED)
+    assert trailers["grpc-message"] == "grpc: received message larger than max (%d vs. %d)" % (
+        len(small_bomb) + 11, len(small_bomb) + 10)
+    # the connection is still usable
+    sid = h2_.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"ok"))
+    assert h2_.result(sid)[2]["grpc-status"] == "0"
+
+
+def test_go_style_unmarshal_errors():
+    from etcdadapter.transport.proto_decode import decode
+    cases = {
+        b"\x0a\x05ab": "unexpected EOF",
+        b"\x08\x01": "proto: wrong wireType = 0 for field Key",
+        b"\x00": "proto: RangeRequest: illegal tag 0 (wire type 0)",
+        b"\x18" + b"\xff" * 10 + b"\x01": "proto: integer overflow",
+        b"\x0c": "proto: RangeRequest: wiretype end group for non-group",
+    }
+    for payload, message in cases.items():
+        try:
+            decode(rpc.RangeRequest, payload)
+        except EtcdError as e:
+            assert (e.code, e.message) == (
+                StatusCode.INTERNAL, "grpc: error unmarshalling request: " + message), payload
+        else:
+            raise AssertionError("accepted %r" % payload)
+    # nested messages are checked too, unknown fields skipped
+    txn = rpc.TxnRequest(success=[rpc.RequestOp(request_put=rpc.PutRequest(key=b"k"))])
+    assert decode(rpc.TxnRequest, txn.SerializeToString() + b"\xf8\x07\x05").success == txn.success
+    bad = b"\x12\x04\x12\x02\x08\x01"      # success[0].request_put.key as a varint
+    try:
+        decode(rpc.TxnRequest, bad)
+    except EtcdError as e:
+        assert e.message.endswith("proto: wrong wireType = 0 for field Key")
+    else:
+        raise AssertionError("accepted nested wrong wire type")
+
+
+def test_pending_bytes_reports_what_flow_control_holds_back():
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sid = h.start_call("/etcdserverpb.Watch/Watch")
+    h.pump()
+    stream = handlers["streams"][0]
+    assert stream.pending_bytes() == 0
+    stream.send(rpc.WatchResponse(cancel_reason="x" * 200000))
+    # the client has opened no window beyond HTTP/2's initial 65535 bytes
+    assert stream.pending_bytes() > 200000 - 65535
+    h.pump()                                   # the client reads and acknowledges
+    assert stream.pending_bytes() == 0
+    assert len(h.result(sid)[1]) == 1

@@ -38,20 +38,42 @@ class MethodRegistry(object):
     def __init__(self):
         self._by_path = {}
         self._by_http_path = {}
+        self._services = set()
 
     def add(self, method):
         self._by_path[method.path] = method
+        self._services.add(method.path[1:].rpartition("/")[0])
         for p in method.http_paths:
             self._by_http_path[p] = method
 
     def lookup(self, path):
         return self._by_path.get(path)
 
+    def unknown_method_error(self, path):
+        """grpc-go's error for a path no method is registered at: the service is what
+        precedes the last "/"."""
+        from etcdadapter.errors import EtcdError, StatusCode
+        name = path[1:] if path.startswith("/") else path
+        service, slash, method = name.rpartition("/")
+        if not slash:
+            # grpc-go of etcd 3.4/3.5 answers this with RESOURCE_EXHAUSTED.
+            return EtcdError(StatusCode.RESOURCE_EXHAUSTED,
+                             "malformed method name: %s" % _go_quote(path))
+        if service in self._services:
+            return EtcdError(StatusCode.UNIMPLEMENTED,
+                             "unknown method %s for service %s" % (method, service))
+        return EtcdError(StatusCode.UNIMPLEMENTED, "unknown service %s" % service)
+
     def lookup_http(self, http_path):
         return self._by_http_path.get(http_path)
 
     def __iter__(self):
         return iter(self._by_path.values())
+
+
+def _go_quote(text):
+    """Go's %q for the printable ASCII strings that reach us."""
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 class CallContext(object):

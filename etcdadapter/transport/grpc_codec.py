@@ -5,7 +5,6 @@ The wire format (grpc/doc/PROTOCOL-HTTP2.md): each message is a 1-byte compresse
 messages in one frame are both normal, so the decoder is a small buffer machine.
 """
 
-import gzip
 import struct
 import zlib
 
@@ -23,13 +22,23 @@ def frame_message(payload):
     return _PREFIX.pack(0, len(payload)) + payload
 
 
-def _decompress(encoding, data):
-    if encoding == "gzip":
-        return gzip.decompress(data)
-    if encoding == "deflate":
-        return zlib.decompress(data)
-    raise EtcdError(StatusCode.INTERNAL,
-                    "grpc: compressed flag set with identity or empty encoding")
+def _decompress(encoding, data, limit):
+    """Inflate at most ``limit + 1`` bytes: a small "zip bomb" must not allocate or spin."""
+    if encoding not in ("gzip", "deflate"):
+        raise EtcdError(StatusCode.INTERNAL,
+                        "grpc: compressed flag set with identity or empty encoding")
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(data, limit + 1)
+        if len(out) <= limit and not inflater.eof:
+            raise zlib.error("truncated compressed data")
+    except zlib.error as e:
+        raise EtcdError(StatusCode.INTERNAL,
+                        "grpc: failed to decompress the received message: %s" % e)
+    if len(out) > limit:
+        raise message_too_large(limit + 1, limit)
+    return out
 
 
 class MessageDecoder(object):
@@ -65,15 +74,9 @@ class MessageDecoder(object):
             if end > size:
                 break
             payload = bytes(buf[offset + 5:end])
-            if flag:
-                if self.encoding == "identity":
-                    raise EtcdError(
-                        StatusCode.INTERNAL,
-                        "grpc: compressed flag set with identity or empty encoding")
-                payload = _decompress(self.encoding, payload)
-                if len(payload) > self.max_message_size:
-                    raise message_too_large(len(payload), self.max_message_size)
-            elif flag not in (0, 1):
+            if flag == 1:
+                payload = _decompress(self.encoding, payload, self.max_message_size)
+            elif flag:
                 raise EtcdError(StatusCode.INTERNAL,
                                 "grpc: received unexpected payload format %d" % flag)
             messages.append(payload)

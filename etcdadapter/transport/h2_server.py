@@ -20,9 +20,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from etcdadapter.errors import EtcdError, StatusCode, ErrStopped, unimplemented
+from etcdadapter.errors import EtcdError, StatusCode, ErrStopped
 from etcdadapter.services.rpc import CallContext, ServerStream, UNARY
 from etcdadapter.transport import grpc_codec
+from etcdadapter.transport.proto_decode import decode
 from etcdadapter.transport.hpack_cache import CachingEncoder
 from etcdadapter.transport.http_exchange import HttpExchange
 
@@ -88,6 +89,11 @@ class GrpcCall(ServerStream):
         payload = response.SerializeToString()
         self.server._send_grpc_data(self, grpc_codec.frame_message(payload))
 
+    def pending_bytes(self):
+        """Response bytes queued behind HTTP/2 flow control (the watch hub's
+        slow-consumer signal)."""
+        return len(self.pending)
+
     def _window_opened(self):
         if self.pending:
             self.server._flush_stream(self)
@@ -124,6 +130,9 @@ class H2Server(object):
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.settings.max_header_list_size,
         })
+        # Frames larger than the SETTINGS_MAX_FRAME_SIZE we advertise are a FRAME_SIZE
+        # error at once (h2 would otherwise wait for up to 16 MiB of body).
+        self.conn.max_inbound_frame_size = self.conn.local_settings.max_frame_size
         self.streams = {}          # stream_id -> GrpcCall or HttpExchange
         self._in_receive = False
         self._closed = False
@@ -267,7 +276,7 @@ class H2Server(object):
                 StatusCode.INTERNAL, "grpc: only POST is allowed"))
             return
         if method is None:
-            self._send_trailers_only(stream_id, unimplemented(path))
+            self._send_trailers_only(stream_id, self.registry.unknown_method_error(path))
             return
         encoding = headers.get("grpc-encoding", "identity")
         if encoding not in grpc_codec.SUPPORTED_ENCODINGS:
@@ -317,10 +326,10 @@ class H2Server(object):
             if stream.closed:
                 return
             try:
-                request = stream.method.request_type.FromString(payload)
-            except Exception as e:
+                request = decode(stream.method.request_type, payload)
+            except EtcdError as e:
                 stream.on_cancel()
-                stream.finish(_unmarshal_error(e))
+                stream.finish(e)
                 return
             try:
                 stream.on_message(request)
@@ -339,8 +348,7 @@ class H2Server(object):
             return
         if stream.decoder.pending:
             stream.on_cancel()
-            stream.finish(EtcdError(StatusCode.INTERNAL,
-                                    "grpc: client streaming ended with a truncated message"))
+            stream.finish(EtcdError(StatusCode.UNKNOWN, "unexpected EOF"))
             return
         if stream.method.kind == UNARY:
             self._invoke_unary(stream)
@@ -354,16 +362,14 @@ class H2Server(object):
     # -- calls ---------------------------------------------------------------------
     def _invoke_unary(self, call):
         payloads = call.request_payloads
-        if len(payloads) != 1:
-            call.finish(EtcdError(
-                StatusCode.INTERNAL if payloads else StatusCode.INTERNAL,
-                "grpc: client sent %s request messages for a unary call"
-                % ("no" if not payloads else "several")))
+        if not payloads:
+            # grpc-go reads the request with io.EOF and reports it as is.
+            call.finish(EtcdError(StatusCode.UNKNOWN, "EOF"))
             return
         try:
-            request = call.method.request_type.FromString(payloads[0])
-        except Exception as e:
-            call.finish(_unmarshal_error(e))
+            request = decode(call.method.request_type, payloads[0])   # extras ignored
+        except EtcdError as e:
+            call.finish(e)
             return
         call.request_payloads = None
         try:
@@ -488,11 +494,6 @@ class H2Server(object):
             fn(*args, **kwargs)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             pass
-
-
-def _unmarshal_error(exc):
-    return EtcdError(StatusCode.INTERNAL,
-                     "grpc: error unmarshalling request: %s" % (exc,))
 
 
 class H2HttpExchange(HttpExchange):

@@ -47,6 +47,13 @@ class _RouterResource(resource.Resource):
         self.router = router
 
     def render(self, request):
+        if request.clientproto == b"HTTP/1.1" and not request.requestHeaders.hasHeader(b"host"):
+            # Go's net/http (so etcd) refuses these before any handler runs.
+            reason = b"Bad Request: missing required Host header"
+            request.setResponseCode(400, reason)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            request.setHeader(b"Connection", b"close")
+            return b"400 " + reason
         self.router.dispatch(TwistedWebExchange(request))
         return server.NOT_DONE_YET
 

@@ -1,0 +1,1 @@
+"""Storage backends: the Store contract (base), the revision logic (mvcc) and the stores."""

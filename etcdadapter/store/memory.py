@@ -1,0 +1,333 @@
+"""The embedded in-memory store (the default backend).
+
+Data structures:
+
+* ``_keys``: a :class:`sortedcontainers.SortedDict` mapping each key to its history, a list
+  of :class:`~etcdadapter.store.base.KV` ordered by mod_revision, tombstones included.  A
+  point read at the latest revision is one dict lookup; a range walks only the keys in it.
+* ``_dead``: the keys of ``_keys`` whose latest version is a tombstone, so that counting
+  the live keys of a range at the latest revision is four bisections.
+* ``_log``: every committed :class:`~etcdadapter.store.base.Change`, in revision order, for
+  watch replay (:meth:`MemoryStore.history`).
+
+Compaction really drops superseded versions, tombstones and log entries (only the keys
+written since the previous compaction are visited).  Everything runs synchronously on the
+calling (reactor) thread; the request methods return already-fired Deferreds.
+
+Revisions survive restarts only in the sense that they never go down: the first revision
+is seeded from the wall clock in milliseconds (APISIX ignores "older" revisions), unless
+``initial_revision`` is given (tests comparing with etcd pass 1).
+"""
+
+import time
+from collections import deque
+
+from sortedcontainers import SortedDict, SortedList
+from twisted.internet.defer import fail, succeed
+from twisted.logger import Logger
+
+from etcdadapter import errors
+from etcdadapter.errors import EtcdError
+from etcdadapter.store import mvcc
+from etcdadapter.store.base import Change, Store, StoreStatus
+
+log = Logger()
+
+# Bytes an entry costs beyond its key and value bytes (CPython 3.11, 64-bit, measured with
+# tracemalloc): a version (KV tuple, its ints, the value's bytes header, the history list
+# slot); an Event in the log; a Change in the log; a key (its bytes header, SortedDict and
+# SortedList slots, the history list).  The key's bytes are shared by all its versions.
+VERSION_OVERHEAD = 260
+EVENT_OVERHEAD = 72
+CHANGE_OVERHEAD = 84
+KEY_OVERHEAD = 80
+
+
+# Rough footprint of an empty store's maps and lists (measured with tracemalloc).
+_BASE_BYTES = 4096
+
+
+class NoLeases(object):
+    """The lease registry until the lease subsystem replaces ``MemoryStore.leases``: an
+    object answering ``lease_id in leases``."""
+
+    def __contains__(self, lease_id):
+        return False
+
+
+def _bisect_rev(seq, revision, index):
+    """First position in ``seq`` (tuples ordered by field ``index``) whose field is >=
+    ``revision``."""
+    lo, hi = 0, len(seq)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if seq[mid][index] < revision:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _at(history, revision):
+    """The live KV of a key's history at ``revision``, or None."""
+    kv = history[-1]
+    if kv.mod_revision > revision:
+        lo, hi = 0, len(history) - 1                 # history[hi] is past revision
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if history[mid].mod_revision <= revision:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0:
+            return None
+        kv = history[lo - 1]
+    return kv if kv.version else None
+
+
+class _View(mvcc.WriteView):
+    """The mvcc view over a MemoryStore.  Always current: the store is single-threaded and
+    mvcc functions run to completion before anything else touches it."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store):
+        self.store = store
+
+    @property
+    def revision(self):
+        return self.store.revision
+
+    @property
+    def compact_revision(self):
+        return self.store.compact_revision
+
+    def get(self, key, revision):
+        h = self.store._keys.get(key)
+        if h is None:
+            return None
+        return _at(h, revision)
+
+    def _iter_keys(self, key, range_end):
+        keys = self.store._keys
+        if range_end == mvcc.ALL_KEYS:
+            return keys.irange(key)
+        if range_end <= key:
+            return ()
+        return keys.irange(key, range_end, inclusive=(True, False))
+
+    def range(self, key, range_end, revision, limit=0):
+        if not range_end:
+            kv = self.get(key, revision)
+            return [kv] if kv is not None else []
+        keys = self.store._keys
+        out = []
+        for k in self._iter_keys(key, range_end):
+            kv = _at(keys[k], revision)
+            if kv is not None:
+                out.append(kv)
+                if len(out) == limit:
+                    break
+        return out
+
+    def count(self, key, range_end, revision):
+        if not range_end:
+            return 1 if self.get(key, revision) is not None else 0
+        s = self.store
+        keys = s._keys
+        if revision >= s.revision:
+            # Latest: keys in range minus the deleted ones, two bisections each.
+            dead = s._dead
+            if range_end == mvcc.ALL_KEYS:
+                return ((len(keys) - keys.bisect_left(key))
+                        - (len(dead) - dead.bisect_left(key)))
+            if range_end <= key:
+                return 0
+            return ((keys.bisect_left(range_end) - keys.bisect_left(key))
+                    - (dead.bisect_left(range_end) - dead.bisect_left(key)))
+        n = 0
+        for k in self._iter_keys(key, range_end):
+            if _at(keys[k], revision) is not None:
+                n += 1
+        return n
+
+    def lease_exists(self, lease_id):
+        return lease_id in self.store.leases
+
+    def commit(self, revision, events):
+        s = self.store
+        keys = s._keys
+        size = CHANGE_OVERHEAD
+        for ev in events:
+            kv = ev.kv
+            h = keys.get(kv.key)
+            if h is None:
+                keys[kv.key] = [kv]
+                size += len(kv.key) + KEY_OVERHEAD
+                if not kv.version:
+                    s._dead.add(kv.key)
+            else:
+                if not h[-1].version:
+                    if kv.version:
+                        s._dead.remove(kv.key)
+                elif not kv.version:
+                    s._dead.add(kv.key)
+                h.append(kv)
+            size += len(kv.value) + VERSION_OVERHEAD + EVENT_OVERHEAD
+        change = Change(revision, tuple(events))
+        s._log.append(change)
+        s._bytes += size
+        s.revision = revision
+        s._unnotified.append(change)
+
+    def compact(self, revision):
+        s = self.store
+        keys = s._keys
+        logl = s._log
+        j = _bisect_rev(logl, revision, 0)           # first change at >= revision
+        end = j + 1 if j < len(logl) and logl[j].revision == revision else j
+        touched = set()
+        freed = 0
+        for i in range(end):
+            change = logl[i]
+            events = change.events
+            if i < j:
+                freed += CHANGE_OVERHEAD + EVENT_OVERHEAD * len(events)
+            for ev in events:
+                touched.add(ev.kv.key)
+        for key in touched:
+            h = keys.get(key)
+            if h is None:
+                continue
+            kept = mvcc.compact_versions(h, revision)
+            if kept is h:
+                continue
+            for kv in h[:len(h) - len(kept)]:
+                freed += len(kv.value) + VERSION_OVERHEAD
+            if kept:
+                keys[key] = kept
+            else:
+                del keys[key]
+                s._dead.remove(key)
+                freed += len(key) + KEY_OVERHEAD
+        del logl[:j]
+        if logl and logl[0].revision == revision:
+            # etcd reads a watch event's prev_kv at revision - 1: compacted now.
+            change = logl[0]
+            if any(ev.prev_kv is not None for ev in change.events):
+                logl[0] = Change(revision, tuple(ev._replace(prev_kv=None)
+                                                 for ev in change.events))
+        s._bytes -= freed
+        s.compact_revision = revision
+
+
+class MemoryStore(Store):
+    """In-memory :class:`~etcdadapter.store.base.Store`."""
+
+    def __init__(self, initial_revision=None):
+        if initial_revision is None:
+            initial_revision = int(time.time() * 1000)
+        self.revision = initial_revision
+        self.compact_revision = -1
+        #: ``lease_id in leases`` tells whether a lease exists; the lease subsystem
+        #: replaces this object.
+        self.leases = NoLeases()
+        self._keys = SortedDict()
+        self._dead = SortedList()        # keys whose latest version is a tombstone
+        self._log = []
+        self._bytes = 0
+        self._subscribers = []
+        self._unnotified = deque()
+        self._notifying = False
+        self._view = _View(self)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self):
+        return succeed(None)
+
+    def stop(self):
+        return succeed(None)
+
+    # -- KV -------------------------------------------------------------------------------
+    def range(self, request):
+        try:
+            return succeed(mvcc.range_(self._view, request))
+        except EtcdError as e:
+            return fail(e)
+
+    def put(self, request):
+        try:
+            resp, _ = mvcc.put(self._view, request)
+        except EtcdError as e:
+            return fail(e)
+        self._notify()
+        return succeed(resp)
+
+    def delete_range(self, request):
+        try:
+            resp, _ = mvcc.delete_range(self._view, request)
+        except EtcdError as e:
+            return fail(e)
+        self._notify()
+        return succeed(resp)
+
+    def txn(self, request):
+        try:
+            resp, _ = mvcc.txn(self._view, request)
+        except EtcdError as e:
+            return fail(e)
+        self._notify()
+        return succeed(resp)
+
+    def compact(self, revision, physical=False):
+        try:
+            return succeed(mvcc.compact(self._view, revision))
+        except EtcdError as e:
+            return fail(e)
+
+    def status(self):
+        # The empty structures themselves take memory too; etcd never reports a zero
+        # size either (an empty bbolt file is 32-36 KiB), and etcdctl hides zero fields.
+        size = self._bytes + _BASE_BYTES
+        return succeed(StoreStatus(self.revision, self.compact_revision, size, size))
+
+    # -- change feed ----------------------------------------------------------------------
+    def subscribe(self, callback):
+        entry = [callback]              # a distinct object even if callback is reused
+        self._subscribers.append(entry)
+
+        def unsubscribe():
+            try:
+                self._subscribers.remove(entry)
+            except ValueError:
+                pass
+        return unsubscribe
+
+    def _notify(self):
+        # Re-entrant writes (a subscriber writing) are queued behind the change being
+        # delivered, so every subscriber sees changes in revision order.
+        if self._notifying:
+            return
+        self._notifying = True
+        try:
+            queue = self._unnotified
+            while queue:
+                change = queue.popleft()
+                for entry in tuple(self._subscribers):
+                    try:
+                        entry[0](change)
+                    except Exception:
+                        log.failure("store subscriber failed on revision {rev}",
+                                    rev=change.revision)
+        finally:
+            self._notifying = False
+
+    def history(self, start_revision, key, range_end, limit_revisions=1000):
+        # Negative start revisions (old etcd accepted them) fail only once something has
+        # been compacted, as etcd did.
+        if self.compact_revision >= 0 and start_revision < self.compact_revision:
+            return fail(errors.ErrCompacted)
+        logl = self._log
+        i = _bisect_rev(logl, start_revision, 0)
+        return succeed(mvcc.select_history(
+            (logl[n] for n in range(i, len(logl))), key, range_end, limit_revisions))
