@@ -60,6 +60,20 @@ class Pair(object):
         self.target_client.close()
 
 
+def _stop_all(started):
+    """Stop servers newest first; keep their temp dirs (logs) if any misbehaved."""
+    failures = []
+    for server in reversed(started):
+        try:
+            server.stop()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
+    for server in started:
+        server.cleanup()
+
+
 @pytest.fixture
 def start_servers(request):
     """Factory: ``start_servers(target_store="memory://") -> Pair`` of fresh servers.
@@ -84,17 +98,7 @@ def start_servers(request):
 
     for pair in pairs:
         pair.close()
-    failures = []
-    for server in reversed(started):
-        try:
-            server.stop()
-        except AssertionError as exc:
-            failures.append(str(exc))
-    for server in started:
-        if not failures:
-            server.cleanup()
-    if failures:
-        pytest.fail("\n\n".join(failures), pytrace=False)
+    _stop_all(started)
 
 
 @pytest.fixture
@@ -120,17 +124,7 @@ def shared_pair(request):
     p = Pair(etcd, target)
     yield p
     p.close()
-    failures = []
-    for server in reversed(started):
-        try:
-            server.stop()
-        except AssertionError as exc:
-            failures.append(str(exc))
-    for server in started:
-        if not failures:
-            server.cleanup()
-    if failures:
-        pytest.fail("\n\n".join(failures), pytrace=False)
+    _stop_all(started)
 
 
 @pytest.hookimpl(hookwrapper=True)
