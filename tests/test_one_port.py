@@ -156,3 +156,28 @@ def test_unix_socket_listener(tmp_path):
     # twistd re-raises the signal it stopped on, so a clean SIGTERM stop reads as -15.
     assert proc.returncode in (0, -signal.SIGTERM), out
     assert "etcd-adapter stopped" in out
+
+
+def test_fifty_mib_range_streams_out_uncapped(adapter):
+    # etcd's own gateway once capped responses at 4 MiB; our gRPC face caps nothing.
+    options = [("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(adapter.endpoint, options=options) as channel:
+        put = channel.unary_unary("/etcdserverpb.KV/Put",
+                                  request_serializer=rpc.PutRequest.SerializeToString,
+                                  response_deserializer=rpc.PutResponse.FromString)
+        rng = channel.unary_unary("/etcdserverpb.KV/Range",
+                                  request_serializer=rpc.RangeRequest.SerializeToString,
+                                  response_deserializer=rpc.RangeResponse.FromString)
+        value = b"x" * (1 << 20)
+        for i in range(50):
+            put(rpc.PutRequest(key=b"big/%02d" % i, value=value), timeout=10)
+        resp = rng(rpc.RangeRequest(key=b"big/", range_end=b"big0"), timeout=60)
+        assert resp.count == 50
+        assert [kv.key for kv in resp.kvs] == [b"big/%02d" % i for i in range(50)]
+        assert all(kv.value == value for kv in resp.kvs)
+        delete = channel.unary_unary(
+            "/etcdserverpb.KV/DeleteRange",
+            request_serializer=rpc.DeleteRangeRequest.SerializeToString,
+            response_deserializer=rpc.DeleteRangeResponse.FromString)
+        assert delete(rpc.DeleteRangeRequest(key=b"big/", range_end=b"big0"),
+                      timeout=10).deleted == 50
