@@ -16,6 +16,7 @@ from etcdadapter.gateway.router import HttpRouter
 from etcdadapter.services.cluster import ClusterService
 from etcdadapter.services.identity import ServerIdentity
 from etcdadapter.services.kv import KVLimits, KVService
+from etcdadapter.services.lease import LeaseService
 from etcdadapter.services.maintenance import MaintenanceService
 from etcdadapter.services.rpc import MethodRegistry
 from etcdadapter.services.watch import WatchService
@@ -68,7 +69,8 @@ class AdapterService(service.Service):
         self.watch_hub = WatchHub(store, self.identity, clock=reactor)
         self.watch = WatchService(self.watch_hub, store, self.identity,
                                   max_request_bytes=config.max_request_bytes)
-        for svc in (self.kv, self.maintenance, self.cluster, self.watch):
+        self.lease = LeaseService(store, self.identity, clock=reactor)
+        for svc in (self.kv, self.maintenance, self.cluster, self.watch, self.lease):
             for method in svc.methods():
                 self.registry.add(method)
         http_endpoints.install(self.router, self.health)
@@ -86,6 +88,7 @@ class AdapterService(service.Service):
     @defer.inlineCallbacks
     def _start(self):
         yield self.store.start()
+        self.lease.start()
         for description in self.config.listen:
             ep = endpoints.serverFromString(self.reactor, description)
             port = yield ep.listen(self.factory)
@@ -132,5 +135,6 @@ class AdapterService(service.Service):
         ports, self.ports = self.ports, []
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
         yield self.factory.shutdown(self.config.drain_timeout)
+        yield self.lease.stop()
         yield self.store.stop()
         log.info("etcd-adapter stopped")

@@ -313,7 +313,6 @@ def test_errors(pair):
     run_steps(pair, steps)
 
 
-@pytest.mark.xfail(strict=True, reason="the Lease service arrives with the Watch/Lease issue")
 def test_lease_errors(pair):
     steps = [
         "lease revoke 1234",

@@ -307,7 +307,8 @@ def test_put_prev_kv(s):
 
 
 def test_put_ignore_value_and_lease(s):
-    s.leases = {7, 8}
+    s.lease_grant(7, 60)
+    s.lease_grant(8, 60)
     put(s, b"k", b"v", lease=7)                                    # 2
     r = put(s, b"k", ignore_value=True, lease=8, prev_kv=True)     # 3
     assert r.prev_kv == pkv(b"k", 2, 2, 1, b"v", 7)
@@ -335,8 +336,7 @@ def test_put_lease_not_found(s):
     e = error_of(s.put(rpc.PutRequest(key=b"k", ignore_value=True, lease=99)))
     assert e == errors.ErrLeaseNotFound
     assert s.revision == 1 and get(s, b"k").count == 0
-    # the hook: anything answering "in"
-    s.leases = {99}
+    s.lease_grant(99, 60)
     assert list(get(s, b"k").kvs) == []
     put(s, b"k", b"v", lease=99)
     assert list(get(s, b"k").kvs) == [pkv(b"k", 2, 2, 1, b"v", 99)]
@@ -378,7 +378,7 @@ def test_empty_and_read_only_txn_do_not_bump(s):
     (C.LEASE, "lease", 4, 5, 6),
 ])
 def test_compare_targets_and_operators(s, target, field, lo, equal, hi):
-    s.leases = {5}
+    s.lease_grant(5, 60)
     put(s, b"k", b"v1", lease=5)          # 2
     put(s, b"k", b"v2", lease=5)          # 3: create 2, mod 3, version 2, lease 5
     expect = {

@@ -37,6 +37,11 @@ Change = namedtuple("Change", "revision events")
 StoreStatus = namedtuple("StoreStatus",
                          "revision compact_revision db_size db_size_in_use")
 
+# LeaseTimeToLive's answer: ``ttl`` = remaining whole seconds (-1 for an unknown lease),
+# ``granted_ttl`` (0 for an unknown lease), ``keys`` = sorted attached keys (empty unless
+# asked for).
+LeaseTTL = namedtuple("LeaseTTL", "ttl granted_ttl keys")
+
 
 class Store(object):
     """Abstract store.  Subclasses implement every method below."""
@@ -47,6 +52,10 @@ class Store(object):
 
     #: The revision compacted to; -1 when nothing has been compacted.
     compact_revision = -1
+
+    #: The clock lease expiry is measured on (an IReactorTime: ``clock.seconds()``);
+    #: ``twisted.internet.task.Clock`` in tests.
+    clock = None
 
     def start(self):
         """Open the store (connect, create/migrate the schema).  Returns a Deferred."""
@@ -96,4 +105,47 @@ class Store(object):
         ``limit_revisions`` distinct revisions, each Change holding only the matching
         events (with prev_kv filled where the previous version is still retained).
         Fails with ErrCompacted if start_revision < compact_revision."""
+        raise NotImplementedError
+
+    # -- leases (etcd server/lease/lessor.go; shared rules in etcdadapter.store.lease) ---
+    #
+    # A lease is (ID, granted TTL, expiry on ``clock``, attached keys).  Keys attach
+    # through the KV writes: a Put with ``lease`` attaches its key (detaching it from its
+    # previous lease), a Put with ``ignore_lease`` keeps it, a delete detaches it; a Put
+    # with an unknown lease fails with ErrLeaseNotFound (mvcc asks
+    # ``WriteView.lease_exists``).  Grant, KeepAlive, TimeToLive and Leases never change
+    # the revision.  A SQL store keeps leases in a table (expiry as wall-clock time, so
+    # that several instances agree) and runs Revoke/expiry in one database transaction.
+
+    def lease_grant(self, lease_id, ttl):
+        """Deferred[(lease_id, granted_ttl)].  ``lease_id`` 0 -> the store picks a
+        random-looking unused positive int63; a used ID -> ErrLeaseExist; ``ttl`` above
+        9000000000 -> ErrLeaseTTLTooLarge (checked first); below the 2 s minimum (0 and
+        negative too) -> raised to it.  Expiry = now + granted TTL."""
+        raise NotImplementedError
+
+    def lease_revoke(self, lease_id):
+        """Deferred[int]: delete every key attached to the lease in ONE new revision
+        (DELETE events sorted by key, through the normal commit path and change feed;
+        no keys -> no new revision), then forget the lease.  Fires with the revision
+        after the deletion.  Unknown lease -> ErrLeaseNotFound."""
+        raise NotImplementedError
+
+    def lease_keepalive(self, lease_id):
+        """Deferred[int]: reset the expiry to now + granted TTL and fire with the granted
+        TTL; 0 (not an error) for an unknown or already expired lease."""
+        raise NotImplementedError
+
+    def lease_time_to_live(self, lease_id, keys=False):
+        """Deferred[LeaseTTL]; ``LeaseTTL(-1, 0, ())`` for an unknown lease."""
+        raise NotImplementedError
+
+    def lease_list(self):
+        """Deferred[list of int]: the IDs of all live leases (sorted)."""
+        raise NotImplementedError
+
+    def lease_expire(self, limit=500):
+        """Deferred[list of int]: revoke (exactly as :meth:`lease_revoke`, each in its
+        own revision) up to ``limit`` leases whose expiry is <= now, soonest first; fires
+        with their IDs.  The lease service calls this every 500 ms."""
         raise NotImplementedError

@@ -19,6 +19,7 @@ is seeded from the wall clock in milliseconds (APISIX ignores "older" revisions)
 ``initial_revision`` is given (tests comparing with etcd pass 1).
 """
 
+import heapq
 import time
 from collections import deque
 
@@ -28,8 +29,9 @@ from twisted.logger import Logger
 
 from etcdadapter import errors
 from etcdadapter.errors import EtcdError
+from etcdadapter.store import lease as lease_rules
 from etcdadapter.store import mvcc
-from etcdadapter.store.base import Change, Store, StoreStatus
+from etcdadapter.store.base import Change, LeaseTTL, Store, StoreStatus
 
 log = Logger()
 
@@ -47,12 +49,17 @@ KEY_OVERHEAD = 80
 _BASE_BYTES = 4096
 
 
-class NoLeases(object):
-    """The lease registry until the lease subsystem replaces ``MemoryStore.leases``: an
-    object answering ``lease_id in leases``."""
+class Lease(object):
+    """One granted lease: granted TTL, expiry (seconds on the store's clock) and the set
+    of attached keys (kept up to date by every commit)."""
 
-    def __contains__(self, lease_id):
-        return False
+    __slots__ = ("id", "ttl", "expiry", "keys")
+
+    def __init__(self, lease_id, ttl, expiry):
+        self.id = lease_id
+        self.ttl = ttl
+        self.expiry = expiry
+        self.keys = set()
 
 
 def _bisect_rev(seq, revision, index):
@@ -157,10 +164,20 @@ class _View(mvcc.WriteView):
     def commit(self, revision, events):
         s = self.store
         keys = s._keys
+        leases = s.leases
         size = CHANGE_OVERHEAD
         for ev in events:
             kv = ev.kv
             h = keys.get(kv.key)
+            # Lease attachment follows the key's latest version.
+            if h is not None and h[-1].lease:
+                old = leases.get(h[-1].lease)
+                if old is not None:
+                    old.keys.discard(kv.key)
+            if kv.lease and kv.version:
+                new = leases.get(kv.lease)
+                if new is not None:
+                    new.keys.add(kv.key)
             if h is None:
                 keys[kv.key] = [kv]
                 size += len(kv.key) + KEY_OVERHEAD
@@ -224,14 +241,17 @@ class _View(mvcc.WriteView):
 class MemoryStore(Store):
     """In-memory :class:`~etcdadapter.store.base.Store`."""
 
-    def __init__(self, initial_revision=None):
+    def __init__(self, initial_revision=None, clock=None):
         if initial_revision is None:
             initial_revision = int(time.time() * 1000)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.revision = initial_revision
         self.compact_revision = -1
-        #: ``lease_id in leases`` tells whether a lease exists; the lease subsystem
-        #: replaces this object.
-        self.leases = NoLeases()
+        #: lease ID -> :class:`Lease` (``lease_id in leases`` tells whether it exists).
+        self.leases = {}
+        self._expiries = []              # heap of (expiry, lease_id); stale entries skipped
         self._keys = SortedDict()
         self._dead = SortedList()        # keys whose latest version is a tombstone
         self._log = []
@@ -331,3 +351,64 @@ class MemoryStore(Store):
         i = _bisect_rev(logl, start_revision, 0)
         return succeed(mvcc.select_history(
             (logl[n] for n in range(i, len(logl))), key, range_end, limit_revisions))
+
+    # -- leases ---------------------------------------------------------------------------
+    def lease_grant(self, lease_id, ttl):
+        try:
+            ttl = lease_rules.granted_ttl(ttl)
+        except EtcdError as e:
+            return fail(e)
+        if lease_id == 0:
+            lease_id = lease_rules.new_lease_id(self.leases.__contains__)
+        elif lease_id in self.leases:
+            return fail(errors.ErrLeaseExist)
+        lease = Lease(lease_id, ttl, self.clock.seconds() + ttl)
+        self.leases[lease_id] = lease
+        heapq.heappush(self._expiries, (lease.expiry, lease_id))
+        return succeed((lease_id, ttl))
+
+    def _revoke(self, lease):
+        try:
+            revision = lease_rules.revoke_events(self._view, lease.keys)
+        finally:
+            del self.leases[lease.id]
+        self._notify()
+        return revision
+
+    def lease_revoke(self, lease_id):
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return fail(errors.ErrLeaseNotFound)
+        return succeed(self._revoke(lease))
+
+    def lease_keepalive(self, lease_id):
+        lease = self.leases.get(lease_id)
+        now = self.clock.seconds()
+        if lease is None or lease.expiry <= now:
+            return succeed(0)
+        lease.expiry = now + lease.ttl
+        heapq.heappush(self._expiries, (lease.expiry, lease_id))
+        return succeed(lease.ttl)
+
+    def lease_time_to_live(self, lease_id, keys=False):
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return succeed(LeaseTTL(-1, 0, ()))
+        ttl = lease_rules.remaining_ttl(lease.expiry, self.clock.seconds())
+        return succeed(LeaseTTL(ttl, lease.ttl, tuple(sorted(lease.keys)) if keys else ()))
+
+    def lease_list(self):
+        return succeed(sorted(self.leases))
+
+    def lease_expire(self, limit=lease_rules.MAX_REVOKES_PER_PASS):
+        now = self.clock.seconds()
+        heap = self._expiries
+        revoked = []
+        while heap and heap[0][0] <= now and len(revoked) < limit:
+            expiry, lease_id = heapq.heappop(heap)
+            lease = self.leases.get(lease_id)
+            if lease is None or lease.expiry != expiry:
+                continue                     # revoked already, or kept alive since
+            self._revoke(lease)
+            revoked.append(lease_id)
+        return succeed(revoked)
