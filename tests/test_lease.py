@@ -13,22 +13,7 @@ from etcdadapter.store.base import DELETE, LeaseTTL
 from etcdadapter.store.memory import MemoryStore
 
 import servers
-
-
-def result(d):
-    out = []
-    d.addBoth(out.append)
-    assert out, "Deferred did not fire"
-    r = out[0]
-    if hasattr(r, "value") and hasattr(r, "trap"):
-        raise r.value
-    return r
-
-
-def error_of(d):
-    with pytest.raises(errors.EtcdError) as info:
-        result(d)
-    return info.value
+from fired import error_of, result
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ the same sequence of requests.
 import time
 
 import pytest
-from twisted.python.failure import Failure
 
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
@@ -16,26 +15,10 @@ from etcdadapter.pb.mvccpb import kv_pb2
 from etcdadapter.store import memory, mvcc
 from etcdadapter.store.base import DELETE, KV, PUT, Change, Event, StoreStatus
 from etcdadapter.store.memory import MemoryStore
+from fired import error_of, result
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-def result(d):
-    """The result of an already-fired Deferred; raises its failure."""
-    out = []
-    d.addBoth(out.append)
-    assert out, "Deferred has not fired"
-    r = out[0]
-    if isinstance(r, Failure):
-        r.raiseException()
-    return r
-
-
-def error_of(d):
-    with pytest.raises(errors.EtcdError) as ei:
-        result(d)
-    return ei.value
-
 
 @pytest.fixture
 def s():

@@ -18,6 +18,7 @@ from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import (
     SYNCED, UNSYNCED, RangeIndex, WatchHub, Watcher, prefix_end)
 from etcdadapter.store.memory import MemoryStore
+from fired import result as _result
 
 PUT = kv_pb2.Event.PUT
 DELETE = kv_pb2.Event.DELETE
@@ -103,15 +104,6 @@ class Env(object):
 
     def compact(self, rev):
         return _result(self.store.compact(rev))
-
-
-def _result(d):
-    out = []
-    d.addBoth(out.append)
-    assert out, "store Deferred did not fire"
-    if isinstance(out[0], Exception) or hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 def ev(e):

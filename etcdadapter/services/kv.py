@@ -75,10 +75,10 @@ def _check_op(op, max_txn_ops):
 
 
 def _intersects(intervals, key):
-    # A delete interval [begin, end): end b"" means "point" was already expanded below;
-    # etcd compares range ends as plain strings, so range_end b"\0" matches no put.
+    # Delete intervals are [begin, end) with points stored as [key, key + b"\0"); etcd
+    # compares range ends as plain strings, so a range_end of b"\0" covers no put.
     for begin, end in intervals:
-        if begin <= key and (end is None or key < end):
+        if begin <= key < end:
             return True
     return False
 

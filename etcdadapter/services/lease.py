@@ -106,11 +106,8 @@ class LeaseService(object):
 
     # -- streaming --------------------------------------------------------------------
     def LeaseKeepAlive(self, stream):
-        ks = KeepAliveStream(self, stream)
+        ks = stream.bind(KeepAliveStream(self, stream))
         self.streams.add(ks)
-        stream.on_message = ks.on_message
-        stream.on_half_close = ks.on_half_close
-        stream.on_cancel = ks.on_cancel
         return ks
 
     def methods(self):

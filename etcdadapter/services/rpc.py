@@ -113,6 +113,13 @@ class ServerStream(object):
         self.on_cancel = _ignore0
         self.closed = False
 
+    def bind(self, handler):
+        """Route the three callbacks to ``handler``'s methods of the same names."""
+        self.on_message = handler.on_message
+        self.on_half_close = handler.on_half_close
+        self.on_cancel = handler.on_cancel
+        return handler
+
     def send(self, response):
         raise NotImplementedError
 

@@ -76,11 +76,8 @@ class WatchService(object):
         self.streams = set()
 
     def Watch(self, stream):
-        ws = WatchStream(self, stream)
+        ws = stream.bind(WatchStream(self, stream))
         self.streams.add(ws)
-        stream.on_message = ws.on_message
-        stream.on_half_close = ws.on_half_close
-        stream.on_cancel = ws.on_cancel
         return ws
 
     def methods(self):

@@ -122,7 +122,7 @@ def decode_grpc_message(value):
     i = 0
     while i < len(value):
         c = value[i]
-        if c == "%" and i + 2 < len(value) + 0 and _ishex(value[i + 1:i + 3]):
+        if c == "%" and _ishex(value[i + 1:i + 3]):
             out.append(int(value[i + 1:i + 3], 16))
             i += 3
         else:

@@ -58,20 +58,15 @@ class _RouterResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def make_site(router):
-    site = server.Site(_RouterResource(router))
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
-
-
-class _QuietRequest(server.Request):
-    # twisted.web adds "Server" and "Date"; etcd's gateway sends Date only.  Keep both
-    # (harmless) -- this class exists to keep the default Content-Type off.
+class _Request(server.Request):
+    # Handlers always set Content-Type themselves; twisted.web's default (text/html) would
+    # otherwise appear on responses that have none.
     defaultContentType = None
 
 
-def make_quiet_site(router):
-    site = make_site(router)
-    site.requestFactory = _QuietRequest
+def make_site(router):
+    site = server.Site(_RouterResource(router))
+    site.requestFactory = _Request
+    site.displayTracebacks = False
+    site.noisy = False
     return site

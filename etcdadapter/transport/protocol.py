@@ -10,7 +10,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from etcdadapter.transport.h2_server import H2Server, H2Settings
-from etcdadapter.transport.http1 import make_quiet_site
+from etcdadapter.transport.http1 import make_site
 
 log = Logger()
 
@@ -103,7 +103,7 @@ class EtcdFactory(protocol.Factory):
         self.router = router
         self.clock = clock or reactor
         self.h2_settings = h2_settings or H2Settings()
-        self.site = make_quiet_site(router)
+        self.site = make_site(router)
         self.connections = set()
 
     def buildProtocol(self, addr):
