@@ -12,7 +12,9 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from etcdadapter.gateway import endpoints as http_endpoints
+from etcdadapter.gateway import rpc_routes
 from etcdadapter.gateway.router import HttpRouter
+from etcdadapter.metrics import AdapterMetrics
 from etcdadapter.services.cluster import ClusterService
 from etcdadapter.services.identity import ServerIdentity
 from etcdadapter.services.kv import KVLimits, KVService
@@ -70,15 +72,21 @@ class AdapterService(service.Service):
         self.watch = WatchService(self.watch_hub, store, self.identity,
                                   max_request_bytes=config.max_request_bytes)
         self.lease = LeaseService(store, self.identity, clock=reactor)
+        self.metrics = AdapterMetrics(store, self.watch)
         for svc in (self.kv, self.maintenance, self.cluster, self.watch, self.lease):
             for method in svc.methods():
-                self.registry.add(method)
+                self.registry.add(self.metrics.instrument(method))
+        max_receive = config.max_request_bytes + GRPC_RECEIVE_SLACK
         http_endpoints.install(self.router, self.health)
+        rpc_routes.install(self.router, self.registry, max_receive)
+        self.metrics.install(self.router)
+        # JSON carries bytes as base64 (4/3) plus field names: twice the message is ample.
+        self.router.max_body_bytes = 2 * max_receive + 65536
         self.factory = EtcdFactory(
             self.registry, self.router, clock=reactor,
             h2_settings=H2Settings(
                 max_concurrent_streams=config.max_concurrent_streams,
-                max_receive_message_size=config.max_request_bytes + GRPC_RECEIVE_SLACK))
+                max_receive_message_size=max_receive))
         self.ports = []
 
     def health(self):

@@ -9,6 +9,10 @@ Both faces -- gRPC over HTTP/2 and the HTTP/JSON gateway -- look methods up in o
   :class:`ServerStream`: it sets the three callbacks and calls ``send``/``finish``.
 """
 
+from twisted.logger import Logger
+
+_log = Logger()
+
 UNARY = "unary"
 SERVER_STREAM = "server_stream"
 BIDI_STREAM = "bidi_stream"
@@ -125,6 +129,23 @@ class ServerStream(object):
 
     def finish(self, error=None):
         raise NotImplementedError
+
+
+def as_etcd_error(failure_or_exc):
+    """What a handler's exception or Failure reaches the client as: EtcdErrors as they
+    are, a cancelled Deferred as grpc-go's "context canceled", anything else (a bug) is
+    logged and becomes Unknown."""
+    from twisted.internet import defer
+    from twisted.python.failure import Failure
+    from etcdadapter.errors import EtcdError, StatusCode
+    exc = failure_or_exc.value if isinstance(failure_or_exc, Failure) else failure_or_exc
+    if isinstance(exc, EtcdError):
+        return exc
+    if isinstance(exc, defer.CancelledError):
+        return EtcdError(StatusCode.CANCELLED, "context canceled")
+    _log.failure("unexpected error in handler", failure_or_exc
+                 if isinstance(failure_or_exc, Failure) else Failure(exc))
+    return EtcdError(StatusCode.UNKNOWN, str(exc) or exc.__class__.__name__)
 
 
 def _ignore(_msg):

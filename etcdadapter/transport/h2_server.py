@@ -18,10 +18,9 @@ import h2.settings
 import hyperframe.frame
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from etcdadapter.errors import EtcdError, StatusCode, ErrStopped
-from etcdadapter.services.rpc import CallContext, ServerStream, UNARY
+from etcdadapter.services.rpc import CallContext, ServerStream, UNARY, as_etcd_error
 from etcdadapter.transport import grpc_codec
 from etcdadapter.transport.proto_decode import decode
 from etcdadapter.transport.hpack_cache import CachingEncoder
@@ -53,17 +52,6 @@ def _error_trailers(error):
     if error.message:
         trailers.append(("grpc-message", grpc_codec.encode_grpc_message(error.message)))
     return trailers
-
-
-def _as_etcd_error(failure_or_exc):
-    exc = failure_or_exc.value if isinstance(failure_or_exc, Failure) else failure_or_exc
-    if isinstance(exc, EtcdError):
-        return exc
-    if isinstance(exc, defer.CancelledError):
-        return EtcdError(StatusCode.CANCELLED, "context canceled")
-    log.failure("unexpected error in handler", failure_or_exc
-                if isinstance(failure_or_exc, Failure) else Failure(exc))
-    return EtcdError(StatusCode.UNKNOWN, str(exc) or exc.__class__.__name__)
 
 
 class GrpcCall(ServerStream):
@@ -335,7 +323,7 @@ class H2Server(object):
                 stream.on_message(request)
             except Exception as e:
                 stream.on_cancel()
-                stream.finish(_as_etcd_error(e))
+                stream.finish(as_etcd_error(e))
 
     def _stream_ended(self, stream_id):
         stream = self.streams.get(stream_id)
@@ -357,7 +345,7 @@ class H2Server(object):
                 stream.on_half_close()
             except Exception as e:
                 stream.on_cancel()
-                stream.finish(_as_etcd_error(e))
+                stream.finish(as_etcd_error(e))
 
     # -- calls ---------------------------------------------------------------------
     def _invoke_unary(self, call):
@@ -375,7 +363,7 @@ class H2Server(object):
         try:
             result = call.method.handler(request, call.context)
         except Exception as e:
-            call.finish(_as_etcd_error(e))
+            call.finish(as_etcd_error(e))
             return
         if isinstance(result, defer.Deferred):
             call.deferred = result
@@ -393,14 +381,14 @@ class H2Server(object):
     def _unary_failed(self, failure, call):
         call.deferred = None
         if not call.closed:
-            call.finish(_as_etcd_error(failure))
+            call.finish(as_etcd_error(failure))
 
     def _invoke_streaming(self, call):
         try:
             call.method.handler(call)
         except Exception as e:
             call.on_cancel()
-            call.finish(_as_etcd_error(e))
+            call.finish(as_etcd_error(e))
 
     def _deadline_exceeded(self, call):
         call.timer = None
@@ -508,11 +496,17 @@ class H2HttpExchange(HttpExchange):
         self.server = server
         self.stream_id = stream_id
         self._chunks = []
+        self._received = 0
         self._pending = bytearray()
         self._end_after = False
 
     def _body_received(self, data):
-        self._chunks.append(data)
+        self._received += len(data)
+        if self._received > self.server.router.max_body_bytes:
+            self.body_too_large = True      # keep reading (flow control), keep nothing
+            self._chunks = []
+        elif not self.body_too_large:
+            self._chunks.append(data)
 
     def _request_complete(self):
         self.body = b"".join(self._chunks)
@@ -534,6 +528,9 @@ class H2HttpExchange(HttpExchange):
     def _window_opened(self):
         if self._pending:
             self._drain()
+
+    def pending_bytes(self):
+        return len(self._pending)
 
     def _drain(self):
         server = self.server

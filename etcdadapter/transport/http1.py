@@ -23,6 +23,9 @@ class TwistedWebExchange(HttpExchange):
         self.request = request
         request.notifyFinish().addErrback(lambda _: self._connection_lost())
 
+    def pending_bytes(self):
+        return unsent_bytes(self.request.channel.transport)
+
     def _send_head(self, status, headers):
         req = self.request
         req.setResponseCode(status)
@@ -37,6 +40,21 @@ class TwistedWebExchange(HttpExchange):
             req.write(data)
         if end:
             req.finish()
+
+
+def unsent_bytes(transport):
+    """Bytes a Twisted transport holds that the kernel has not taken yet (through TLS
+    wrappers too): twisted.internet.abstract.FileDescriptor's write buffers."""
+    total = 0
+    for _ in range(4):
+        if transport is None:
+            break
+        buf = getattr(transport, "dataBuffer", None)
+        if buf is not None:
+            total += (len(buf) - getattr(transport, "offset", 0)
+                      + getattr(transport, "_tempDataLen", 0))
+        transport = getattr(transport, "transport", None)
+    return total
 
 
 class _RouterResource(resource.Resource):
@@ -54,7 +72,11 @@ class _RouterResource(resource.Resource):
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             request.setHeader(b"Connection", b"close")
             return b"400 " + reason
-        self.router.dispatch(TwistedWebExchange(request))
+        # etcd (Go net/http) sends no Server header.
+        request.responseHeaders.removeHeader(b"server")
+        exchange = TwistedWebExchange(request)
+        exchange.body_too_large = request.body_too_large
+        self.router.dispatch(exchange)
         return server.NOT_DONE_YET
 
 
@@ -62,10 +84,25 @@ class _Request(server.Request):
     # Handlers always set Content-Type themselves; twisted.web's default (text/html) would
     # otherwise appear on responses that have none.
     defaultContentType = None
+    body_too_large = False
+    _received = 0
+
+    def handleContentChunk(self, data):
+        # Bodies above the router's limit are read (the connection stays in sync) but
+        # not kept.
+        self._received += len(data)
+        if self._received > self.channel.site.router.max_body_bytes:
+            if not self.body_too_large:
+                self.body_too_large = True
+                self.content.seek(0)
+                self.content.truncate()
+            return
+        server.Request.handleContentChunk(self, data)
 
 
 def make_site(router):
     site = server.Site(_RouterResource(router))
+    site.router = router
     site.requestFactory = _Request
     site.displayTracebacks = False
     site.noisy = False

@@ -8,6 +8,9 @@ from urllib.parse import parse_qs
 
 
 class HttpExchange(object):
+    #: Headers every response carries (the router sets etcd's CORS headers here).
+    default_headers = ()
+
     def __init__(self, method, uri, headers, context, body=b""):
         self.method = method
         self.uri = uri
@@ -17,6 +20,7 @@ class HttpExchange(object):
         self.headers = headers          # lower-case name -> str
         self.context = context
         self.body = body
+        self.body_too_large = False     # set by the transport (body not kept)
         self.on_close = None            # called once if the client goes away first
         self.started = False
         self.finished = False
@@ -35,7 +39,7 @@ class HttpExchange(object):
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
-        self._send_head(status, headers)
+        self._send_head(status, list(self.default_headers) + list(headers))
 
     def write(self, data):
         if not self.finished:
@@ -45,6 +49,11 @@ class HttpExchange(object):
         if not self.finished:
             self.finished = True
             self._send_body(b"", True)
+
+    def pending_bytes(self):
+        """Response bytes written but not yet sent (the watch hub's slow-consumer
+        signal)."""
+        return 0
 
     # -- for transports ------------------------------------------------------------------
     def _connection_lost(self):

@@ -1,0 +1,167 @@
+"""Prometheus metrics, served at ``GET /metrics`` on the client port like etcd's.
+
+Names follow what etcd exports so existing dashboards and alerts keep working:
+go-grpc-prometheus' ``grpc_server_*`` (every call, whichever face carried it -- both
+dispatch to the same handlers), ``etcd_debugging_mvcc_*`` revisions and watchers,
+``etcd_mvcc_db_total_size_in_bytes`` and ``etcd_server_has_leader``.  Our own additions
+are prefixed ``etcd_adapter_``.  Each adapter has its own registry (several can run in
+one process, e.g. embedded or in tests).
+"""
+
+import time
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from etcdadapter.errors import EtcdError, StatusCode
+from etcdadapter.services.rpc import UNARY, Method
+
+_CODE_NAMES = {v: k.title().replace("_", "") for k, v in vars(StatusCode).items()
+               if not k.startswith("_")}
+_CODE_NAMES[StatusCode.CANCELLED] = "Canceled"     # grpc-go's spelling
+_CODE_NAMES[StatusCode.OK] = "OK"
+
+
+def _code_of(failure_or_none):
+    if failure_or_none is None:
+        return StatusCode.OK
+    exc = getattr(failure_or_none, "value", failure_or_none)
+    if isinstance(exc, EtcdError):
+        return exc.code
+    if isinstance(exc, defer.CancelledError):
+        return StatusCode.CANCELLED
+    return StatusCode.UNKNOWN
+
+
+class _MethodMetrics(object):
+    """The labelled children of one method, bound once (labels() costs a lock and a
+    dict lookup per call otherwise)."""
+
+    def __init__(self, metrics, method):
+        service, _, name = method.path[1:].rpartition("/")
+        self.labels = (method.kind, service, name)
+        self.started = metrics.started.labels(*self.labels)
+        if method.kind == UNARY:
+            self.seconds = metrics.seconds.labels(*self.labels)
+        else:
+            self.open = metrics.open_streams.labels(*self.labels[1:])
+        self._handled = metrics.handled
+        self._by_code = {}
+
+    def handled(self, code):
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._handled.labels(*self.labels, _CODE_NAMES.get(code, str(code)))
+            self._by_code[code] = child
+        child.inc()
+
+
+class AdapterMetrics(object):
+    def __init__(self, store, watch_service=None, clock=time.monotonic):
+        self.store = store
+        self.watch_service = watch_service
+        self.clock = clock
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = Counter("grpc_server_started_total",
+                               "RPCs started on the server (gRPC and JSON gateway).",
+                               labels, registry=r)
+        self.handled = Counter("grpc_server_handled_total",
+                               "RPCs completed on the server, by status code.",
+                               labels + ("grpc_code",), registry=r)
+        self.seconds = Histogram("grpc_server_handling_seconds",
+                                 "Time to answer a unary RPC.", labels, registry=r,
+                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1,
+                                          .25, .5, 1, 2.5, 5, 10))
+        self.open_streams = Gauge("etcd_adapter_open_streams",
+                                  "Streaming calls (Watch, LeaseKeepAlive) now open.",
+                                  ("grpc_service", "grpc_method"), registry=r)
+        Gauge("etcd_debugging_mvcc_current_revision", "The store's current revision.",
+              registry=r).set_function(lambda: store.revision)
+        Gauge("etcd_debugging_mvcc_compact_revision", "The revision compacted to.",
+              registry=r).set_function(lambda: max(store.compact_revision, 0))
+        Gauge("etcd_debugging_mvcc_watch_stream_total", "Open watch streams.",
+              registry=r).set_function(self._watch_streams)
+        Gauge("etcd_debugging_mvcc_watcher_total", "Watchers on open watch streams.",
+              registry=r).set_function(self._watchers)
+        Gauge("etcd_server_has_leader", "Always 1: the adapter needs no raft leader.",
+              registry=r).set(1)
+        self.db_size = Gauge("etcd_mvcc_db_total_size_in_bytes",
+                             "Store size as Maintenance.Status reports it.", registry=r)
+        self.db_size_in_use = Gauge("etcd_mvcc_db_total_size_in_use_in_bytes",
+                                    "Store size in use as Maintenance.Status reports it.",
+                                    registry=r)
+
+    def _watch_streams(self):
+        return len(self.watch_service.streams) if self.watch_service else 0
+
+    def _watchers(self):
+        if not self.watch_service:
+            return 0
+        return sum(len(ws.watchers) for ws in self.watch_service.streams)
+
+    # -- instrumentation ----------------------------------------------------------------
+    def instrument(self, method):
+        """The same method with its handler counted and timed."""
+        m = _MethodMetrics(self, method)
+        handler = method.handler
+        clock = self.clock
+        if method.kind == UNARY:
+            def unary(request, context):
+                m.started.inc()
+                t0 = clock()
+                d = defer.maybeDeferred(handler, request, context)
+
+                def done(result):
+                    m.seconds.observe(clock() - t0)
+                    m.handled(_code_of(result if isinstance(result, Failure)
+                                       else None))
+                    return result
+                return d.addBoth(done)
+            wrapped = unary
+        else:
+            def streaming(stream):
+                m.started.inc()
+                m.open.inc()
+                ended = []
+
+                def end(code):
+                    if not ended:
+                        ended.append(code)
+                        m.open.dec()
+                        m.handled(code)
+
+                finish = stream.finish
+
+                def counted_finish(error=None):
+                    end(_code_of(error))
+                    return finish(error)
+                stream.finish = counted_finish
+                result = handler(stream)
+                on_cancel = stream.on_cancel
+
+                def counted_cancel():
+                    end(StatusCode.CANCELLED)
+                    return on_cancel()
+                stream.on_cancel = counted_cancel
+                return result
+            wrapped = streaming
+        return Method(method.path, method.request_type, method.response_type,
+                      method.kind, wrapped, method.http_paths)
+
+    # -- exposition ---------------------------------------------------------------------
+    def install(self, router):
+        def serve(exchange):
+            def render(status):
+                self.db_size.set(status.db_size)
+                self.db_size_in_use.set(status.db_size_in_use)
+
+            def respond(_):
+                exchange.respond(200, [("Content-Type", CONTENT_TYPE_LATEST)],
+                                 generate_latest(self.registry))
+            d = self.store.status().addCallback(render)
+            d.addErrback(lambda _f: None)      # metrics still render without the store
+            d.addCallback(respond)
+        router.add("/metrics", serve, methods=("GET",))
