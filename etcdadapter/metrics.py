@@ -10,8 +10,8 @@ one process, e.g. embedded or in tests).
 
 import time
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -159,8 +159,10 @@ class AdapterMetrics(object):
                 self.db_size_in_use.set(status.db_size_in_use)
 
             def respond(_):
-                exchange.respond(200, [("Content-Type", CONTENT_TYPE_LATEST)],
-                                 generate_latest(self.registry))
+                # The format the scraper asks for (Prometheus text or OpenMetrics).
+                encoder, content_type = choose_encoder(exchange.headers.get("accept", ""))
+                exchange.respond(200, [("Content-Type", content_type)],
+                                 encoder(self.registry))
             d = self.store.status().addCallback(render)
             d.addErrback(lambda _f: None)      # metrics still render without the store
             d.addCallback(respond)

@@ -127,6 +127,17 @@ def shared_pair(request):
     _stop_all(started)
 
 
+@pytest.fixture(scope="module")
+def adapter(request):
+    """One adapter (memory store) for a whole module, without a reference etcd."""
+    server = servers.AdapterServer("adapter-" + request.module.__name__.rpartition(".")[2])
+    request.module._etcdadapter_servers = [server]
+    server.start()
+    yield server
+    server.stop()
+    server.cleanup()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """On failure, attach the tail of the server-under-test's log to the report."""

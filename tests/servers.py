@@ -498,6 +498,20 @@ class GrpcClient(object):
             return RpcResult(code=exc.code(), details=exc.details())
 
 
+def http_request(server, method, path, body=None, headers=None, conn=None, timeout=5):
+    """One plain HTTP/1.1 request to ``server``: (http.client response, body bytes).
+    Pass ``conn`` to reuse a keep-alive connection."""
+    import http.client
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read()
+    if own:
+        conn.close()
+    return resp, data
+
+
 def wait_port_closed(port, timeout=5.0):
     """True once nothing accepts connections on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout

@@ -11,24 +11,7 @@ import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 
-@pytest.fixture(scope="module")
-def adapter():
-    server = servers.AdapterServer("one-port")
-    server.start()
-    yield server
-    server.stop()
-    server.cleanup()
-
-
-def _get(adapter, method, path, body=None, headers=None, conn=None):
-    own = conn is None
-    conn = conn or http.client.HTTPConnection("127.0.0.1", adapter.port, timeout=5)
-    conn.request(method, path, body=body, headers=headers or {})
-    resp = conn.getresponse()
-    data = resp.read()
-    if own:
-        conn.close()
-    return resp, data
+_get = servers.http_request
 
 
 def test_version_and_health_over_http1(adapter):
