@@ -157,3 +157,23 @@ def test_fifty_mib_range_streams_out_uncapped(adapter):
                               rpc.DeleteRangeRequest(key=b"big/", range_end=b"big0"),
                               rpc.DeleteRangeResponse)
         assert deleted.response.deleted == 50
+
+
+def test_listen_backlog_is_large(adapter):
+    # Twisted's default backlog (50) made 2,000 simultaneous reconnects stall for seconds
+    # on dropped SYNs; the daemon asks for 4096 (capped by net.core.somaxconn).
+    import subprocess
+    out = subprocess.run(["ss", "-ltnH", "sport = :%d" % adapter.port],
+                         capture_output=True, text=True, check=True).stdout.split()
+    with open("/proc/sys/net/core/somaxconn") as f:
+        somaxconn = int(f.read())
+    assert out[0] == "LISTEN"
+    assert int(out[2]) == min(4096, somaxconn)
+
+
+def test_backlog_option_is_kept():
+    from etcdadapter.server import with_backlog
+    assert with_backlog("tcp:2379:interface=127.0.0.1") == \
+        "tcp:2379:interface=127.0.0.1:backlog=4096"
+    assert with_backlog("tcp:2379:backlog=10") == "tcp:2379:backlog=10"
+    assert with_backlog("unix:/run/etcd.sock") == "unix:/run/etcd.sock:backlog=4096"
