@@ -52,7 +52,8 @@ def _exit_after_shutdown(code):
 class AdapterConfig(object):
     def __init__(self, listen=("tcp:2379:interface=127.0.0.1",), store="memory://",
                  name="default", advertise_client_urls=(), max_request_bytes=1572864,
-                 max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0):
+                 max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0,
+                 watch_progress_notify_interval=600.0):
         self.listen = list(listen)
         self.store = store
         self.name = name
@@ -61,6 +62,7 @@ class AdapterConfig(object):
         self.max_txn_ops = max_txn_ops
         self.max_concurrent_streams = max_concurrent_streams
         self.drain_timeout = drain_timeout
+        self.watch_progress_notify_interval = watch_progress_notify_interval
 
 
 class AdapterService(service.Service):
@@ -83,7 +85,8 @@ class AdapterService(service.Service):
         self.cluster = ClusterService(self.identity)
         self.watch_hub = WatchHub(store, self.identity, clock=reactor)
         self.watch = WatchService(self.watch_hub, store, self.identity,
-                                  max_request_bytes=config.max_request_bytes)
+                                  max_request_bytes=config.max_request_bytes,
+                                  progress_interval=config.watch_progress_notify_interval)
         self.lease = LeaseService(store, self.identity, clock=reactor)
         self.metrics = AdapterMetrics(store, self.watch)
         for svc in (self.kv, self.maintenance, self.cluster, self.watch, self.lease):

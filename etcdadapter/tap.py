@@ -25,6 +25,29 @@ def _positive_int(value):
 _positive_int.coerceDoc = "Must be a positive integer."
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(value):
+    """Seconds from a number ("30", "0.5") or a Go-style duration ("10m", "1m30s",
+    "500ms") as etcd's flags take them."""
+    import re
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError("not a duration: %r (e.g. 10m, 30s, 500ms)" % text)
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError("must be positive")
+    return seconds
+
+
+_duration.coerceDoc = "Seconds, or a duration such as 10m, 30s, 500ms."
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Serve etcd's v3 API (gRPC and the HTTP/JSON gateway, one port) from the "
@@ -47,6 +70,10 @@ class Options(usage.Options):
          "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection.", _positive_int],
         ["drain-timeout", None, 10.0,
          "Seconds to let in-flight requests finish on shutdown.", float],
+        ["watch-progress-notify-interval", None, 600.0,
+         "How often watchers created with progress_notify get a progress response "
+         "when idle (etcd's --experimental-watch-progress-notify-interval, 10m).",
+         _duration],
     ]
 
     def __init__(self):
@@ -97,7 +124,8 @@ class Options(usage.Options):
             advertise_client_urls=self["advertise-client-urls"],
             max_request_bytes=self["max-request-bytes"], max_txn_ops=self["max-txn-ops"],
             max_concurrent_streams=self["max-concurrent-streams"],
-            drain_timeout=self["drain-timeout"])
+            drain_timeout=self["drain-timeout"],
+            watch_progress_notify_interval=self["watch-progress-notify-interval"])
 
 
 def makeService(options):

@@ -1,0 +1,86 @@
+"""``twistd etcd-adapter`` options: command line, environment, and that they take effect."""
+
+import time
+
+import grpc
+import pytest
+from twisted.python import usage
+
+import servers
+from etcdadapter import tap
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from test_watch_grpc import WatchSession
+
+
+def parse(args, env=None, monkeypatch=None):
+    if env:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+    options = tap.Options()
+    options.parseOptions(args)
+    return options
+
+
+def test_defaults_and_command_line():
+    o = parse([])
+    c = o.config()
+    assert c.listen == ["tcp:2379:interface=127.0.0.1"]
+    assert (c.store, c.max_request_bytes, c.watch_progress_notify_interval) == \
+        ("memory://", 1572864, 600.0)
+    o = parse(["--listen", "tcp:1", "--listen", "unix:/x", "--watch-progress-notify-interval",
+               "1m30s", "--max-txn-ops", "7"])
+    c = o.config()
+    assert c.listen == ["tcp:1", "unix:/x"]
+    assert (c.watch_progress_notify_interval, c.max_txn_ops) == (90.0, 7)
+
+
+@pytest.mark.parametrize("text,seconds", [("10m", 600.0), ("30s", 30.0), ("500ms", 0.5),
+                                          ("2.5", 2.5), ("1h", 3600.0)])
+def test_durations(text, seconds):
+    assert tap._duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10x", "0", "-1s", "m", "10m garbage"])
+def test_bad_durations(text):
+    with pytest.raises(usage.UsageError):
+        parse(["--watch-progress-notify-interval", text])
+
+
+def test_environment_and_precedence(monkeypatch):
+    o = parse([], {"ETCD_ADAPTER_WATCH_PROGRESS_NOTIFY_INTERVAL": "5s",
+                   "ETCD_ADAPTER_LISTEN": "tcp:1, tcp:2"}, monkeypatch)
+    assert o.config().watch_progress_notify_interval == 5.0
+    assert o.config().listen == ["tcp:1", "tcp:2"]
+    o = parse(["--watch-progress-notify-interval", "7s", "--listen", "tcp:3"])
+    assert o.config().watch_progress_notify_interval == 7.0
+    assert o.config().listen == ["tcp:3"]
+    monkeypatch.setenv("ETCD_ADAPTER_MAX_TXN_OPS", "zero")
+    with pytest.raises(usage.UsageError):
+        tap.Options()
+
+
+@pytest.mark.adapter
+def test_progress_notify_interval_reaches_the_watchers():
+    server = servers.AdapterServer("progress", extra_args=[
+        "--watch-progress-notify-interval", "500ms"])
+    server.start()
+    try:
+        with grpc.insecure_channel(server.endpoint) as channel:
+            w = WatchSession(channel)
+            w.send(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+                key=b"p", progress_notify=True)))
+            t0 = time.monotonic()
+            got = w.collect(3, timeout=10)
+            elapsed = time.monotonic() - t0
+            w.close()
+        assert len(got) >= 3, got
+        assert got[0].created
+        # Two idle progress notifications (watch_id 0, no events, the current revision),
+        # well before etcd's default 10 minutes.
+        for r in got[1:]:
+            assert (r.watch_id, len(r.events), r.created) == (0, 0, False)
+            assert r.header.revision == got[0].header.revision
+        assert elapsed < 5
+    finally:
+        server.stop()
+        server.cleanup()
