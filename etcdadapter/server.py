@@ -53,7 +53,8 @@ class AdapterConfig(object):
     def __init__(self, listen=("tcp:2379:interface=127.0.0.1",), store="memory://",
                  name="default", advertise_client_urls=(), max_request_bytes=1572864,
                  max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0,
-                 watch_progress_notify_interval=600.0):
+                 watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
+                 trusted_ca_file=None, client_cert_auth=False):
         self.listen = list(listen)
         self.store = store
         self.name = name
@@ -63,6 +64,10 @@ class AdapterConfig(object):
         self.max_concurrent_streams = max_concurrent_streams
         self.drain_timeout = drain_timeout
         self.watch_progress_notify_interval = watch_progress_notify_interval
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.trusted_ca_file = trusted_ca_file
+        self.client_cert_auth = client_cert_auth
 
 
 class AdapterService(service.Service):
@@ -103,6 +108,11 @@ class AdapterService(service.Service):
             h2_settings=H2Settings(
                 max_concurrent_streams=config.max_concurrent_streams,
                 max_receive_message_size=max_receive))
+        self.tls = None
+        if config.cert_file or config.key_file:
+            from etcdadapter.security.tls import ServerTLS
+            self.tls = ServerTLS(config.cert_file, config.key_file, config.trusted_ca_file,
+                                 config.client_cert_auth)
         self.ports = []
 
     def health(self):
@@ -113,9 +123,10 @@ class AdapterService(service.Service):
     def _start(self):
         yield self.store.start()
         self.lease.start()
+        factory = self.tls.wrap(self.factory) if self.tls else self.factory
         for description in self.config.listen:
             ep = endpoints.serverFromString(self.reactor, with_backlog(description))
-            port = yield ep.listen(self.factory)
+            port = yield ep.listen(factory)
             self.ports.append(port)
             log.info("etcd-adapter listening on {desc} ({addr})", desc=description,
                      addr=port.getHost())
@@ -134,10 +145,29 @@ class AdapterService(service.Service):
             addr = socket.getfqdn()
         if ":" in addr:
             addr = "[%s]" % addr
-        return "http://%s:%d" % (addr, host.port)
+        return "%s://%s:%d" % ("https" if self.tls else "http", addr, host.port)
+
+    def reload_tls(self):
+        """Re-read the certificate files (SIGHUP); open connections are kept."""
+        if self.tls is not None:
+            return self.tls.reload()
+        return False
+
+    def _install_sighup(self):
+        import signal
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return      # embedded off the main thread: the host program reloads
+        try:
+            signal.signal(signal.SIGHUP,
+                          lambda *_: self.reactor.callFromThread(self.reload_tls))
+        except (ValueError, OSError, AttributeError):
+            pass
 
     def startService(self):
         service.Service.startService(self)
+        if self.tls is not None:
+            self._install_sighup()
         self.started = self._start()
         self.started.addErrback(self._start_failed)
         return self.started

@@ -70,10 +70,21 @@ class Options(usage.Options):
          "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection.", _positive_int],
         ["drain-timeout", None, 10.0,
          "Seconds to let in-flight requests finish on shutdown.", float],
+        ["cert-file", None, None, "TLS: the server certificate (PEM, chain allowed); "
+         "every listener then serves TLS (ALPN h2 and http/1.1).  SIGHUP re-reads the "
+         "certificate files."],
+        ["key-file", None, None, "TLS: the server certificate's private key (PEM)."],
+        ["trusted-ca-file", None, None,
+         "TLS: CA bundle that client certificates are verified against."],
         ["watch-progress-notify-interval", None, 600.0,
          "How often watchers created with progress_notify get a progress response "
          "when idle (etcd's --experimental-watch-progress-notify-interval, 10m).",
          _duration],
+    ]
+
+    optFlags = [
+        ["client-cert-auth", None,
+         "Require a client certificate signed by --trusted-ca-file on every connection."],
     ]
 
     def __init__(self):
@@ -105,6 +116,14 @@ class Options(usage.Options):
                     raise usage.UsageError("%s%s: %s" % (
                         ENV_PREFIX, name.upper().replace("-", "_"), e))
             self[name] = value
+        for name, _short, _doc in self.optFlags:
+            value = environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
+            if value is not None:
+                if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off",
+                                         ""):
+                    raise usage.UsageError("%s%s: expected true or false" % (
+                        ENV_PREFIX, name.upper().replace("-", "_")))
+                self[name] = value.lower() in ("1", "true", "yes", "on")
 
     def postOptions(self):
         if not self["listen"]:
@@ -112,6 +131,18 @@ class Options(usage.Options):
         urls = self["advertise-client-urls"]
         self["advertise-client-urls"] = [u.strip() for u in urls.split(",") if u.strip()] \
             if isinstance(urls, str) else list(urls)
+        if bool(self["cert-file"]) != bool(self["key-file"]):
+            raise usage.UsageError("--cert-file and --key-file go together")
+        if self["client-cert-auth"] and not (self["trusted-ca-file"] and self["cert-file"]):
+            raise usage.UsageError(
+                "--client-cert-auth needs --cert-file, --key-file and --trusted-ca-file")
+        if self["cert-file"]:
+            from etcdadapter.security.tls import ServerTLS, TLSConfigError
+            try:
+                ServerTLS(self["cert-file"], self["key-file"], self["trusted-ca-file"],
+                          self["client-cert-auth"])
+            except TLSConfigError as e:
+                raise usage.UsageError(str(e))
         from etcdadapter.store.urls import StoreURLError, open_store
         try:
             self.store = open_store(self["store"])
@@ -125,7 +156,10 @@ class Options(usage.Options):
             max_request_bytes=self["max-request-bytes"], max_txn_ops=self["max-txn-ops"],
             max_concurrent_streams=self["max-concurrent-streams"],
             drain_timeout=self["drain-timeout"],
-            watch_progress_notify_interval=self["watch-progress-notify-interval"])
+            watch_progress_notify_interval=self["watch-progress-notify-interval"],
+            cert_file=self["cert-file"], key_file=self["key-file"],
+            trusted_ca_file=self["trusted-ca-file"],
+            client_cert_auth=self["client-cert-auth"])
 
 
 def makeService(options):

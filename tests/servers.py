@@ -154,9 +154,10 @@ def _ident(b):
 _PROBE_RANGE = b"\x0a\x01\x00\x12\x01\x00\x48\x01"
 
 
-def _probe(endpoint, timeout):
+def _probe(endpoint, timeout, credentials=None):
     """Serialized RangeResponse of a count-only Range of everything, or raise."""
-    with grpc.insecure_channel(endpoint) as channel:
+    with (grpc.secure_channel(endpoint, credentials) if credentials is not None
+          else grpc.insecure_channel(endpoint)) as channel:
         call = channel.unary_unary("/etcdserverpb.KV/Range",
                                    request_serializer=_ident, response_deserializer=_ident)
         return call(_PROBE_RANGE, timeout=timeout)
@@ -170,6 +171,8 @@ class Server(object):
 
     kind = None
     start_timeout = 15.0
+    #: grpc.ChannelCredentials when the server listens with TLS (readiness probe).
+    credentials = None
 
     def __init__(self, label):
         self.label = label
@@ -241,7 +244,7 @@ class Server(object):
                                    % (self.describe(), self.proc.returncode,
                                       self.log_tail()))
             try:
-                raw = _probe(self.endpoint, timeout=1.0)
+                raw = _probe(self.endpoint, timeout=1.0, credentials=self.credentials)
             except grpc.RpcError as exc:
                 last_error = exc
                 time.sleep(0.05)
@@ -619,3 +622,16 @@ def show(msg):
     text = text_format.MessageToString(msg, as_one_line=False)
     return "%s {\n%s}" % (type(msg).__name__, "".join("  " + line + "\n"
                                                     for line in text.splitlines()))
+
+
+# ---------------------------------------------------------------------------------------
+# etcdctl
+
+def spawn_etcdctl(server, args, **popen_kw):
+    """Start ``etcdctl --endpoints=<server> args`` (v3 API, none of our ETCDCTL_*
+    settings) with stdout and stderr piped; for long-running commands (keep-alive, watch)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+    env["ETCDCTL_API"] = "3"
+    return subprocess.Popen([ETCDCTL_BIN, "--endpoints=" + server.endpoint,
+                             "--dial-timeout=3s"] + list(args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, **popen_kw)

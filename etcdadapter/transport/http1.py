@@ -74,7 +74,8 @@ class _RouterResource(resource.Resource):
             return b"400 " + reason
         # etcd (Go net/http) sends no Server header.
         request.responseHeaders.removeHeader(b"server")
-        exchange = TwistedWebExchange(request)
+        exchange = TwistedWebExchange(
+            request, peer_identity=getattr(request.channel, "peer_identity", None))
         exchange.body_too_large = request.body_too_large
         self.router.dispatch(exchange)
         return server.NOT_DONE_YET

@@ -9,6 +9,7 @@ twisted.web.  With TLS the ALPN result decides the same way.
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from etcdadapter.security.peer import peer_identity
 from etcdadapter.transport.h2_server import H2Server, H2Settings
 from etcdadapter.transport.http1 import make_site
 
@@ -66,7 +67,8 @@ class EtcdProtocol(protocol.Protocol):
         f = self.factory
         transport = self.transport
         self._h2 = H2Server(transport.write, transport.loseConnection, f.registry, f.router,
-                            f.clock, settings=f.h2_settings, peer=self.addr)
+                            f.clock, settings=f.h2_settings, peer=self.addr,
+                            peer_identity=peer_identity(transport))
         self._inner = self._h2
         self._h2.initiate()
         data, self._buffer = self._buffer, b""
@@ -74,6 +76,7 @@ class EtcdProtocol(protocol.Protocol):
 
     def _start_http1(self):
         channel = self.factory.site.buildProtocol(self.addr)
+        channel.peer_identity = peer_identity(self.transport)
         self._inner = channel
         channel.makeConnection(self.transport)
         data, self._buffer = self._buffer, b""
