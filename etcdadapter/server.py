@@ -15,6 +15,8 @@ from etcdadapter.gateway import endpoints as http_endpoints
 from etcdadapter.gateway import rpc_routes
 from etcdadapter.gateway.router import HttpRouter
 from etcdadapter.metrics import AdapterMetrics
+from etcdadapter.security.authorizer import Authorizer
+from etcdadapter.security.cert_policy import CertPolicy, PolicyError
 from etcdadapter.services.cluster import ClusterService
 from etcdadapter.services.identity import ServerIdentity
 from etcdadapter.services.kv import KVLimits, KVService
@@ -54,7 +56,7 @@ class AdapterConfig(object):
                  name="default", advertise_client_urls=(), max_request_bytes=1572864,
                  max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0,
                  watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
-                 trusted_ca_file=None, client_cert_auth=False):
+                 trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None):
         self.listen = list(listen)
         self.store = store
         self.name = name
@@ -68,6 +70,7 @@ class AdapterConfig(object):
         self.key_file = key_file
         self.trusted_ca_file = trusted_ca_file
         self.client_cert_auth = client_cert_auth
+        self.client_cert_policy = client_cert_policy
 
 
 class AdapterService(service.Service):
@@ -82,17 +85,21 @@ class AdapterService(service.Service):
         self.store = store
         self.identity = ServerIdentity(name=config.name,
                                        client_urls=config.advertise_client_urls)
+        self.authz = Authorizer(
+            CertPolicy.load(config.client_cert_policy) if config.client_cert_policy else None)
         self.registry = MethodRegistry()
         self.router = HttpRouter()
         self.kv = KVService(store, self.identity,
-                            KVLimits(config.max_request_bytes, config.max_txn_ops))
+                            KVLimits(config.max_request_bytes, config.max_txn_ops),
+                            authz=self.authz)
         self.maintenance = MaintenanceService(store, self.identity)
         self.cluster = ClusterService(self.identity)
         self.watch_hub = WatchHub(store, self.identity, clock=reactor)
         self.watch = WatchService(self.watch_hub, store, self.identity,
                                   max_request_bytes=config.max_request_bytes,
-                                  progress_interval=config.watch_progress_notify_interval)
-        self.lease = LeaseService(store, self.identity, clock=reactor)
+                                  progress_interval=config.watch_progress_notify_interval,
+                                  authz=self.authz)
+        self.lease = LeaseService(store, self.identity, clock=reactor, authz=self.authz)
         self.metrics = AdapterMetrics(store, self.watch)
         for svc in (self.kv, self.maintenance, self.cluster, self.watch, self.lease):
             for method in svc.methods():
@@ -148,10 +155,19 @@ class AdapterService(service.Service):
         return "%s://%s:%d" % ("https" if self.tls else "http", addr, host.port)
 
     def reload_tls(self):
-        """Re-read the certificate files (SIGHUP); open connections are kept."""
-        if self.tls is not None:
-            return self.tls.reload()
-        return False
+        """Re-read the certificate files and the client-certificate policy (SIGHUP);
+        open connections are kept.  A file that does not load keeps the old state."""
+        ok = self.tls.reload() if self.tls is not None else False
+        path = self.config.client_cert_policy
+        if path:
+            try:
+                self.authz.cert_policy = CertPolicy.load(path)
+                log.info("client certificate policy reloaded from {path}", path=path)
+            except PolicyError as e:
+                log.error("policy reload failed, keeping the previous policy: {error}",
+                          error=str(e))
+                ok = False
+        return ok
 
     def _install_sighup(self):
         import signal
@@ -166,7 +182,7 @@ class AdapterService(service.Service):
 
     def startService(self):
         service.Service.startService(self)
-        if self.tls is not None:
+        if self.tls is not None or self.config.client_cert_policy:
             self._install_sighup()
         self.started = self._start()
         self.started.addErrback(self._start_failed)

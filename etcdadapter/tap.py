@@ -76,6 +76,10 @@ class Options(usage.Options):
         ["key-file", None, None, "TLS: the server certificate's private key (PEM)."],
         ["trusted-ca-file", None, None,
          "TLS: CA bundle that client certificates are verified against."],
+        ["client-cert-policy", None, None,
+         "JSON file mapping verified client-certificate identities (CN, SAN DNS/URI/IP) "
+         "to key-range permissions, enforced on gRPC, HTTP and watches alike; re-read "
+         "on SIGHUP.  See etcdadapter/security/cert_policy.py."],
         ["watch-progress-notify-interval", None, 600.0,
          "How often watchers created with progress_notify get a progress response "
          "when idle (etcd's --experimental-watch-progress-notify-interval, 10m).",
@@ -143,6 +147,12 @@ class Options(usage.Options):
                           self["client-cert-auth"])
             except TLSConfigError as e:
                 raise usage.UsageError(str(e))
+        if self["client-cert-policy"]:
+            from etcdadapter.security.cert_policy import CertPolicy, PolicyError
+            try:
+                CertPolicy.load(self["client-cert-policy"])
+            except PolicyError as e:
+                raise usage.UsageError(str(e))
         from etcdadapter.store.urls import StoreURLError, open_store
         try:
             self.store = open_store(self["store"])
@@ -159,7 +169,8 @@ class Options(usage.Options):
             watch_progress_notify_interval=self["watch-progress-notify-interval"],
             cert_file=self["cert-file"], key_file=self["key-file"],
             trusted_ca_file=self["trusted-ca-file"],
-            client_cert_auth=self["client-cert-auth"])
+            client_cert_auth=self["client-cert-auth"],
+            client_cert_policy=self["client-cert-policy"])
 
 
 def makeService(options):

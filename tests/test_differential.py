@@ -20,6 +20,7 @@ import random
 import pytest
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.store.mvcc import prefix_end
 
 import servers
 
@@ -54,13 +55,6 @@ METHODS = {
     "txn": ("/etcdserverpb.KV/Txn", rpc.TxnResponse),
     "compact": ("/etcdserverpb.KV/Compact", rpc.CompactionResponse),
 }
-
-
-def prefix_end(key):
-    stripped = key.rstrip(b"\xff")
-    if not stripped:
-        return b"\x00"
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 # ---------------------------------------------------------------------------------------

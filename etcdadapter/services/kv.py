@@ -7,6 +7,8 @@ size), and the constant header fields.
 
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.security import permissions as perm
+from etcdadapter.security.authorizer import Authorizer
 from etcdadapter.services.rpc import Method, UNARY
 
 # Bytes etcd's InternalRaftRequest wrapper adds around a request (header with the
@@ -130,10 +132,16 @@ def _txn_writes(r):
 
 
 class KVService(object):
-    def __init__(self, store, identity, limits=None):
+    def __init__(self, store, identity, limits=None, authz=None):
         self.store = store
         self.identity = identity
         self.limits = limits or KVLimits()
+        self.authz = authz or Authorizer()
+
+    def _authorize(self, check, context, request):
+        # After the syntax checks, before the store: etcd's order of errors.
+        if self.authz.enabled:
+            check(self.authz.permissions(context), request)
 
     def _check_size(self, request):
         if request.ByteSize() + _RAFT_OVERHEAD > self.limits.max_request_bytes:
@@ -149,16 +157,19 @@ class KVService(object):
 
     def Range(self, request, context):
         check_range(request)
+        self._authorize(perm.check_range, context, request)
         return self.store.range(request).addCallback(self._header)
 
     def Put(self, request, context):
         check_put(request)
         self._check_size(request)
+        self._authorize(perm.check_put, context, request)
         return self.store.put(request).addCallback(self._header)
 
     def DeleteRange(self, request, context):
         check_delete(request)
         self._check_size(request)
+        self._authorize(perm.check_delete, context, request)
         return self.store.delete_range(request).addCallback(self._header)
 
     def Txn(self, request, context):
@@ -167,9 +178,13 @@ class KVService(object):
         check_intervals(request.failure)
         if _txn_writes(request):
             self._check_size(request)
+        self._authorize(perm.check_txn, context, request)
         return self.store.txn(request).addCallback(self._header)
 
     def Compact(self, request, context):
+        if self.authz.enabled:
+            perm.check_admin(self.authz.permissions(context))
+
         def done(revision):
             response = rpc.CompactionResponse()
             self.identity.fill(response.header, revision)

@@ -17,6 +17,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.security import permissions as perm
+from etcdadapter.security.authorizer import Authorizer
 from etcdadapter.services.rpc import BIDI_STREAM, UNARY, Method
 from etcdadapter.store import lease as lease_rules
 
@@ -26,7 +28,8 @@ log = Logger()
 class LeaseService(object):
     def __init__(self, store, identity, clock=None,
                  interval=lease_rules.EXPIRY_INTERVAL,
-                 revokes_per_pass=lease_rules.MAX_REVOKES_PER_PASS):
+                 revokes_per_pass=lease_rules.MAX_REVOKES_PER_PASS, authz=None):
+        self.authz = authz or Authorizer()
         self.store = store
         self.identity = identity
         self.clock = clock if clock is not None else store.clock
@@ -84,8 +87,23 @@ class LeaseService(object):
         return self.store.lease_grant(request.ID, request.TTL).addCallback(done)
 
     def LeaseRevoke(self, request, context):
-        return self.store.lease_revoke(request.ID).addCallback(
-            lambda revision: self._fill(rpc.LeaseRevokeResponse(), revision))
+        def revoke(_):
+            return self.store.lease_revoke(request.ID).addCallback(
+                lambda revision: self._fill(rpc.LeaseRevokeResponse(), revision))
+        if not self.authz.enabled:
+            return revoke(None)
+        perms = self.authz.permissions(context)
+        if perms.admin:
+            return revoke(None)
+
+        def check_keys(info):
+            # etcd's checkLeasePuts: revoking deletes the keys, so it needs write
+            # permission on every one of them.
+            for key in info.keys:
+                if not perms.can_write(key):
+                    raise perm.ErrPermissionDenied
+        return self.store.lease_time_to_live(request.ID, True).addCallback(
+            check_keys).addCallback(revoke)
 
     def LeaseTimeToLive(self, request, context):
         def done(info):

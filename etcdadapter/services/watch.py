@@ -36,6 +36,8 @@ import random
 
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.security.authorizer import Authorizer
+from etcdadapter.security.permissions import WATCH_PERMISSION_DENIED
 from etcdadapter.services.rpc import BIDI_STREAM, Method
 from etcdadapter.services.watch_hub import SYNCED
 
@@ -64,7 +66,8 @@ def _varint_size(n):
 class WatchService(object):
     def __init__(self, hub, store, identity, max_request_bytes=1572864,
                  progress_interval=PROGRESS_INTERVAL, stream_budget=STREAM_BUDGET,
-                 clock=None, rand=random.random):
+                 clock=None, rand=random.random, authz=None):
+        self.authz = authz or Authorizer()
         self.hub = hub
         self.store = store
         self.identity = identity
@@ -158,6 +161,11 @@ class WatchStream(object):
             return
         if range_end and range_end != b"\0" and range_end <= key:
             self._create_failed(ErrEmptyWatcherRange)
+            return
+        authz = self.service.authz
+        if authz.enabled and not authz.permissions(self.stream.context).can_read(
+                key, range_end):
+            self._create_failed(WATCH_PERMISSION_DENIED)
             return
         wid = creq.watch_id
         if wid == 0:

@@ -64,7 +64,7 @@ from twisted.logger import Logger
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store.base import DELETE, PUT
-from etcdadapter.store.mvcc import event_to_pb, filter_change
+from etcdadapter.store.mvcc import event_to_pb, filter_change, prefix_end  # noqa: F401 (re-exported)
 
 log = Logger()
 
@@ -79,17 +79,6 @@ RESYNC_INTERVAL = 0.1             # etcd watchResyncPeriod
 BUFFER_BYTES = 32 * 1024 * 1024   # changes kept while history reads are in flight
 MAX_CONCURRENT_READS = 64         # history reads in flight at once
 _CHANGE_OVERHEAD = 64
-
-
-def prefix_end(key):
-    """etcd's GetPrefixRangeEnd: the range end covering every key with prefix ``key``
-    (``"\\0"`` = no upper bound when ``key`` is all 0xff bytes or empty)."""
-    end = bytearray(key)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[:i + 1])
-    return ALL_KEYS
 
 
 class Watcher(object):
@@ -534,6 +523,12 @@ class WatchHub(object):
         full = len(changes) >= self.batch_revisions
         changes = [c for c in changes if c.revision >= start]
         last = changes[-1].revision if changes else 0
+        if changes and changes[0].revision == self.store.compact_revision:
+            # etcd's compaction keeps the versions written at the compacted revision but
+            # not its tombstones: a replay from there gets its PUTs, not its DELETEs.
+            first = changes[0]
+            changes[0] = _OneChange(first.revision,
+                                    [ev for ev in first.events if ev.type != DELETE])
         if full:
             covered = last
         else:

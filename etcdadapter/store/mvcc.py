@@ -38,7 +38,7 @@ from etcdadapter.store.base import DELETE, KV, PUT, Change, Event
 __all__ = [
     "ReadView", "WriteView", "range_", "put", "delete_range", "txn", "compact",
     "check_compact", "compact_versions", "in_range", "txn_is_read_only", "filter_change",
-    "select_history", "kv_to_pb", "kv_from_pb", "event_to_pb", "tombstone",
+    "select_history", "prefix_end", "kv_to_pb", "kv_from_pb", "event_to_pb", "tombstone",
 ]
 
 ALL_KEYS = b"\0"
@@ -165,6 +165,17 @@ def in_range(k, key, range_end):
     if range_end == ALL_KEYS:
         return k >= key
     return key <= k < range_end
+
+
+def prefix_end(key):
+    """etcd's GetPrefixRangeEnd: the range end covering every key with prefix ``key``
+    (``"\\0"`` = no upper bound when ``key`` is all 0xff bytes or empty)."""
+    end = bytearray(key)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[:i + 1])
+    return ALL_KEYS
 
 
 def tombstone(key, revision):

@@ -6,6 +6,7 @@ HTTP/2 side uses.
 
 from twisted.web import resource, server
 
+from etcdadapter.security.peer import peer_identity
 from etcdadapter.services.rpc import CallContext
 from etcdadapter.transport.http_exchange import HttpExchange
 
@@ -42,6 +43,16 @@ class TwistedWebExchange(HttpExchange):
             req.finish()
 
 
+def _peer_identity(request):
+    """The TLS client certificate's identity, computed once per connection."""
+    channel = request.channel
+    try:
+        return channel.etcd_peer_identity
+    except AttributeError:
+        ident = channel.etcd_peer_identity = peer_identity(channel.transport)
+        return ident
+
+
 def unsent_bytes(transport):
     """Bytes a Twisted transport holds that the kernel has not taken yet (through TLS
     wrappers too): twisted.internet.abstract.FileDescriptor's write buffers."""
@@ -74,8 +85,7 @@ class _RouterResource(resource.Resource):
             return b"400 " + reason
         # etcd (Go net/http) sends no Server header.
         request.responseHeaders.removeHeader(b"server")
-        exchange = TwistedWebExchange(
-            request, peer_identity=getattr(request.channel, "peer_identity", None))
+        exchange = TwistedWebExchange(request, peer_identity=_peer_identity(request))
         exchange.body_too_large = request.body_too_large
         self.router.dispatch(exchange)
         return server.NOT_DONE_YET

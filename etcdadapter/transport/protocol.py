@@ -76,7 +76,6 @@ class EtcdProtocol(protocol.Protocol):
 
     def _start_http1(self):
         channel = self.factory.site.buildProtocol(self.addr)
-        channel.peer_identity = peer_identity(self.transport)
         self._inner = channel
         channel.makeConnection(self.transport)
         data, self._buffer = self._buffer, b""

@@ -1,0 +1,117 @@
+"""Key-range permissions with etcd's rules, and the checks etcd makes per request.
+
+A permission is (key, range_end, read, write) with the range rules of requests: empty
+``range_end`` = the single key, ``range_end == b"\\0"`` = every key from ``key`` on.  A
+request's range is allowed when the union of the permitted intervals covers all of it
+(etcd's rangePermCache).  Which permissions a caller has comes from a source (the client
+certificate policy now, etcd users and roles later); the request checks below are etcd's
+``apply_auth.go`` / ``auth/store.go`` ones and the same for every source.
+"""
+
+from collections import namedtuple
+
+from etcdadapter.errors import EtcdError, StatusCode
+
+ErrPermissionDenied = EtcdError(StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+# What a watch create outside the caller's permissions is canceled with (etcd 3.5.6+).
+WATCH_PERMISSION_DENIED = ("rpc error: code = PermissionDenied desc = "
+                           "etcdserver: permission denied")
+
+Permission = namedtuple("Permission", "key range_end read write")
+
+_INF = None     # the end of an open range
+
+
+def _interval(key, range_end):
+    """[begin, end) with end None = unbounded."""
+    if not range_end:
+        return key, key + b"\0"
+    if range_end == b"\0":
+        return key, _INF
+    return key, range_end
+
+
+def _covered(intervals, begin, end):
+    """Do the sorted intervals cover [begin, end)?"""
+    cur = begin
+    for b, e in intervals:
+        if b > cur:
+            return False
+        if e is _INF:
+            return True
+        if e > cur:
+            cur = e
+        if end is not _INF and cur >= end:
+            return True
+    return False
+
+
+class PermissionSet(object):
+    """What one caller may do.  ``admin`` = everything (etcd's root role)."""
+
+    def __init__(self, permissions=(), admin=False):
+        self.admin = admin
+        self._read = sorted(_interval(p.key, p.range_end) for p in permissions if p.read)
+        self._write = sorted(_interval(p.key, p.range_end) for p in permissions if p.write)
+
+    def can_read(self, key, range_end=b""):
+        if self.admin:
+            return True
+        begin, end = _interval(key, range_end)
+        if end is not _INF and end <= begin:
+            return True         # an empty range touches nothing
+        return _covered(self._read, begin, end)
+
+    def can_write(self, key, range_end=b""):
+        if self.admin:
+            return True
+        begin, end = _interval(key, range_end)
+        if end is not _INF and end <= begin:
+            return True
+        return _covered(self._write, begin, end)
+
+
+ALL = PermissionSet(admin=True)
+
+
+# -- etcd's per-request checks -----------------------------------------------------------
+
+def check_range(perms, r):
+    if not perms.can_read(r.key, r.range_end):
+        raise ErrPermissionDenied
+
+
+def check_put(perms, r):
+    if not perms.can_write(r.key):
+        raise ErrPermissionDenied
+    if r.prev_kv and not perms.can_read(r.key):
+        raise ErrPermissionDenied
+
+
+def check_delete(perms, r):
+    if not perms.can_write(r.key, r.range_end):
+        raise ErrPermissionDenied
+    if r.prev_kv and not perms.can_read(r.key, r.range_end):
+        raise ErrPermissionDenied
+
+
+def check_txn(perms, r):
+    for c in r.compare:
+        if not perms.can_read(c.key, c.range_end):
+            raise ErrPermissionDenied
+    for ops in (r.success, r.failure):
+        for op in ops:
+            which = op.WhichOneof("request")
+            if which == "request_range":
+                check_range(perms, op.request_range)
+            elif which == "request_put":
+                check_put(perms, op.request_put)
+            elif which == "request_delete_range":
+                check_delete(perms, op.request_delete_range)
+            elif which == "request_txn":
+                check_txn(perms, op.request_txn)
+
+
+def check_admin(perms):
+    if not perms.admin:
+        raise ErrPermissionDenied
