@@ -47,6 +47,16 @@ RANGE_ERRORS = [
     ('{"key":"YQ==","keys_only":"yes"}',
      "json: cannot unmarshal string into Go value of type bool"),
     ('{"key":"YQ==","keys_only":1}', "json: cannot unmarshal number into Go value of type bool"),
+    # Reported by test_gateway_bad_input.py against etcd 3.4.23:
+    ('{"key":"\\q"}', "invalid character 'q' in string escape code"),
+    ('{"key":"\\u00"}', "invalid character '\"' in \\u hexadecimal character escape"),
+    ('{"key":NaN}', "invalid character 'N' looking for beginning of value"),
+    ('{"key":"YQ==","count_only": tru}', "invalid character '}' in literal true (expecting 'e')"),
+    ('{"key":"\x01"}', "invalid character '\\x01' in string literal"),
+    ('\ufeff{}', "invalid character '\u00ef' looking for beginning of value"),
+    ('{"x":' + '[' * 10000 + ']' * 10000 + '}', "invalid character '[' exceeded max depth"),
+    ('[' * 5000 + ']' * 5000,
+     "json: cannot unmarshal array into Go value of type map[string]json.RawMessage"),
 ]
 
 TXN_ERRORS = [
@@ -82,6 +92,8 @@ def test_decode_errors_match_etcd(body, message):
      '"sort_target":2,"minModRevision":"5","unknown":{"x":[1]}}',
      rpc.RangeRequest(key=b"abc", range_end=b"abd", keys_only=True, sort_order=2,
                       sort_target=2, min_mod_revision=5)),
+    # Go nests up to 10,000 levels (Python's parser alone stops near 1,000).
+    ('{"key":"YQ==","x":' + '[' * 9999 + ']' * 9999 + '}', rpc.RangeRequest(key=b"a")),
     # CR/LF inside base64 are skipped, as Go does.
     ('{"key":"YW\\nJj"}', rpc.RangeRequest(key=b"abc")),
 ])
@@ -103,11 +115,11 @@ def test_decode_names_numbers_and_oneofs():
         failure=[rpc.RequestOp(request_txn=rpc.TxnRequest())])
     assert got == want
     assert got.failure[0].WhichOneof("request") == "request_txn"
-    # The proto name wins over the camelCase one, whatever the order in the text.
+    # The camelCase name wins over the proto name (jsonpb), whatever the order.
     got = jc.decode_request(rpc.LeaseGrantRequest, b'{"TTL":"5","ttl":"7","ID":9}')
     assert (got.TTL, got.ID) == (5, 9)
     got = jc.decode_request(rpc.RangeRequest, b'{"rangeEnd":"Yg==","range_end":"Yw=="}')
-    assert got.range_end == b"c"
+    assert got.range_end == b"b"
 
 
 def test_go_base64_matches_the_standard_decoder_on_valid_input():

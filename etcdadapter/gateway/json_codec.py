@@ -12,7 +12,7 @@ name, zero values omitted, set-but-empty messages as ``{}``.
 
 Input -- the first JSON value of the body (what follows is ignored, as Go's
 ``json.Decoder`` does); an empty body is an empty request; proto names or lowerCamelCase
-names, matched case-sensitively (the proto name wins when both are present); integers as
+names, matched case-sensitively (the camelCase name wins when both are present); integers as
 numbers or as strings holding a JSON number; enums by name or number; ``null`` = unset;
 unknown fields ignored.  Every error is InvalidArgument with the text Go gives, e.g.
 ``illegal base64 data at input byte 0``, ``unexpected EOF``,
@@ -130,20 +130,36 @@ _DECODER = json.JSONDecoder(parse_float=_Number, parse_constant=_reject_constant
 _WS = " \t\r\n"
 
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", "\\": "\\\\"}
+
+
 def _quote_char(c):
-    # Go's encoding/json quoteChar.
-    if c == "'":
+    """Go's encoding/json quoteChar of the byte at an error: Go reports the input byte
+    (the first byte of a multi-byte character, taken as a Latin-1 rune) quoted by
+    strconv.Quote."""
+    b = c.encode("utf-8", "replace")[0]
+    r = chr(b)
+    if r == "'":
         return "'\\''"
-    if c == '"':
+    if r == '"':
         return "'\"'"
-    return "'%s'" % json.dumps(c)[1:-1]
+    if r in _GO_ESCAPES:
+        return "'%s'" % _GO_ESCAPES[r]
+    if b < 0x20 or b == 0x7F:
+        return "'\\x%02x'" % b
+    if 0x80 <= b <= 0xA0 or b == 0xAD:
+        return "'\\u%04x'" % b
+    return "'%s'" % r
 
 
-def _container_at(text, pos):
-    """Is the innermost container open at ``pos`` an object or an array?"""
-    stack = []
+def _outside_strings(text, start=0, stop=None):
+    """(index, char) of every character of ``text[start:stop]`` that is not inside a
+    string literal (string quotes included)."""
     in_string = escaped = False
-    for ch in text[:pos]:
+    stop = len(text) if stop is None else stop
+    for i in range(start, stop):
+        ch = text[i]
         if in_string:
             if escaped:
                 escaped = False
@@ -151,21 +167,57 @@ def _container_at(text, pos):
                 escaped = True
             elif ch == '"':
                 in_string = False
-        elif ch == '"':
+            continue
+        if ch == '"':
             in_string = True
-        elif ch in "[{":
+        yield i, ch
+
+
+def _container_at(text, pos):
+    """Is the innermost container open at ``pos`` an object or an array?"""
+    stack = []
+    for _i, ch in _outside_strings(text, 0, pos):
+        if ch in "[{":
             stack.append(ch)
         elif ch in "]}" and stack:
             stack.pop()
     return stack[-1] if stack else None
 
 
+_LITERALS = {"t": "true", "f": "false", "n": "null"}
+_HEX = frozenset("0123456789abcdefABCDEF")
+MAX_DEPTH = 10000       # Go's encoding/json maxNestingDepth
+
+
 def _go_syntax_error(text, exc, eof_message):
     pos = exc.pos
     if pos >= len(text):
         return _invalid(eof_message)
-    c = _quote_char(text[pos])
     msg = exc.msg
+    ch = text[pos]
+    if msg.startswith("Expecting value") and ch in _LITERALS:
+        # Go reads a literal byte by byte: the first wrong byte is the error.
+        literal = _LITERALS[ch]
+        for i, want in enumerate(literal):
+            if pos + i >= len(text):
+                return _invalid(eof_message)
+            if text[pos + i] != want:
+                return _invalid("invalid character %s in literal %s (expecting %s)"
+                                % (_quote_char(text[pos + i]), literal, _quote_char(want)))
+    if msg.startswith("Invalid \\uXXXX"):
+        # pos is at the "u": the first non-hex digit after it is the error.
+        for i in range(pos + 1, min(pos + 5, len(text))):
+            if text[i] not in _HEX:
+                return _invalid("invalid character %s in \\u hexadecimal character escape"
+                                % _quote_char(text[i]))
+        return _invalid(eof_message)
+    if msg.startswith("Invalid \\escape"):
+        # pos is at the backslash; Go names the character after it.
+        if pos + 1 >= len(text):
+            return _invalid(eof_message)
+        return _invalid("invalid character %s in string escape code"
+                        % _quote_char(text[pos + 1]))
+    c = _quote_char(ch)
     if msg.startswith("Expecting value"):
         return _invalid("invalid character %s looking for beginning of value" % c)
     if msg.startswith("Expecting property name"):
@@ -179,11 +231,54 @@ def _go_syntax_error(text, exc, eof_message):
         return _invalid("invalid character %s %s" % (c, where))
     if msg.startswith("Invalid control character"):
         return _invalid("invalid character %s in string literal" % c)
-    if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
-        return _invalid("invalid character %s in string escape code" % c)
     if msg.startswith("Unterminated string"):
         return _invalid(eof_message)
     return _invalid("invalid character %s looking for beginning of value" % c)
+
+
+def _constant_error(text, pos):
+    """Python accepts NaN and (-)Infinity; Go rejects them at their first letter."""
+    for i, ch in _outside_strings(text, pos):
+        if ch == "N" and text.startswith("NaN", i) or ch == "I" and \
+                text.startswith("Infinity", i):
+            if i > 0 and text[i - 1] == "-":
+                return _invalid("invalid character %s in numeric literal" % _quote_char(ch))
+            return _invalid("invalid character %s looking for beginning of value"
+                            % _quote_char(ch))
+    return _invalid("invalid character %s looking for beginning of value"
+                    % _quote_char(text[pos]))
+
+
+def _depth(text, pos):
+    """(deepest nesting, index of the bracket that goes beyond MAX_DEPTH or None)."""
+    depth = deepest = 0
+    for i, ch in _outside_strings(text, pos):
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return depth, i
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest, None
+
+
+def _raw_decode(text, pos):
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except RecursionError:
+        # Go nests up to 10,000 levels; Python's default recursion limit is lower.
+        deepest, beyond = _depth(text, pos)
+        if beyond is not None:
+            raise _invalid("invalid character %s exceeded max depth"
+                           % _quote_char(text[beyond]))
+        import sys
+        old = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(old, 3 * deepest + 500))
+        try:
+            return _DECODER.raw_decode(text, pos)
+        finally:
+            sys.setrecursionlimit(old)
 
 
 _EOF = object()
@@ -197,14 +292,11 @@ def _parse_value(text, pos, eof_message="unexpected EOF"):
     if pos >= len(text):
         return _EOF, pos
     try:
-        return _DECODER.raw_decode(text, pos)
+        return _raw_decode(text, pos)
     except json.JSONDecodeError as exc:
         raise _go_syntax_error(text, exc, eof_message)
     except ValueError:      # NaN / Infinity
-        raise _invalid("invalid character %s looking for beginning of value"
-                       % _quote_char(text[pos]))
-    except RecursionError:
-        raise _invalid("exceeded max depth")
+        raise _constant_error(text, pos)
 
 
 def _as_text(body):
@@ -395,10 +487,10 @@ def fill_message(msg, obj):
     if not isinstance(obj, dict):
         raise _cannot(obj, "map[string]json.RawMessage")
     for name, camel, fd in _fields_by_json_name(msg.DESCRIPTOR):
-        if name in obj:
-            value = obj[name]
-        elif camel in obj:
+        if camel in obj:
             value = obj[camel]
+        elif name in obj:
+            value = obj[name]
         else:
             continue
         if value is None:

@@ -4,7 +4,9 @@ twisted.web parses; every request becomes an :class:`HttpExchange` for the same 
 HTTP/2 side uses.
 """
 
-from twisted.web import resource, server
+import re
+
+from twisted.web import http, resource, server
 
 from etcdadapter.security.peer import peer_identity
 from etcdadapter.services.rpc import CallContext
@@ -111,8 +113,29 @@ class _Request(server.Request):
         server.Request.handleContentChunk(self, data)
 
 
+_TOKENS = re.compile(rb"[\s,]+")
+
+
+class _Channel(http.HTTPChannel):
+    """twisted.web's channel, used directly (our protocol already chose HTTP/1.x).
+
+    ``Connection`` is a comma-separated token list (RFC 9110 7.6.1); twisted.web splits
+    it on spaces only, so APISIX's CLI ``Connection: close, TE`` kept the connection open
+    where etcd closes it."""
+
+    def checkPersistence(self, request, version):
+        values = request.requestHeaders.getRawHeaders(b"Connection") or []
+        tokens = set(t.lower() for v in values for t in _TOKENS.split(v) if t)
+        if version == b"HTTP/1.1" and b"close" not in tokens:
+            return True
+        if version == b"HTTP/1.1":
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        return False
+
+
 def make_site(router):
     site = server.Site(_RouterResource(router))
+    site.protocol = _Channel
     site.router = router
     site.requestFactory = _Request
     site.displayTracebacks = False

@@ -4,7 +4,7 @@ The gateway (router and handlers) only sees this class, so the JSON face behaves
 on both protocols.  Transports subclass it and implement ``_send_head``/``_send_body``.
 """
 
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 
 class HttpExchange(object):
@@ -15,7 +15,11 @@ class HttpExchange(object):
         self.method = method
         self.uri = uri
         path, _, query = uri.partition("?")
-        self.path = path
+        if "://" in path:
+            # absolute-form (RFC 9112 3.2.2): route on the path part, as Go does
+            rest = path.partition("://")[2]
+            path = "/" + rest.partition("/")[2]
+        self.path = unquote(path)       # Go routes on the decoded URL.Path
         self.query = parse_qs(query) if query else {}
         self.headers = headers          # lower-case name -> str
         self.context = context
