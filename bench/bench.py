@@ -8,17 +8,30 @@ runs each workload against each server for a fixed time with the same client: gr
 ``--concurrency`` calls in flight.
 
 Workloads:
-  put    Put of a distinct key, 256-byte value
-  get    point Range of an existing key (random among 1000)
-  range  Range of a 100-key prefix (256-byte values)
+  put             Put of a distinct key, 256-byte value
+  get             point Range of an existing key (random among 1000)
+  range           Range of a 100-key prefix (256-byte values)
+  watch-latency   --watchers watchers (1000) on one prefix over --watch-streams Watch
+                  streams (10) of one connection; one writer puts keys under the prefix at
+                  --watch-rate puts/s (10) for --seconds; latency = put acknowledged ->
+                  event received, at every watcher (negative if the event came first)
+  watch-idle-rss  --idle-watchers idle watchers (10000, one key each) over --idle-streams
+                  streams (100); server RSS growth per watcher
 
 Prints ops/s, p50 and p99 latency (ms) per workload for both servers, the ratio
-adapter/etcd of throughput, and the servers' resident memory at the end.
+adapter/etcd of throughput, and the servers' resident memory at the end; for the watch
+workloads p50/p99/max event latency, events delivered, the client's CPU use (near 100 %:
+the figures are the client's, not the server's) and RSS bytes per watcher.
+
+One Python client decodes at most some 20,000 watch responses a second on a small machine,
+so watch-latency's default rate keeps --watchers x --watch-rate below that (--watch-rate
+50 with 1000 watchers measures the client's backlog on both servers).
 
 Usage:
   python bench/bench.py                              # both servers, 5 s per workload
   python bench/bench.py --only etcd --seconds 2
   python bench/bench.py --adapter-endpoint 127.0.0.1:2379 --only adapter
+  python bench/bench.py --workload watch-latency --workload watch-idle-rss
 
 The client runs on the same machine and competes with the server for CPU; compare the
 two columns, not the absolute figures across machines.
@@ -313,6 +326,13 @@ def make_workloads(client, args, run_id):
     return [("put", put_op), ("get", get_op), ("range", range_op)]
 
 
+def pct_ms(values, p):
+    """The p-th quantile (0..1) of sorted ``values`` (seconds), in ms."""
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(p * len(values)))] * 1000.0
+
+
 async def run_workload(op, seconds, concurrency, warmup):
     """Run op from `concurrency` workers for `seconds`; returns a result dict."""
     latencies = []
@@ -344,15 +364,178 @@ async def run_workload(op, seconds, concurrency, warmup):
     end = time.perf_counter()
     latencies.sort()
     elapsed = end - measure_from
-
-    def pct(p):
-        if not latencies:
-            return float("nan")
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000.0
-
     return {"ops": len(latencies), "ops_s": len(latencies) / elapsed if elapsed > 0 else 0.0,
-            "p50": pct(0.50), "p99": pct(0.99), "errors": len(errors),
+            "p50": pct_ms(latencies, 0.50), "p99": pct_ms(latencies, 0.99),
+            "errors": len(errors),
             "error": repr(errors[0]) if errors else None}
+
+
+# ---------------------------------------------------------------------------------------
+# Watch workloads
+
+class WatchStreams(object):
+    """Watch streams on one connection; a reader task per stream records every event as
+    (revision, arrival time)."""
+
+    def __init__(self, endpoint):
+        self.channel = grpc.aio.insecure_channel(endpoint)
+        self._open = self.channel.stream_stream(
+            "/etcdserverpb.Watch/Watch", request_serializer=_ser,
+            response_deserializer=rpc_pb2.WatchResponse.FromString)
+        self.calls = []
+        self.tasks = []
+        self.created = 0
+        self.refused = 0                 # created + canceled, or the stream failed
+        self.error = None
+        self.arrivals = []
+
+    def open(self):
+        call = self._open()
+        self.calls.append(call)
+        self.tasks.append(asyncio.ensure_future(self._read(call)))
+        return call
+
+    async def _read(self, call):
+        arrivals = self.arrivals
+        try:
+            async for r in call:
+                now = time.monotonic()
+                if r.created:
+                    if r.canceled:
+                        self.refused += 1
+                        self.error = self.error or r.cancel_reason
+                    else:
+                        self.created += 1
+                    continue
+                for ev in r.events:
+                    arrivals.append((ev.kv.mod_revision, now))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self.refused += 1
+                self.error = self.error or repr(exc)
+
+    async def create(self, call, key, range_end=b""):
+        await call.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=key, range_end=range_end)))
+
+    async def wait_created(self, n, timeout):
+        deadline = time.monotonic() + timeout
+        while self.created + self.refused < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.created
+
+    async def close(self):
+        for call in self.calls:
+            call.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.channel.close()
+
+
+async def watch_latency(server, client, args, run_id):
+    """--watchers watchers on one prefix; put-acknowledged -> event-received latency."""
+    prefix = PREFIX + b"watch/%s/" % run_id
+    ws = WatchStreams(server.endpoint)
+    errors = []
+    try:
+        calls = [ws.open() for _ in range(args.watch_streams)]
+        for i in range(args.watchers):
+            await ws.create(calls[i % len(calls)], prefix, prefix_end(prefix))
+        created = await ws.wait_created(args.watchers, START_TIMEOUT)
+        if created < args.watchers:
+            errors.append("%d of %d watchers created (%s)" % (created, args.watchers,
+                                                              ws.error))
+        val = value(64, 1)
+        acks = {}                        # revision -> ack time, measured puts only
+        puts = failed_puts = 0
+        start = time.monotonic()
+        measure_from = start + args.warmup
+        cpu0 = wall0 = None
+        while True:
+            due = start + puts / args.watch_rate
+            if due >= measure_from + args.seconds:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if cpu0 is None and due >= measure_from:
+                cpu0, wall0 = time.process_time(), time.monotonic()
+            try:
+                resp = await client.put(rpc_pb2.PutRequest(key=prefix + b"%d" % puts,
+                                                           value=val), timeout=30)
+            except grpc.RpcError as exc:
+                errors.append(repr(exc))
+                failed_puts += 1
+                continue
+            finally:
+                puts += 1
+            if due >= measure_from:
+                acks[resp.header.revision] = time.monotonic()
+        # Every watcher gets every put (warm-up ones too): wait for the last ones.
+        total = (puts - failed_puts) * created
+        deadline = time.monotonic() + max(10.0, args.seconds)
+        while len(ws.arrivals) < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        cpu = ((time.process_time() - cpu0) / (time.monotonic() - wall0)
+               if cpu0 is not None else float("nan"))
+        lat = sorted(t - acks[rev] for rev, t in ws.arrivals if rev in acks)
+        expected = len(acks) * created
+        if len(lat) != expected:
+            errors.append("%d of %d events delivered" % (len(lat), expected))
+    finally:
+        await ws.close()
+    return {"events": len(lat), "expected": expected, "puts": len(acks),
+            "p50": pct_ms(lat, 0.50), "p99": pct_ms(lat, 0.99),
+            "max": lat[-1] * 1000.0 if lat else float("nan"), "client_cpu": cpu,
+            "errors": len(errors), "error": errors[0] if errors else None}
+
+
+async def watch_idle_rss(server, client, args, run_id):
+    """--idle-watchers watchers, one key each; RSS growth per watcher.  The baseline has
+    the streams open with one watcher each."""
+    ws = WatchStreams(server.endpoint)
+    key = (PREFIX + b"idle/%s/" % run_id + b"%06d").__mod__
+    errors = []
+    try:
+        calls = [ws.open() for _ in range(args.idle_streams)]
+        for i, call in enumerate(calls):
+            await ws.create(call, key(i))
+        base = await ws.wait_created(len(calls), START_TIMEOUT)
+        await asyncio.sleep(1.0)
+        rss0 = server.rss_mib()
+        for i in range(len(calls), args.idle_watchers):
+            await ws.create(calls[i % len(calls)], key(i))
+        created = await ws.wait_created(args.idle_watchers, START_TIMEOUT)
+        await asyncio.sleep(1.0)
+        rss1 = server.rss_mib()
+        if created < args.idle_watchers:
+            errors.append("%d of %d watchers created (%s)" % (created, args.idle_watchers,
+                                                              ws.error))
+    finally:
+        await ws.close()
+    added = created - base
+    per = ((rss1 - rss0) * 1024 * 1024 / added
+           if rss0 is not None and rss1 is not None and added > 0 else None)
+    return {"watchers": created, "rss0": rss0, "rss1": rss1, "per_watcher": per,
+            "errors": len(errors), "error": errors[0] if errors else None}
+
+
+WATCH_WORKLOADS = [("watch-latency", watch_latency), ("watch-idle-rss", watch_idle_rss)]
+
+
+def describe_watch(name, r):
+    if name == "watch-latency":
+        text = ("p50 %7.2f ms  p99 %7.2f ms  max %7.2f ms  %d/%d events  client CPU %.0f %%"
+                % (r["p50"], r["p99"], r["max"], r["events"], r["expected"],
+                   r["client_cpu"] * 100))
+    elif r["per_watcher"] is None:
+        text = "%d watchers, RSS unknown (not started by us)" % r["watchers"]
+    else:
+        text = "%d watchers, RSS %.1f -> %.1f MiB: %.0f bytes per watcher" % (
+            r["watchers"], r["rss0"], r["rss1"], r["per_watcher"])
+    if r["errors"]:
+        text += "  (%d errors, first: %s)" % (r["errors"], r["error"])
+    return text
+
 
 
 async def bench_server(server, args):
@@ -371,6 +554,12 @@ async def bench_server(server, args):
                   % (server.name, name, r["ops_s"], r["p50"], r["p99"],
                      "  (%d errors, first: %s)" % (r["errors"], r["error"])
                      if r["errors"] else ""), flush=True)
+        for name, workload in WATCH_WORKLOADS:
+            if args.workloads and name not in args.workloads:
+                continue
+            results[name] = await workload(server, client, args, run_id)
+            print("  %-7s %-14s %s" % (server.name, name,
+                                       describe_watch(name, results[name])), flush=True)
     finally:
         await client.close()
     return results
@@ -406,6 +595,50 @@ def print_table(results, order):
         print(line)
 
 
+def print_watch_tables(results, order, args):
+    both = "etcd" in results and "adapter" in results
+
+    def row(name, fmt, cells, blank):
+        r = results.get(name, {}).get(workload)
+        print("%-8s | " % name + (fmt % cells(r) if r is not None else blank))
+
+    workload = "watch-latency"
+    if any(workload in results.get(s, {}) for s in order):
+        print("watch-latency: %d watchers on one prefix over %d streams, %g puts/s for "
+              "%g s; latency = put acknowledged -> event received"
+              % (args.watchers, args.watch_streams, args.watch_rate, args.seconds))
+        head = "%-8s | %17s %9s %9s %9s %11s" % ("server", "events", "p50 ms", "p99 ms",
+                                                 "max ms", "client CPU")
+        print(head)
+        print("-" * len(head))
+        for name in order:
+            row(name, "%8d/%-8d %9.2f %9.2f %9.2f %10.0f%%",
+                lambda r: (r["events"], r["expected"], r["p50"], r["p99"], r["max"],
+                           r["client_cpu"] * 100), "-")
+        e, a = (results.get(n, {}).get(workload) for n in ("etcd", "adapter"))
+        if both and e and a and e["p50"] > 0 and e["p99"] > 0:
+            print("adapter/etcd: p50 %.2fx, p99 %.2fx, max %.2fx"
+                  % (a["p50"] / e["p50"], a["p99"] / e["p99"], a["max"] / e["max"]))
+        print()
+    workload = "watch-idle-rss"
+    if any(workload in results.get(s, {}) for s in order):
+        print("watch-idle-rss: %d idle watchers (one key each) over %d streams; RSS "
+              "growth from one watcher per stream to all"
+              % (args.idle_watchers, args.idle_streams))
+        head = "%-8s | %9s %14s %13s %18s" % ("server", "watchers", "RSS MiB before",
+                                             "RSS MiB after", "bytes per watcher")
+        print(head)
+        print("-" * len(head))
+        for name in order:
+            row(name, "%9d %14.1f %13.1f %18.0f",
+                lambda r: (r["watchers"], r["rss0"] or 0, r["rss1"] or 0,
+                           r["per_watcher"] or 0), "-")
+        e, a = (results.get(n, {}).get(workload) for n in ("etcd", "adapter"))
+        if both and e and a and e["per_watcher"] and a["per_watcher"]:
+            print("adapter/etcd: %.2fx" % (a["per_watcher"] / e["per_watcher"]))
+        print()
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=5.0,
@@ -418,7 +651,18 @@ def parse_args(argv):
     p.add_argument("--only", choices=("etcd", "adapter"),
                    help="benchmark only one of the two servers")
     p.add_argument("--workload", dest="workloads", action="append",
-                   choices=("put", "get", "range"), help="run only this workload (repeatable)")
+                   choices=("put", "get", "range", "watch-latency", "watch-idle-rss"),
+                   help="run only this workload (repeatable)")
+    p.add_argument("--watchers", type=int, default=1000,
+                   help="watch-latency: watchers on the prefix (1000)")
+    p.add_argument("--watch-streams", type=int, default=10,
+                   help="watch-latency: Watch streams they are spread over (10)")
+    p.add_argument("--watch-rate", type=float, default=10.0,
+                   help="watch-latency: puts per second (10)")
+    p.add_argument("--idle-watchers", type=int, default=10000,
+                   help="watch-idle-rss: idle watchers (10000)")
+    p.add_argument("--idle-streams", type=int, default=100,
+                   help="watch-idle-rss: Watch streams they are spread over (100)")
     p.add_argument("--adapter-endpoint", metavar="HOST:PORT",
                    help="benchmark an already-running adapter instead of starting one")
     p.add_argument("--etcd-endpoint", metavar="HOST:PORT",
@@ -479,8 +723,10 @@ def main(argv=None):
             rss[name] = server.rss_mib()
             server.cleanup()    # the next server gets the CPU to itself
         print()
-        print_table(results, order)
-        print()
+        if any(n in r for r in results.values() for n in ("put", "get", "range")):
+            print_table(results, order)
+            print()
+        print_watch_tables(results, order, args)
         for name in order:
             if rss.get(name) is not None:
                 print("%s RSS after its workloads: %.1f MiB" % (name, rss[name]))

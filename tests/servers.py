@@ -629,9 +629,31 @@ def show(msg):
 
 def spawn_etcdctl(server, args, **popen_kw):
     """Start ``etcdctl --endpoints=<server> args`` (v3 API, none of our ETCDCTL_*
-    settings) with stdout and stderr piped; for long-running commands (keep-alive, watch)."""
+    settings) with stdout and stderr piped; for long-running commands (keep-alive,
+    watch)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
     env["ETCDCTL_API"] = "3"
     return subprocess.Popen([ETCDCTL_BIN, "--endpoints=" + server.endpoint,
                              "--dial-timeout=3s"] + list(args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, **popen_kw)
+
+
+# ---------------------------------------------------------------------------------------
+# Small probes (GrpcClient)
+
+def lease_ttl(client, lease_id):
+    """LeaseTimeToLive's TTL for ``lease_id`` on ``client``'s server (-1: no such lease)."""
+    from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+    r = client.call("/etcdserverpb.Lease/LeaseTimeToLive",
+                    rpc.LeaseTimeToLiveRequest(ID=lease_id), rpc.LeaseTimeToLiveResponse)
+    assert r.ok, r
+    return r.response.TTL
+
+
+def store_revision(client):
+    """The current revision of ``client``'s server (header of a count-only Range)."""
+    from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+    r = client.call("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"\0", count_only=True),
+                    rpc.RangeResponse)
+    assert r.ok, r
+    return r.response.header.revision
