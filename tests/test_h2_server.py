@@ -41,6 +41,7 @@ class Harness(object):
 
     def pump(self):
         for _ in range(100):
+            self.clock.advance(0)       # streaming sends are flushed at the end of a turn
             out = self.client.data_to_send()
             if out:
                 self.server.data_received(out)

@@ -125,6 +125,8 @@ class H2Server(object):
         self._in_receive = False
         self._closed = False
         self._draining = None      # Deferred fired when the last stream ends after GOAWAY
+        self._dirty = {}           # streaming calls with unflushed messages (ordered set)
+        self._dirty_call = None
 
     # -- lifecycle -----------------------------------------------------------------
     def initiate(self):
@@ -150,6 +152,10 @@ class H2Server(object):
 
     def connection_lost(self):
         self._closed = True
+        if self._dirty_call is not None and self._dirty_call.active():
+            self._dirty_call.cancel()
+        self._dirty_call = None
+        self._dirty.clear()
         for stream in list(self.streams.values()):
             self._cancel_stream(stream)
         self.streams.clear()
@@ -423,7 +429,25 @@ class H2Server(object):
             call.headers_sent = True
             self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
         call.pending += data
-        self._flush_stream(call)
+        if call.method.kind == UNARY:
+            self._flush_stream(call)
+            return
+        # A watch fan-out sends many messages to a stream in one reactor turn: frame
+        # them together at the end of the turn (one DATA frame and one socket write
+        # instead of one per message; h2's per-frame cost dominated watch latency).
+        self._dirty[call] = None
+        if self._dirty_call is None:
+            self._dirty_call = self.clock.callLater(0, self._flush_dirty)
+
+    def _flush_dirty(self):
+        self._dirty_call = None
+        dirty, self._dirty = self._dirty, {}
+        if self._closed:
+            return
+        for call in dirty:
+            if self.streams.get(call.stream_id) is call and call.pending:
+                self._flush_stream(call, write=False)
+        self._flush()
 
     def _finish_grpc(self, call, error):
         if self._closed or self.streams.get(call.stream_id) is not call:
@@ -441,7 +465,7 @@ class H2Server(object):
         self._stream_done(stream_id)
         self._flush()
 
-    def _flush_stream(self, call):
+    def _flush_stream(self, call, write=True):
         conn = self.conn
         sid = call.stream_id
         pending = call.pending
@@ -461,7 +485,8 @@ class H2Server(object):
             # The client reset the stream or closed the connection meanwhile.
             pending.clear()
             self._stream_done(sid)
-        self._flush()
+        if write:
+            self._flush()
 
     def _stream_done(self, stream_id):
         stream = self.streams.pop(stream_id, None)
