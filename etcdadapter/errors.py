@@ -114,3 +114,9 @@ def message_too_large(size, limit):
     """grpc-go's receive-side size error (etcd: max-request-bytes + 512 KiB)."""
     return EtcdError(_C.RESOURCE_EXHAUSTED,
                      "grpc: received message larger than max (%d vs. %d)" % (size, limit))
+
+# Storage unavailable (SQL stores).  etcd answers "no leader" when it cannot serve a request
+# at all and "request timed out" when a write may or may not have been applied; the SQL
+# stores use the first when the database cannot be reached and the second when the
+# connection broke while a COMMIT was in flight.  Both are Unavailable: clients retry.
+ErrNoLeader = EtcdError(_C.UNAVAILABLE, "etcdserver: no leader")

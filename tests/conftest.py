@@ -12,6 +12,8 @@ Without the etcd/etcdctl binaries the tests that need servers are skipped, unles
 import pytest
 
 import servers
+# The store fixtures (make_store, parametrised by store_kind) for every test module.
+from stores import make_store, store_kind  # noqa: F401
 
 
 def pytest_configure(config):

@@ -1,5 +1,5 @@
-"""Leases: the memory store's lessor (task.Clock), the Lease service, and a comparison
-with a real etcd over gRPC."""
+"""Leases: every store's lessor (task.Clock; the store-level tests run on each store kind,
+see tests/stores.py), the Lease service, and a comparison with a real etcd over gRPC."""
 
 import pytest
 from twisted.internet import task
@@ -10,7 +10,6 @@ from etcdadapter.services.identity import ServerIdentity
 from etcdadapter.services.lease import LeaseService
 from etcdadapter.services.rpc import CallContext, ServerStream
 from etcdadapter.store.base import DELETE, LeaseTTL
-from etcdadapter.store.memory import MemoryStore
 
 import servers
 from fired import error_of, result
@@ -22,8 +21,8 @@ def clock():
 
 
 @pytest.fixture
-def s(clock):
-    return MemoryStore(initial_revision=1, clock=clock)
+def s(make_store, clock):
+    return make_store(initial_revision=1, clock=clock)
 
 
 def put(s, key, value=b"v", **kw):

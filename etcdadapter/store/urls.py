@@ -2,7 +2,8 @@
 
 ``memory://`` is the embedded default; ``memory://?initial_revision=N`` pins the first
 revision (otherwise it is seeded from the wall clock so it never goes down across restarts).
-SQL URLs (sqlite://, mysql://, tidb://, postgresql://) arrive with the SQL stores.
+SQL URLs (``sqlite:///path``, ``mysql://``, ``tidb://``, ``postgresql://``/``postgres://``)
+and their options are described in :mod:`etcdadapter.store.sql`.
 """
 
 from urllib.parse import parse_qs, urlsplit
@@ -12,7 +13,9 @@ class StoreURLError(ValueError):
     pass
 
 
-def open_store(url):
+def open_store(url, **store_kw):
+    """The Store for ``url`` (not started).  ``store_kw`` go to the SQL store's
+    constructor (tests pass ``clock``)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -27,5 +30,9 @@ def open_store(url):
             raise StoreURLError("initial_revision must be an integer: %r" % initial)
         if initial is not None and initial < 1:
             raise StoreURLError("initial_revision must be >= 1")
-        return MemoryStore(initial_revision=initial)
-    raise StoreURLError("unsupported store URL %r (supported: memory://)" % (url,))
+        return MemoryStore(initial_revision=initial, clock=store_kw.get("clock"))
+    from etcdadapter.store import sql
+    if scheme in sql.SCHEMES:
+        return sql.open_sql_store(scheme, parts, query, **store_kw)
+    raise StoreURLError("unsupported store URL %r (supported: memory://, %s)"
+                        % (url, ", ".join(s + "://" for s in sql.SCHEMES)))

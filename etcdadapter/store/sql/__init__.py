@@ -1,0 +1,186 @@
+"""The SQL stores: one generic store (:mod:`.generic`) over small per-engine dialects.
+
+URLs (``--store``)::
+
+    sqlite:///var/lib/etcd-adapter/etcd.db     (sqlite://relative/path.db is relative)
+    mysql://user:password@host:3306/database   (MySQL, MariaDB)
+    tidb://user:password@host:4000/database
+    postgresql://user:password@host:5432/database   (also postgres://)
+
+Query parameters, every store:
+
+``poll_interval``  how often to look for other instances' writes: seconds or ``50ms``
+                   (default 50 ms; this instance's own writes are seen at once)
+``pool_size``      database threads, each with one connection (default 4)
+``initial_revision``  first revision of a database created now (default: the wall clock
+                   in ms, like the memory store, so a recreated database never goes back)
+
+SQLite: ``busy_timeout`` (seconds another process may hold the write lock, default 5),
+``synchronous`` (``FULL`` default, ``NORMAL``, ...).
+
+MySQL / TiDB: ``connect_timeout`` (seconds, default 5), ``timeout`` (read/write timeout,
+seconds, default 60), ``ssl_ca``, ``ssl_cert``, ``ssl_key`` (files; any of them turns TLS
+on), ``ssl_verify_cert``, ``ssl_verify_identity`` (true/false), ``unix_socket``.
+
+PostgreSQL: ``connect_timeout`` (default 5), ``sslmode``, ``sslrootcert``, ``sslcert``,
+``sslkey`` (libpq's names; ``ssl_ca``/``ssl_cert``/``ssl_key`` are accepted too, and
+``ssl_ca`` alone means ``sslmode=verify-full``), ``host`` (e.g. a socket directory),
+``application_name``, ``options`` (server settings, e.g. ``-csearch_path=etcd`` to keep
+the tables in schema ``etcd``), ``notify`` (default true: other instances' commits wake the change
+feed through LISTEN/NOTIFY, and the periodic poll slows to once a second; ``false`` behind
+a pooler in transaction mode).
+
+The schema, and how it is created and migrated, is described in :mod:`.schema`.
+"""
+
+from urllib.parse import unquote
+
+SCHEMES = ("sqlite", "mysql", "tidb", "postgresql", "postgres")
+
+
+def _error(message):
+    from etcdadapter.store.urls import StoreURLError
+    return StoreURLError(message)
+
+
+def _seconds(name, text):
+    t = text.strip().lower()
+    try:
+        if t.endswith("ms"):
+            value = float(t[:-2]) / 1000.0
+        elif t.endswith("s"):
+            value = float(t[:-1])
+        else:
+            value = float(t)
+    except ValueError:
+        raise _error("%s must be a duration (e.g. 0.05 or 50ms): %r" % (name, text))
+    if value < 0:
+        raise _error("%s must not be negative" % name)
+    return value
+
+
+def _int(name, text, minimum):
+    try:
+        value = int(text)
+    except ValueError:
+        raise _error("%s must be an integer: %r" % (name, text))
+    if value < minimum:
+        raise _error("%s must be >= %d" % (name, minimum))
+    return value
+
+
+def _bool(name, text):
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise _error("%s must be true or false: %r" % (name, text))
+
+
+def _sqlite(parts, q):
+    from etcdadapter.store.sql.sqlite import SYNCHRONOUS, SQLiteDialect
+    path = unquote(parts.netloc + parts.path)
+    if not path or path == ":memory:":
+        raise _error("sqlite:// needs a file path, e.g. sqlite:///var/lib/etcd/etcd.db")
+    kw = {}
+    if "busy_timeout" in q:
+        kw["busy_timeout"] = _seconds("busy_timeout", q.pop("busy_timeout"))
+    if "synchronous" in q:
+        sync = q.pop("synchronous").upper()
+        if sync not in SYNCHRONOUS:
+            raise _error("synchronous must be one of %s" % ", ".join(SYNCHRONOUS))
+        kw["synchronous"] = sync
+    return SQLiteDialect(path, **kw)
+
+
+def _mysql(scheme, parts, q):
+    from etcdadapter.store.sql.mysql import MySQLDialect, TiDBDialect
+    database = unquote(parts.path.lstrip("/"))
+    if not database:
+        raise _error("%s:// needs a database name: %s://user@host/database"
+                     % (scheme, scheme))
+    try:
+        port = parts.port
+    except ValueError:
+        raise _error("bad port in %s URL" % scheme)
+    kw = dict(host=parts.hostname or "127.0.0.1",
+              port=port or (4000 if scheme == "tidb" else 3306),
+              user=unquote(parts.username) if parts.username else "root",
+              password=unquote(parts.password) if parts.password else "",
+              database=database, connect_timeout=5, read_timeout=60, write_timeout=60)
+    if "connect_timeout" in q:
+        kw["connect_timeout"] = _seconds("connect_timeout", q.pop("connect_timeout"))
+    if "timeout" in q:
+        kw["read_timeout"] = kw["write_timeout"] = _seconds("timeout", q.pop("timeout"))
+    for name in ("ssl_ca", "ssl_cert", "ssl_key", "unix_socket"):
+        if name in q:
+            kw[name] = q.pop(name)
+    for name in ("ssl_verify_cert", "ssl_verify_identity"):
+        if name in q:
+            kw[name] = _bool(name, q.pop(name))
+    cls = TiDBDialect if scheme == "tidb" else MySQLDialect
+    return cls(**kw)
+
+
+_PG_ALIASES = {"ssl_ca": "sslrootcert", "ssl_cert": "sslcert", "ssl_key": "sslkey"}
+_PG_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "host", "application_name",
+              "options")
+
+
+def _postgresql(parts, q):
+    from etcdadapter.store.sql.postgresql import PostgresDialect
+    try:
+        port = parts.port
+    except ValueError:
+        raise _error("bad port in postgresql URL")
+    kw = {"connect_timeout": 5}
+    if parts.hostname:
+        kw["host"] = parts.hostname
+    if port:
+        kw["port"] = port
+    if parts.username:
+        kw["user"] = unquote(parts.username)
+    if parts.password:
+        kw["password"] = unquote(parts.password)
+    database = unquote(parts.path.lstrip("/"))
+    if database:
+        kw["dbname"] = database
+    for alias, name in _PG_ALIASES.items():
+        if alias in q:
+            kw[name] = q.pop(alias)
+    if "sslrootcert" in kw:
+        kw.setdefault("sslmode", "verify-full")
+    for name in _PG_PARAMS:
+        if name in q:
+            kw[name] = q.pop(name)
+    if "connect_timeout" in q:
+        kw["connect_timeout"] = max(1, int(round(_seconds("connect_timeout",
+                                                          q.pop("connect_timeout")))))
+    if "notify" in q:
+        kw["notify"] = _bool("notify", q.pop("notify"))
+    return PostgresDialect(**kw)
+
+
+def open_sql_store(scheme, parts, query, **store_kw):
+    """A :class:`~etcdadapter.store.sql.generic.SQLStore` for a parsed URL (``query``:
+    {name: last value}; unknown names are an error)."""
+    from etcdadapter.store.sql.generic import SQLStore
+    q = dict(query)
+    kw = {}
+    if "poll_interval" in q:
+        kw["poll_interval"] = _seconds("poll_interval", q.pop("poll_interval"))
+    if "pool_size" in q:
+        kw["pool_size"] = _int("pool_size", q.pop("pool_size"), 1)
+    if "initial_revision" in q:
+        kw["initial_revision"] = _int("initial_revision", q.pop("initial_revision"), 1)
+    if scheme == "sqlite":
+        dialect = _sqlite(parts, q)
+    elif scheme in ("mysql", "tidb"):
+        dialect = _mysql(scheme, parts, q)
+    else:
+        dialect = _postgresql(parts, q)
+    if q:
+        raise _error("unknown %s store option(s): %s" % (scheme, ", ".join(sorted(q))))
+    kw.update(store_kw)
+    return SQLStore(dialect, **kw)

@@ -1,0 +1,115 @@
+"""What one SQL engine supplies to the generic store: connections, column types, the few
+statements whose syntax differs, and how to classify its errors.
+
+Everything else -- every query of the views, the write path, the change feed, leases and
+compaction -- is written once in :mod:`etcdadapter.store.sql.views` and
+:mod:`etcdadapter.store.sql.generic` in the SQL common to SQLite, MySQL/MariaDB/TiDB and
+PostgreSQL, with ``%s`` placeholders (rewritten to ``?`` for sqlite3).
+"""
+
+# Error classes (Dialect.classify).
+RETRY = "retry"              # deadlock / serialization failure: the txn was rolled back
+DISCONNECT = "disconnect"    # the connection is unusable (or could not be made)
+DUPLICATE = "duplicate"      # unique-key violation
+
+
+class Dialect(object):
+    #: Short engine name for logs.
+    name = "sql"
+
+    #: Placeholder the driver wants (the shared SQL text uses ``%s``).
+    placeholder = "%s"
+
+    #: Column types.
+    BIGINT = "BIGINT"
+    INT = "INTEGER"
+    KEY = "BLOB"
+    VALUE = "BLOB"
+
+    #: Longest key the key column and its indexes accept (None: no limit).
+    max_key_bytes = None
+
+    #: Appended to SELECTs that lock the rows they read (the revision counter, a lease).
+    for_update = " FOR UPDATE"
+
+    #: Statements opening a transaction: a consistent snapshot for reads; a write
+    #: transaction that sees every commit before its first locking read.
+    begin_read = ("BEGIN",)
+    begin_write = ("BEGIN",)
+    commit = "COMMIT"
+    rollback = "ROLLBACK"
+
+    #: A lock every write transaction of this process holds (None: the database's own
+    #: row lock on the revision counter is enough).
+    write_lock = None
+
+    #: Appended to CREATE TABLE (engine, row format).
+    table_options = ""
+
+    #: Whether commits can be pushed to other instances (see :mod:`.notify`): then the
+    #: dialect implements ``listen_connect`` and ``wait_notify``.
+    can_notify = False
+
+    def connect(self):
+        """A new DB-API connection in autocommit mode (the store sends BEGIN/COMMIT)."""
+        raise NotImplementedError
+
+    def listen_connect(self):
+        """A connection subscribed to commit notifications."""
+        raise NotImplementedError
+
+    def wait_notify(self, conn, timeout):
+        """Block up to ``timeout`` seconds for notifications; the highest revision
+        notified, or None if none came."""
+        raise NotImplementedError
+
+    def classify(self, exc):
+        """RETRY, DISCONNECT, DUPLICATE or None for an exception of the driver."""
+        raise NotImplementedError
+
+    def describe(self):
+        """Where the data lives, for logs (no password)."""
+        return self.name
+
+    # -- schema ---------------------------------------------------------------------------
+    def create_table(self, name, columns, primary_key, indexes=()):
+        """Statements creating table ``name`` (if missing) with ``columns`` (SQL column
+        definitions), ``primary_key`` (column names) and ``indexes`` ((index name,
+        column names) pairs).  Must be idempotent."""
+        body = list(columns) + ["PRIMARY KEY (%s)" % ", ".join(primary_key)]
+        out = ["CREATE TABLE IF NOT EXISTS %s (%s)%s"
+               % (name, ", ".join(body), self.table_options)]
+        for index, cols in indexes:
+            out.append("CREATE INDEX IF NOT EXISTS %s ON %s (%s)"
+                       % (index, name, ", ".join(cols)))
+        return out
+
+    def insert_ignore(self, table, columns):
+        """INSERT of one row that does nothing if its primary key exists."""
+        return ("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT DO NOTHING"
+                % (table, ", ".join(columns), ", ".join(["%s"] * len(columns))))
+
+    def upsert(self, table, columns, key):
+        """INSERT of one row that overwrites the other columns if ``key`` exists."""
+        rest = [c for c in columns if c != key]
+        return ("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO UPDATE SET %s"
+                % (table, ", ".join(columns), ", ".join(["%s"] * len(columns)), key,
+                   ", ".join("%s = excluded.%s" % (c, c) for c in rest)))
+
+    def schema_extras(self):
+        """Engine-specific statements of the version-1 schema (idempotent)."""
+        return []
+
+    # -- compaction -------------------------------------------------------------------------
+    def delete_superseded(self, log):
+        """DELETE of every log row below revision %s (1st parameter) that a later row of
+        the same key at or below revision %s (2nd parameter, the same value) supersedes."""
+        return ("DELETE FROM {log} WHERE revision < %s AND EXISTS ("
+                "SELECT 1 FROM {log} n WHERE n.name = {log}.name AND n.revision <= %s "
+                "AND (n.revision > {log}.revision OR (n.revision = {log}.revision "
+                "AND n.sub > {log}.sub)))").format(log=log)
+
+    # -- sizes ----------------------------------------------------------------------------
+    def db_size(self, tx, tables):
+        """(bytes the store takes, bytes in use) -- as close as the engine tells."""
+        return 0, 0

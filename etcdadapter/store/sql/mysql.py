@@ -1,0 +1,126 @@
+"""MySQL / MariaDB (and TiDB) through PyMySQL.
+
+Reads run in a REPEATABLE READ snapshot (START TRANSACTION WITH CONSISTENT SNAPSHOT).
+Writes start with the locking read of the counter row: InnoDB creates a transaction's read
+view only at its first non-locking read, so everything the write reads afterwards includes
+the previous writer's commit.
+
+TiDB (``tidb://``) takes the snapshot of a REPEATABLE READ transaction when it begins, so
+a write would read data older than the counter it waited for; its writes therefore run in
+READ COMMITTED, which TiDB supports in pessimistic mode (set for the session; it is the
+default since TiDB 3.0.8).  Revisions come from the counter row, never from
+AUTO_INCREMENT, so TiDB's per-server ID caches do not matter.
+
+Keys are VARBINARY(3000) (InnoDB indexes take at most 3072 bytes), values LONGBLOB.
+"""
+
+import pymysql
+from pymysql.constants import CLIENT
+
+from etcdadapter.store.sql.dialect import DISCONNECT, DUPLICATE, RETRY, Dialect
+
+# Deadlock, lock wait timeout, MariaDB "record has changed since last read" (snapshot
+# isolation), TiDB write conflicts / retryable errors.
+_RETRY_CODES = (1213, 1205, 1020, 9007, 8002, 8022, 8028)
+# Cannot connect / gone / lost / too many connections / shutdown / killed / access
+# denied / unknown database / SSL errors / idle disconnect.
+_GONE_CODES = (2002, 2003, 2005, 2006, 2013, 2026, 2055, 1040, 1045, 1049, 1053, 1077,
+               1152, 1927, 4031)
+
+
+class MySQLDialect(Dialect):
+    name = "mysql"
+    BIGINT = "BIGINT"
+    INT = "INT"
+    KEY = "VARBINARY(3000)"
+    VALUE = "LONGBLOB"
+    max_key_bytes = 3000
+    table_options = " ENGINE=InnoDB ROW_FORMAT=DYNAMIC"
+    begin_read = ("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",)
+    begin_write = ("START TRANSACTION",)
+    session_init = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+
+    def __init__(self, **params):
+        """``params``: pymysql.connect arguments (host, port, user, password, database,
+        connect_timeout, read_timeout, write_timeout, ssl_ca, ssl_cert, ssl_key,
+        ssl_verify_cert, ssl_verify_identity, unix_socket, ...)."""
+        self.params = dict(params)
+
+    def describe(self):
+        p = self.params
+        return "%s://%s@%s:%s/%s" % (self.name, p.get("user", ""), p.get("host", ""),
+                                     p.get("port", ""), p.get("database", ""))
+
+    def connect(self):
+        return pymysql.connect(
+            autocommit=True, charset="utf8mb4", binary_prefix=True,
+            # UPDATE's row count = rows matched, not rows changed (a keep-alive within
+            # the same millisecond changes nothing but found its lease).
+            client_flag=CLIENT.FOUND_ROWS, init_command=self.session_init, **self.params)
+
+    def create_table(self, name, columns, primary_key, indexes=()):
+        # MySQL has no CREATE INDEX IF NOT EXISTS: indexes go inline.
+        body = list(columns) + ["PRIMARY KEY (%s)" % ", ".join(primary_key)]
+        body += ["KEY %s (%s)" % (index, ", ".join(cols)) for index, cols in indexes]
+        return ["CREATE TABLE IF NOT EXISTS %s (%s)%s"
+                % (name, ", ".join(body), self.table_options)]
+
+    def insert_ignore(self, table, columns):
+        # Not INSERT IGNORE, which would also turn other errors into warnings.
+        return ("INSERT INTO %s (%s) VALUES (%s) ON DUPLICATE KEY UPDATE %s = %s"
+                % (table, ", ".join(columns), ", ".join(["%s"] * len(columns)),
+                   columns[0], columns[0]))
+
+    def upsert(self, table, columns, key):
+        rest = [c for c in columns if c != key]
+        return ("INSERT INTO %s (%s) VALUES (%s) ON DUPLICATE KEY UPDATE %s"
+                % (table, ", ".join(columns), ", ".join(["%s"] * len(columns)),
+                   ", ".join("%s = VALUES(%s)" % (c, c) for c in rest)))
+
+    def delete_superseded(self, log):
+        # MySQL cannot DELETE from a table its subquery reads: a multi-table DELETE.
+        return ("DELETE l FROM {log} l JOIN {log} n ON n.name = l.name "
+                "AND n.revision <= %s AND (n.revision > l.revision "
+                "OR (n.revision = l.revision AND n.sub > l.sub)) "
+                "WHERE l.revision < %s").format(log=log)
+
+    def classify(self, exc):
+        if isinstance(exc, pymysql.err.InterfaceError):
+            return DISCONNECT
+        if isinstance(exc, pymysql.err.MySQLError):
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+            if code in _RETRY_CODES:
+                return RETRY
+            if code == 1062:
+                return DUPLICATE
+            if code in _GONE_CODES:
+                return DISCONNECT
+        if isinstance(exc, OSError):
+            return DISCONNECT
+        return None
+
+    def db_size(self, tx, tables):
+        row = tx.one("SELECT COALESCE(SUM(data_length + index_length), 0), "
+                     "COALESCE(SUM(data_free), 0) FROM information_schema.tables "
+                     "WHERE table_schema = DATABASE() AND table_name IN (%s)"
+                     % ", ".join(["%s"] * len(tables)), tuple(tables))
+        used, free = int(row[0]), int(row[1])
+        return used + free, used
+
+
+class TiDBDialect(MySQLDialect):
+    """Not tested here (no TiDB server in CI yet)."""
+
+    name = "tidb"
+    # TiDB takes a transaction's snapshot when it begins anyway.
+    begin_read = ("START TRANSACTION READ ONLY",)
+    begin_write = ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "BEGIN PESSIMISTIC")
+
+    def connect(self):
+        conn = MySQLDialect.connect(self)
+        try:
+            conn.cursor().execute("SET SESSION tidb_txn_mode = 'pessimistic'")
+        except Exception:
+            conn.close()
+            raise
+        return conn

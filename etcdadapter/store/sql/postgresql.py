@@ -1,0 +1,118 @@
+"""PostgreSQL through psycopg 3.
+
+Reads run in REPEATABLE READ READ ONLY transactions (one snapshot for the counter and the
+data).  Writes run in READ COMMITTED: after SELECT ... FOR UPDATE on the counter row has
+waited for the previous writer, every later statement sees that writer's commit (under
+REPEATABLE READ the lock wait would end in a serialization failure instead).
+
+Keys are BYTEA, compared bytewise; B-tree entries are limited to about 2.7 kB, hence
+``max_key_bytes``.
+
+Other instances' commits arrive by LISTEN/NOTIFY: a trigger on the revision counter
+notifies channel ``etcd_adapter`` with "<revision> <writer>" at every commit (NOTIFY is
+delivered only on commit, in commit order, to listeners of the same database); the writer
+is the store instance's tag, set as the custom setting ``etcd_adapter.instance`` on each of
+its connections, so an instance ignores its own commits.  Behind a
+pooler in transaction mode (PgBouncer) LISTEN does not work: use ``notify=false`` and rely
+on polling.
+"""
+
+import os
+
+import psycopg
+
+from etcdadapter.store.sql.dialect import DISCONNECT, DUPLICATE, RETRY, Dialect
+
+_RETRY_STATES = ("40001", "40P01", "55P03")    # serialization, deadlock, lock not available
+_GONE_CLASSES = ("08", "53", "57")             # connection, resources, operator intervention
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    BIGINT = "BIGINT"
+    INT = "INTEGER"
+    KEY = "BYTEA"
+    VALUE = "BYTEA"
+    max_key_bytes = 2600
+    begin_read = ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",)
+    begin_write = ("BEGIN ISOLATION LEVEL READ COMMITTED",)
+
+    CHANNEL = "etcd_adapter"
+
+    def __init__(self, notify=True, **params):
+        """``params``: libpq connection parameters (host, port, user, password, dbname,
+        sslmode, sslrootcert, sslcert, sslkey, connect_timeout, ...); ``notify``: listen
+        for other instances' commits."""
+        self.can_notify = notify
+        self.params = dict(params)
+        self.params.setdefault("application_name", "etcd-adapter")
+        # Tags this store's sessions, so that the trigger names the writer and the
+        # listener can skip its own commits (the feed has them already).
+        self.instance = os.urandom(6).hex()
+        self.params["options"] = (self.params.get("options", "")
+                                  + " -c etcd_adapter.instance=" + self.instance).strip()
+
+    def describe(self):
+        p = self.params
+        return "postgresql://%s@%s:%s/%s" % (p.get("user", ""), p.get("host", ""),
+                                            p.get("port", ""), p.get("dbname", ""))
+
+    def connect(self):
+        return psycopg.connect(autocommit=True, **self.params)
+
+    def listen_connect(self):
+        conn = self.connect()
+        conn.execute("LISTEN " + self.CHANNEL)
+        return conn
+
+    def wait_notify(self, conn, timeout):
+        best = None
+        # The first notification (waiting up to ``timeout``), then whatever else is
+        # already queued.
+        for wait, stop_after in ((timeout, 1), (0.0, None)):
+            got = False
+            for n in conn.notifies(timeout=wait, stop_after=stop_after):
+                got = True
+                rev, _, writer = n.payload.partition(" ")
+                if writer == self.instance:
+                    continue
+                try:
+                    rev = int(rev)
+                except ValueError:
+                    rev = 0
+                best = rev if best is None else max(best, rev)
+            if not got:
+                break
+        return best
+
+    def schema_extras(self):
+        return [
+            "CREATE OR REPLACE FUNCTION etcd_notify_revision() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            "PERFORM pg_notify('" + self.CHANNEL + "', NEW.revision::text || ' ' || "
+            "coalesce(current_setting('etcd_adapter.instance', true), '')); "
+            "RETURN NULL; END $$",
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger "
+            "WHERE tgname = 'etcd_meta_notify' AND tgrelid = 'etcd_meta'::regclass) THEN "
+            "CREATE TRIGGER etcd_meta_notify AFTER UPDATE OF revision ON etcd_meta "
+            "FOR EACH ROW EXECUTE FUNCTION etcd_notify_revision(); END IF; END $$",
+        ]
+
+    def classify(self, exc):
+        state = getattr(exc, "sqlstate", None)
+        if state in _RETRY_STATES:
+            return RETRY
+        if state == "23505":
+            return DUPLICATE
+        if isinstance(exc, psycopg.InterfaceError):
+            return DISCONNECT
+        if isinstance(exc, psycopg.OperationalError):
+            if state is None or state[:2] in _GONE_CLASSES:
+                return DISCONNECT
+        return None
+
+    def db_size(self, tx, tables):
+        size = 0
+        for t in tables:
+            size += tx.one("SELECT pg_total_relation_size(%s)", (t,))[0] or 0
+        return size, size

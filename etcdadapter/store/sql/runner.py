@@ -1,0 +1,254 @@
+"""Running database work off the reactor: a bounded thread pool, one connection per pool
+thread, transactions with retries, and driver errors turned into etcd errors.
+
+:meth:`Runner.call` runs ``f(session, *args)`` in a pool thread and returns a Deferred that
+fires on the reactor thread.  Inside, ``session.transaction(mode, fn)`` opens a transaction
+on the thread's connection, runs ``fn(tx)`` and commits:
+
+* deadlocks and serialization failures (the database rolled the transaction back) are
+  retried a few times with a short random back-off, then answered with
+  ``errors.ErrTimeout`` (Unavailable);
+* a connection that turns out to be dead is replaced and the transaction retried once
+  (idle connections get closed by servers and proxies); a database that cannot be reached
+  fails fast with ``errors.ErrNoLeader`` (Unavailable), never blocks the reactor;
+* if the connection breaks while COMMIT of a write is in flight, the outcome is unknown:
+  ``errors.ErrTimeout`` ("request timed out", etcd's answer for exactly that);
+* an :class:`~etcdadapter.errors.EtcdError` raised by ``fn`` rolls back and propagates.
+"""
+
+import random
+import threading
+import time
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from etcdadapter import errors
+from etcdadapter.errors import EtcdError
+from etcdadapter.store.sql.dialect import DISCONNECT, RETRY
+
+log = Logger()
+
+MAX_ATTEMPTS = 5
+# After a failed connection attempt, further attempts fail at once for this long, so that
+# requests fail fast instead of each waiting for its own connect timeout.
+CONNECT_BACKOFF = 1.0
+
+
+class Tx(object):
+    """One transaction's statements on one connection."""
+
+    __slots__ = ("cursor", "_convert")
+
+    def __init__(self, conn, dialect):
+        self.cursor = conn.cursor()
+        self._convert = dialect.placeholder != "%s"
+
+    def _sql(self, sql):
+        return _to_qmark(sql) if self._convert else sql
+
+    def run(self, sql, params=None):
+        """Execute; returns the affected row count."""
+        c = self.cursor
+        if params is None:
+            c.execute(self._sql(sql))
+        else:
+            c.execute(self._sql(sql), params)
+        return c.rowcount
+
+    def one(self, sql, params=None):
+        self.run(sql, params)
+        return self.cursor.fetchone()
+
+    def all(self, sql, params=None):
+        self.run(sql, params)
+        return self.cursor.fetchall()
+
+    def many(self, sql, seq):
+        self.cursor.executemany(self._sql(sql), seq)
+
+
+_qmark_cache = {}
+
+
+def _to_qmark(sql):
+    out = _qmark_cache.get(sql)
+    if out is None:
+        out = _qmark_cache[sql] = sql.replace("%s", "?")
+    return out
+
+
+class Session(object):
+    """The state of one pool thread: its connection (made on first use)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.dialect = runner.dialect
+        self.conn = None
+
+    def _connection(self):
+        if self.conn is None:
+            runner = self.runner
+            if time.monotonic() < runner.connect_blocked_until:
+                raise errors.ErrNoLeader
+            try:
+                conn = self.dialect.connect()
+            except Exception as e:
+                runner.connect_blocked_until = time.monotonic() + CONNECT_BACKOFF
+                log.warn("cannot connect to {db}: {err}", db=self.dialect.describe(),
+                         err=_text(e))
+                raise errors.ErrNoLeader
+            runner.connect_blocked_until = 0.0
+            self.conn = conn
+            runner._register(conn)
+        return self.conn
+
+    def drop(self):
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.runner._unregister(conn)
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _rollback(self, conn):
+        try:
+            conn.cursor().execute(self.dialect.rollback)
+        except Exception:
+            self.drop()
+
+    def transaction(self, mode, fn):
+        """Run ``fn(tx)`` in one transaction and return its result.  ``mode``: "read" (a
+        consistent snapshot), "write" or "ddl" (autocommit statements)."""
+        lock = self.dialect.write_lock
+        if lock is None or mode == "read":
+            return self._transaction(mode, fn)
+        with lock:
+            return self._transaction(mode, fn)
+
+    def _transaction(self, mode, fn):
+        d = self.dialect
+        begin = d.begin_read if mode == "read" else d.begin_write
+        for attempt in range(MAX_ATTEMPTS):
+            reused = self.conn is not None
+            conn = self._connection()
+            tx = Tx(conn, d)
+            try:
+                if mode != "ddl":
+                    for stmt in begin:
+                        tx.run(stmt)
+                result = fn(tx)
+            except EtcdError:
+                if mode != "ddl":
+                    self._rollback(conn)
+                raise
+            except Exception as e:
+                kind = d.classify(e)
+                if kind == DISCONNECT:
+                    self.drop()
+                    if reused and attempt == 0:
+                        continue                 # a stale pooled connection: once more
+                    log.warn("database {db} unavailable: {err}", db=d.describe(),
+                             err=_text(e))
+                    raise errors.ErrNoLeader
+                if mode != "ddl":
+                    self._rollback(conn)
+                if kind == RETRY:
+                    if attempt + 1 < MAX_ATTEMPTS:
+                        time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
+                        continue
+                    raise _gave_up(d, e)
+                raise
+            if mode == "ddl":
+                return result
+            try:
+                tx.run(d.commit)
+            except Exception as e:
+                kind = d.classify(e)
+                if kind == DISCONNECT:
+                    self.drop()
+                    if mode == "read":
+                        return result            # nothing to commit: the read stands
+                    log.warn("database {db}: connection lost during COMMIT: {err}",
+                             db=d.describe(), err=_text(e))
+                    raise errors.ErrTimeout
+                self._rollback(conn)
+                if kind == RETRY:
+                    if attempt + 1 < MAX_ATTEMPTS:
+                        time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
+                        continue
+                    raise _gave_up(d, e)
+                raise
+            return result
+        raise AssertionError("unreachable")
+
+
+def _text(e):
+    return "%s: %s" % (e.__class__.__name__, e)
+
+
+def _gave_up(dialect, e):
+    # Still conflicting after every retry (rolled back each time): Unavailable, which
+    # clients retry.
+    log.warn("database {db}: giving up after {n} conflicting attempts: {err}",
+             db=dialect.describe(), n=MAX_ATTEMPTS, err=_text(e))
+    return errors.ErrTimeout
+
+
+class Runner(object):
+    """A bounded pool of threads, each with its own connection."""
+
+    def __init__(self, dialect, size, reactor):
+        self.dialect = dialect
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=size,
+                               name="etcd-adapter-%s" % dialect.name)
+        self._local = threading.local()
+        self._conns = set()
+        self._lock = threading.Lock()
+        self._trigger = None
+        self.connect_blocked_until = 0.0
+
+    def start(self):
+        self.pool.start()
+        # If the reactor stops without the store being stopped, still end the threads.
+        self._trigger = self.reactor.addSystemEventTrigger(
+            "during", "shutdown", self.stop)
+
+    def call(self, f, *args):
+        """Deferred[f(session, *args)], run in a pool thread."""
+        return deferToThreadPool(self.reactor, self.pool, self._in_thread, f, args)
+
+    def _in_thread(self, f, args):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = Session(self)
+        return f(session, *args)
+
+    def _register(self, conn):
+        with self._lock:
+            self._conns.add(conn)
+
+    def _unregister(self, conn):
+        with self._lock:
+            self._conns.discard(conn)
+
+    def stop(self):
+        """Join the threads (their work must be done) and close every connection."""
+        if self._trigger is not None:
+            try:
+                self.reactor.removeSystemEventTrigger(self._trigger)
+            except (ValueError, KeyError):
+                pass
+            self._trigger = None
+        if self.pool.started:
+            self.pool.stop()
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:
+                pass

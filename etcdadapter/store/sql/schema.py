@@ -1,0 +1,134 @@
+"""The SQL schema and its migrations.
+
+Tables (version 1)::
+
+    etcd_schema_version (id = 1, version)
+        Which migrations have run.  A database written by a newer adapter (higher version)
+        is refused at start.
+
+    etcd_meta (id = 1, revision, compact_revision)
+        The revision counter.  Every write transaction locks this one row first
+        (SELECT ... FOR UPDATE; BEGIN IMMEDIATE on SQLite), so revisions are handed out
+        and committed in the same order: a reader that sees revision N has seen every
+        revision below it, without gaps to fill.  compact_revision is -1 until the first
+        compaction; every instance reads it from here, so they all agree.
+
+    etcd_log (revision, sub, name, create_revision, version, value, lease,
+              prev_revision, prev_sub)             PRIMARY KEY (revision, sub)
+        Every version of every key, which is also the watch history: row ``sub`` of
+        revision ``revision`` is the ``sub``-th event of that write request (one request
+        may write the same key twice, so the key is not part of the primary key).
+        ``version`` 0 marks a tombstone (create_revision 0, empty value, lease 0).
+        (prev_revision, prev_sub) points at the row holding the key's version at
+        ``revision - 1`` -- the event's prev_kv -- or is (0, 0) when there was none (or
+        the event creates the key).  Index (name, revision, sub) serves point and
+        historical reads; the primary key serves the change feed.
+
+    etcd_current (name, revision, sub, version, lease)   PRIMARY KEY (name)
+        The latest row of each key (tombstones too, until compacted): reads at the
+        latest revision join it to etcd_log by primary key instead of searching the
+        history; ``version`` (0 = deleted) makes counting cheap and ``lease`` (index)
+        lists a lease's keys.
+
+    etcd_lease (id, ttl, expiry)                   PRIMARY KEY (id), INDEX (expiry)
+        Granted leases: granted TTL in seconds and expiry in wall-clock milliseconds,
+        so that every instance agrees on when a lease expires.
+
+    etcd_auth (id = 1, data)
+        etcd's users, roles and auth flags as the opaque blob of
+        :mod:`etcdadapter.security.auth_store` (never part of the revision history).
+
+PostgreSQL also gets a trigger on etcd_meta that sends ``NOTIFY etcd_adapter, '<revision>'``
+with every committed revision (see :mod:`.notify`).
+
+Keys and values are binary columns (VARBINARY/LONGBLOB on MySQL, BYTEA on PostgreSQL, BLOB
+on SQLite) compared bytewise; ranges are ``name >= ? AND name < ?``, never LIKE.
+
+Migrations: :data:`MIGRATIONS` lists, for each version, a function returning the statements
+that bring version N-1 to N.  They run at store start, in order, then the version row is
+bumped.  MySQL commits DDL implicitly, so a migration cannot be one atomic transaction
+there: every statement must be idempotent (CREATE ... IF NOT EXISTS, INSERT ignoring
+duplicates, ...), so that an interrupted migration, or two instances starting at once,
+simply run it again.
+"""
+
+VERSION_TABLE = "etcd_schema_version"
+META = "etcd_meta"
+LOG = "etcd_log"
+CURRENT = "etcd_current"
+LEASE = "etcd_lease"
+AUTH = "etcd_auth"
+
+TABLES = (VERSION_TABLE, META, LOG, CURRENT, LEASE, AUTH)
+
+
+class SchemaError(Exception):
+    pass
+
+
+def _v1(d, initial_revision):
+    B, I, K, V = d.BIGINT, d.INT, d.KEY, d.VALUE
+    out = []
+    out += d.create_table(META, ["id %s NOT NULL" % I, "revision %s NOT NULL" % B,
+                                 "compact_revision %s NOT NULL" % B], ["id"])
+    out += d.create_table(
+        LOG,
+        ["revision %s NOT NULL" % B, "sub %s NOT NULL" % I, "name %s NOT NULL" % K,
+         "create_revision %s NOT NULL" % B, "version %s NOT NULL" % B,
+         "value %s NOT NULL" % V, "lease %s NOT NULL" % B,
+         "prev_revision %s NOT NULL" % B, "prev_sub %s NOT NULL" % I],
+        ["revision", "sub"],
+        [("etcd_log_name", ["name", "revision", "sub"])])
+    out += d.create_table(
+        CURRENT,
+        ["name %s NOT NULL" % K, "revision %s NOT NULL" % B, "sub %s NOT NULL" % I,
+         "version %s NOT NULL" % B, "lease %s NOT NULL" % B],
+        ["name"],
+        [("etcd_current_lease", ["lease"])])
+    out += d.create_table(
+        LEASE,
+        ["id %s NOT NULL" % B, "ttl %s NOT NULL" % B, "expiry %s NOT NULL" % B],
+        ["id"],
+        [("etcd_lease_expiry", ["expiry"])])
+    out += d.create_table(AUTH, ["id %s NOT NULL" % I, "data %s NOT NULL" % V], ["id"])
+    out.append((d.insert_ignore(META, ["id", "revision", "compact_revision"]),
+                (1, initial_revision, -1)))
+    out += d.schema_extras()
+    return out
+
+
+#: MIGRATIONS[n - 1](dialect, initial_revision) -> statements bringing version n-1 to n.
+#: A statement is SQL text or (SQL text, parameters).
+MIGRATIONS = [_v1]
+
+LATEST = len(MIGRATIONS)
+
+
+def _run(tx, statements):
+    for s in statements:
+        if isinstance(s, tuple):
+            tx.run(s[0], s[1])
+        else:
+            tx.run(s)
+
+
+def migrate(session, d, initial_revision):
+    """Create or upgrade the schema (in a pool thread); returns the version found."""
+    def prepare(tx):
+        _run(tx, d.create_table(VERSION_TABLE, ["id %s NOT NULL" % d.INT,
+                                                "version %s NOT NULL" % d.INT], ["id"]))
+        tx.run(d.insert_ignore(VERSION_TABLE, ["id", "version"]), (1, 0))
+        return tx.one("SELECT version FROM %s WHERE id = 1" % VERSION_TABLE)[0]
+
+    found = session.transaction("ddl", prepare)
+    if found > LATEST:
+        raise SchemaError("the database has schema version %d; this etcd-adapter knows "
+                          "versions up to %d (upgrade etcd-adapter)" % (found, LATEST))
+    for version in range(found + 1, LATEST + 1):
+        def step(tx, version=version):
+            _run(tx, MIGRATIONS[version - 1](d, initial_revision))
+            tx.run("UPDATE %s SET version = %%s WHERE id = 1 AND version < %%s"
+                   % VERSION_TABLE, (version, version))
+        session.transaction("ddl", step)
+    return found
+

@@ -1,0 +1,75 @@
+"""SQLite (stdlib sqlite3): a file, WAL journal, one writer at a time.
+
+Writes open with BEGIN IMMEDIATE, which takes the database's write lock up front: that is
+SQLite's "lock the revision counter".  Reads open with a deferred BEGIN; in WAL mode their
+snapshot starts at the first SELECT and never blocks the writer.  Other processes on the
+same file work too (their writes reach this one through the poll loop).
+"""
+
+import sqlite3
+import threading
+
+from etcdadapter.store.sql.dialect import DISCONNECT, DUPLICATE, RETRY, Dialect
+
+_BUSY = (5, 6)          # SQLITE_BUSY, SQLITE_LOCKED
+_GONE = (10, 14, 26)    # SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_NOTADB
+
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+    placeholder = "?"
+    BIGINT = "INTEGER"
+    INT = "INTEGER"
+    KEY = "BLOB"
+    VALUE = "BLOB"
+    for_update = ""
+    begin_read = ("BEGIN",)
+    begin_write = ("BEGIN IMMEDIATE",)
+
+    def __init__(self, path, busy_timeout=5.0, synchronous="FULL"):
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
+        # Writers of this process queue here instead of in SQLite's busy handler (which
+        # polls with sleeps); the busy timeout is left for other processes.
+        self.write_lock = threading.Lock()
+
+    def describe(self):
+        return "sqlite:%s" % (self.path,)
+
+    def connect(self):
+        # isolation_level=None: autocommit; the store sends BEGIN/COMMIT itself.  The
+        # connection is used by one pool thread only, but closed from the reactor thread
+        # at stop.
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=%s" % self.synchronous)
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+    def classify(self, exc):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            code &= 0xFF                  # extended codes carry the primary one low
+        if isinstance(exc, sqlite3.IntegrityError):
+            return DUPLICATE if "UNIQUE" in str(exc) else None
+        if isinstance(exc, sqlite3.OperationalError):
+            if code in _BUSY or "locked" in str(exc):
+                return RETRY
+            if code in _GONE or "unable to open" in str(exc):
+                return DISCONNECT
+        if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+            return DISCONNECT
+        return None
+
+    def db_size(self, tx, tables):
+        page_size = tx.one("PRAGMA page_size")[0]
+        pages = tx.one("PRAGMA page_count")[0]
+        free = tx.one("PRAGMA freelist_count")[0]
+        return pages * page_size, (pages - free) * page_size

@@ -1,0 +1,620 @@
+"""What only the SQL stores have: URLs, the schema and its rows, persistence across
+restarts, the thread pool's error handling (unreachable database, killed connections,
+outages), the polling change feed, and several instances on one database.
+
+The contract itself (revisions, ranges, txns, watch history, leases) is tested on every
+store by test_mvcc_store.py and test_lease.py.  Each test here runs on sqlite, mariadb and
+postgresql (see tests/stores.py for the databases and the blocking wrapper).
+"""
+
+import socket
+import threading
+import time
+
+import pytest
+from twisted.internet import defer, task
+
+from etcdadapter import errors
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.store.base import DELETE, KV, PUT, Change, Event
+from etcdadapter.store.sql import schema
+from etcdadapter.store.sql.mysql import MySQLDialect, TiDBDialect
+from etcdadapter.store.sql.postgresql import PostgresDialect
+from etcdadapter.store.sql.sqlite import SQLiteDialect
+from etcdadapter.store.urls import StoreURLError, open_store
+
+import stores
+from fired import error_of, result
+from stores import SQL_KINDS, call, raw, settle
+
+
+@pytest.fixture(params=SQL_KINDS)
+def store_kind(request):
+    """The SQL stores only (overrides the fixture of tests/stores.py)."""
+    return request.param
+
+
+def put(s, key, value=b"v", **kw):
+    return result(s.put(rpc.PutRequest(key=key, value=value, **kw)))
+
+
+def get(s, key, **kw):
+    return result(s.range(rpc.RangeRequest(key=key, **kw)))
+
+
+def delete(s, key, **kw):
+    return result(s.delete_range(rpc.DeleteRangeRequest(key=key, **kw)))
+
+
+def rows(s, sql, params=None):
+    """Rows of a query on the store's database (binary columns as bytes)."""
+    def read(session):
+        def body(tx):
+            return [tuple(bytes(x) if isinstance(x, (bytearray, memoryview)) else x
+                          for x in r) for r in tx.all(sql, params)]
+        return session.transaction("read", body)
+    return call(raw(s).runner.call, read)
+
+
+# ---------------------------------------------------------------------------------------
+# URLs (no database needed)
+
+def test_urls():
+    s = open_store("sqlite:///var/lib/x/etcd.db?poll_interval=20ms&pool_size=2"
+                   "&busy_timeout=1.5&synchronous=normal&initial_revision=7")
+    assert isinstance(s.dialect, SQLiteDialect)
+    assert s.dialect.path == "/var/lib/x/etcd.db"
+    assert (s.dialect.busy_timeout, s.dialect.synchronous) == (1.5, "NORMAL")
+    assert s.feed.interval == 0.02 and s.initial_revision == 7
+    assert s.runner.pool.max == 2
+    assert open_store("sqlite://rel/etcd.db").dialect.path == "rel/etcd.db"
+
+    s = open_store("mysql://u:p%40ss@db.example:3307/etcd?ssl_ca=/ca.pem"
+                   "&ssl_verify_identity=true&timeout=10&poll_interval=0.2")
+    assert isinstance(s.dialect, MySQLDialect) and not isinstance(s.dialect, TiDBDialect)
+    p = s.dialect.params
+    assert (p["host"], p["port"], p["user"], p["password"], p["database"]) == \
+        ("db.example", 3307, "u", "p@ss", "etcd")
+    assert (p["ssl_ca"], p["ssl_verify_identity"], p["read_timeout"]) == \
+        ("/ca.pem", True, 10.0)
+    assert s.feed.interval == 0.2
+    s = open_store("tidb://root@tidb/etcd")
+    assert isinstance(s.dialect, TiDBDialect) and s.dialect.params["port"] == 4000
+    assert "READ COMMITTED" in s.dialect.begin_write[0]
+
+    for scheme in ("postgresql", "postgres"):
+        s = open_store(scheme + "://pg@h:6543/etcd?ssl_ca=/ca.pem&sslcert=/c.pem"
+                       "&connect_timeout=2")
+        assert isinstance(s.dialect, PostgresDialect)
+        p = s.dialect.params
+        assert (p["host"], p["port"], p["user"], p["dbname"]) == ("h", 6543, "pg", "etcd")
+        assert (p["sslrootcert"], p["sslmode"], p["sslcert"], p["connect_timeout"]) == \
+            ("/ca.pem", "verify-full", "/c.pem", 2)
+
+    for bad in ("sqlite://", "sqlite:///x.db?nope=1", "mysql://root@h",
+                "mysql://root@h/db?poll_interval=soon", "postgresql://h/db?pool_size=0",
+                "sqlite:///x.db?synchronous=SOMETIMES", "mysql://root@h:port/db",
+                "cassandra://h/db", "postgresql://h/db?initial_revision=0"):
+        with pytest.raises(StoreURLError):
+            open_store(bad)
+
+
+# ---------------------------------------------------------------------------------------
+# Schema, revisions, persistence
+
+def test_fresh_database_starts_at_the_wall_clock(make_store):
+    before = int(time.time() * 1000)
+    s = make_store(initial_revision=None)
+    after = int(time.time() * 1000)
+    assert before <= s.revision <= after
+    assert s.compact_revision == -1
+    assert put(s, b"k").header.revision == s.revision
+    assert rows(s, "SELECT version FROM etcd_schema_version") == [(schema.LATEST,)]
+
+
+def test_restart_keeps_everything(make_store):
+    s = make_store()
+    result(s.lease_grant(7, 600))
+    put(s, b"a", b"1")                                   # 2
+    put(s, b"b", b"2", lease=7)                          # 3
+    put(s, b"a", b"3")                                   # 4
+    delete(s, b"b")                                      # 5
+    put(s, b"c", b"4", lease=7)                          # 6
+    result(s.compact(3))
+    call(raw(s).stop)
+    s2 = make_store(url=make_store.url, initial_revision=1000)   # ignored: not fresh
+    assert (s2.revision, s2.compact_revision) == (6, 3)
+    r = get(s2, b"\0", range_end=b"\0")
+    assert [(kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease)
+            for kv in r.kvs] == [(b"a", 2, 4, 2, b"3", 0), (b"c", 6, 6, 1, b"4", 7)]
+    assert [kv.key for kv in get(s2, b"\0", range_end=b"\0", revision=3).kvs] == \
+        [b"a", b"b"]
+    assert error_of(s2.range(rpc.RangeRequest(key=b"a", revision=2))) == \
+        errors.ErrCompacted
+    assert result(s2.lease_time_to_live(7, keys=True)).keys == (b"c",)
+    assert [c.revision for c in result(s2.history(3, b"\0", b"\0"))] == [3, 4, 5, 6]
+    assert put(s2, b"d").header.revision == 7
+
+
+def test_newer_schema_is_refused(make_store, tmp_path):
+    s = make_store()
+    url = make_store.url
+    call(raw(s).stop)
+    store = open_store(url)
+    call(store.runner.start)
+    try:
+        call(store.runner.call, lambda session: session.transaction(
+            "ddl", lambda tx: tx.run("UPDATE etcd_schema_version SET version = 99")))
+    finally:
+        store.runner.stop()
+    with pytest.raises(schema.SchemaError) as info:
+        call(open_store(url).start)
+    assert "schema version 99" in str(info.value)
+
+
+def test_rows_after_compaction(make_store):
+    """The log keeps, below the compact revision R, only the latest version of each
+    live key; etcd_current drops tombstones below R."""
+    s = make_store()
+    for i in range(3):
+        put(s, b"hot", b"v%d" % i)                                 # 2, 3, 4
+    put(s, b"dead", b"x")                                          # 5
+    delete(s, b"dead")                                             # 6
+    put(s, b"tomb-after", b"x")                                    # 7
+    result(s.txn(rpc.TxnRequest(success=[                          # 8: put then delete
+        rpc.RequestOp(request_put=rpc.PutRequest(key=b"twice", value=b"1")),
+        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+            key=b"twice", range_end=b"\0"))])))
+    delete(s, b"tomb-after")                                       # 9
+    put(s, b"hot", b"last")                                        # 10
+    log_rows = "SELECT revision, sub, name, version FROM etcd_log ORDER BY revision, sub"
+    assert len(rows(s, log_rows)) == 10
+    result(s.compact(8))
+    assert rows(s, log_rows) == [
+        (4, 0, b"hot", 3), (7, 0, b"tomb-after", 1),      # the latest <= 8 of live keys
+        (8, 0, b"twice", 1), (8, 1, b"twice", 0),         # at R: its watch history
+        (9, 0, b"tomb-after", 0), (10, 0, b"hot", 4)]
+    assert rows(s, "SELECT name, revision, sub, version FROM etcd_current ORDER BY name") \
+        == [(b"hot", 10, 0, 4), (b"tomb-after", 9, 0, 0), (b"twice", 8, 1, 0)]
+    assert [c.revision for c in result(s.history(8, b"\0", b"\0"))] == [8, 9, 10]
+    assert all(e.prev_kv is None for e in result(s.history(8, b"\0", b"\0"))[0].events)
+    result(s.compact(10))
+    assert rows(s, log_rows) == [(10, 0, b"hot", 4)]
+    assert rows(s, "SELECT name FROM etcd_current") == [(b"hot",)]
+    assert [kv.value for kv in get(s, b"\0", range_end=b"\0", revision=10).kvs] == \
+        [b"last"]
+
+
+def test_key_size_limit_and_large_values(make_store):
+    s = make_store()
+    limit = raw(s).dialect.max_key_bytes
+    if limit is None:
+        long_key = b"k" * 20000
+        assert put(s, long_key).header.revision == 2
+        assert get(s, long_key).kvs[0].key == long_key
+    else:
+        assert put(s, b"k" * limit).header.revision == 2
+        e = error_of(s.put(rpc.PutRequest(key=b"k" * (limit + 1), value=b"v")))
+        assert e == errors.ErrRequestTooLarge
+        assert s.revision == 2
+    big = bytes(range(256)) * (1536 * 4)                   # 1.5 MiB, every byte value
+    r = put(s, b"big", big)
+    assert get(s, b"big").kvs[0].value == big
+    assert result(s.history(r.header.revision, b"big", b""))[0].events[0].kv.value == big
+
+
+# ---------------------------------------------------------------------------------------
+# Connections and outages
+
+@pytest.mark.parametrize("url", [
+    "mysql://root@127.0.0.1:1/db?connect_timeout=3",
+    "postgresql://postgres@127.0.0.1:1/db?connect_timeout=3",
+    "sqlite:///nonexistent-directory/etcd.db",
+], ids=["mysql", "postgresql", "sqlite"])
+def test_unreachable_database_fails_fast(url):
+    store = open_store(url, reactor=stores.reactor())
+    t = time.time()
+    with pytest.raises(errors.EtcdError) as info:
+        call(store.start)
+    assert info.value == errors.ErrNoLeader
+    assert info.value.code == errors.StatusCode.UNAVAILABLE
+    assert time.time() - t < 2
+
+
+def _kill_connections(s):
+    """Make the server close every connection of the store's database."""
+    kind = raw(s).dialect.name
+    db = make_store_db(s)
+    if kind == "mysql":
+        def kill(cur):
+            cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s", (db,))
+            for (pid,) in cur.fetchall():
+                try:
+                    cur.execute("KILL %d" % pid)
+                except Exception:
+                    pass
+        stores._admin("mariadb", kill)
+    else:
+        stores._admin("postgresql", lambda cur: cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()", (db,)))
+
+
+def make_store_db(s):
+    p = raw(s).dialect.params
+    return p.get("database") or p.get("dbname")
+
+
+SERVER_KINDS = pytest.mark.parametrize("store_kind", ["mariadb", "postgresql"])
+
+
+@SERVER_KINDS
+def test_killed_connections_are_replaced(make_store):
+    s = make_store()
+    for i in range(10):
+        put(s, b"k%d" % i)
+    _kill_connections(s)
+    time.sleep(0.2)
+    # Each pooled connection is found dead on its next use and replaced, the request
+    # retried once: nobody sees an error.
+    for i in range(10):
+        assert put(s, b"k%d" % i).header.revision == 12 + i
+        assert get(s, b"k%d" % i).kvs[0].mod_revision == 12 + i
+
+
+class Proxy(object):
+    """A TCP proxy to the database that can be cut (connections closed, new ones
+    refused) and restored, on a fixed local port."""
+
+    def __init__(self, port):
+        self.target = port
+        self.conns = []
+        self.listener = None
+        self.port = None
+        self.restore()
+
+    def restore(self):
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port or 0))
+        ls.listen(16)
+        self.port = ls.getsockname()[1]
+        self.listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def _accept(self, ls):
+        while True:
+            try:
+                a, _ = ls.accept()
+            except OSError:
+                return
+            b = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+
+    def _pipe(self, x, y):
+        try:
+            while True:
+                data = x.recv(65536)
+                if not data:
+                    break
+                y.sendall(data)
+        except OSError:
+            pass
+        for z in (x, y):
+            try:
+                z.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accepting thread
+        except OSError:
+            pass
+        self.listener.close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+        self.conns = []
+
+
+@SERVER_KINDS
+def test_outage_unavailable_then_recovers(make_store):
+    """The database goes away under a running store: requests fail fast with
+    Unavailable, the change feed waits, and everything works again once it is back."""
+    s = make_store()
+    kind = raw(s).dialect.name
+    server = stores.MYSQL_URL if kind == "mysql" else stores.POSTGRES_URL
+    from urllib.parse import urlsplit
+    proxy = Proxy(urlsplit(server).port)
+    url = make_store.url.replace(":%d/" % urlsplit(server).port, ":%d/" % proxy.port)
+    p = make_store(url=url, initial_revision=None)
+    seen = []
+    p.subscribe(seen.append)
+    assert put(p, b"k", b"1").header.revision == 2
+    proxy.cut()
+    t = time.time()
+    for _ in range(3):
+        e = error_of(p.put(rpc.PutRequest(key=b"k", value=b"2")))
+        assert e.code == errors.StatusCode.UNAVAILABLE, e
+        e = error_of(p.range(rpc.RangeRequest(key=b"k")))
+        assert e == errors.ErrNoLeader
+    assert time.time() - t < 3
+    put(s, b"other", b"x")                       # 3, through the direct instance
+    proxy.restore()
+    deadline = time.time() + 10
+    while True:
+        r = p.put(rpc.PutRequest(key=b"k", value=b"3"))
+        try:
+            assert result(r).header.revision == 4
+            break
+        except errors.EtcdError:
+            assert time.time() < deadline, "the store did not recover"
+            time.sleep(0.2)
+    assert get(p, b"k").kvs[0].value == b"3"
+    settle(p)
+    # The feed delivered the other instance's write too, once, in order.
+    assert [c.revision for c in seen] == [2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------
+# The change feed and several instances on one database
+
+def test_poll_batches_split_only_between_revisions(make_store):
+    a = make_store()
+    b = make_store(url=make_store.url, store_kw={"poll_batch": 3})
+    seen_a, seen_b = [], []
+    a.subscribe(seen_a.append)
+    b.subscribe(seen_b.append)
+    ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=b"t%02d" % i, value=b"x"))
+           for i in range(10)]
+    result(a.txn(rpc.TxnRequest(success=ops)))                     # 2: ten events
+    for i in range(7):
+        put(a, b"s%d" % i)                                         # 3..9
+    delete(a, b"t", range_end=b"u", prev_kv=True)                  # 10: ten deletes
+    _wait_for(lambda: raw(b).feed.delivered == 10)
+    settle(b)
+    assert seen_b == seen_a
+    assert [c.revision for c in seen_b] == list(range(2, 11))
+    assert len(seen_b[0].events) == 10 and len(seen_b[-1].events) == 10
+    assert seen_b[-1].events[0].prev_kv == KV(b"t00", 2, 2, 1, b"x", 0)
+
+
+def _wait_for(cond, timeout=10):
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_other_instance_writes_arrive_in_order_exactly_once(make_store):
+    a = make_store()
+    b = make_store(url=make_store.url)
+    seen_a, seen_b = [], []
+    a.subscribe(seen_a.append)
+    b.subscribe(seen_b.append)
+
+    def writes(store, prefix, n):
+        out = []
+        for i in range(n):
+            k = prefix + b"%d" % (i % 7)
+            if i % 5 == 4:
+                d = store.delete_range(rpc.DeleteRangeRequest(key=k))
+            else:
+                d = store.put(rpc.PutRequest(key=k, value=b"%d" % i, prev_kv=True))
+            out.append(d)
+        return defer.gatherResults(out)
+
+    # Both instances write concurrently, each with many requests in flight.
+    call(lambda: defer.gatherResults([writes(raw(a), b"a", 60), writes(raw(b), b"b", 60)]))
+    final = max(a.revision, b.revision)
+    _wait_for(lambda: raw(a).feed.delivered == raw(b).feed.delivered == final)
+    settle(a)
+    settle(b)
+    assert [c.revision for c in seen_a] == list(range(2, final + 1))
+    assert seen_a == seen_b
+    # ... and they are what the log says.
+    assert result(a.history(2, b"\0", b"\0")) == [
+        Change(c.revision, c.events) for c in seen_a]
+
+
+def test_concurrent_increments_lose_no_update(make_store):
+    a = make_store()
+    b = make_store(url=make_store.url)
+    put(a, b"counter", b"0")
+    per_worker, workers = 15, 3
+
+    def worker(store):
+        """Read the counter, then compare-and-swap it +1; again on a lost race."""
+        done = [0]
+
+        def step(_=None):
+            if done[0] == per_worker:
+                return None
+            d = store.range(rpc.RangeRequest(key=b"counter"))
+            d.addCallback(swap)
+            return d
+
+        def swap(r):
+            kv = r.kvs[0]
+            req = rpc.TxnRequest(
+                compare=[rpc.Compare(key=b"counter", target=rpc.Compare.MOD,
+                                     result=rpc.Compare.EQUAL,
+                                     mod_revision=kv.mod_revision)],
+                success=[rpc.RequestOp(request_put=rpc.PutRequest(
+                    key=b"counter", value=b"%d" % (int(kv.value) + 1)))])
+            return store.txn(req).addCallback(swapped)
+
+        def swapped(r):
+            if r.succeeded:
+                done[0] += 1
+            return step()
+        return step()
+
+    call(lambda: defer.gatherResults(
+        [worker(raw(x)) for x in (a, b) for _ in range(workers)]))
+    total = 2 * workers * per_worker
+    assert get(a, b"counter").kvs[0].value == b"%d" % total
+    assert get(b, b"counter").kvs[0].version == total + 1
+
+
+def test_each_lease_expires_exactly_once_across_instances(make_store):
+    clock = task.Clock()
+    a = make_store(clock=clock)
+    b = make_store(url=make_store.url, clock=clock)
+    for i in range(1, 21):
+        result(a.lease_grant(i, 5))
+        put(a, b"k%02d" % i, lease=i)
+    rev = a.revision
+    clock.advance(5)
+    revoked = call(lambda: defer.gatherResults(
+        [raw(a).lease_expire(), raw(b).lease_expire(), raw(a).lease_expire()]))
+    ids = [i for r in revoked for i in r]
+    assert sorted(ids) == list(range(1, 21))                 # each exactly once
+    assert result(a.lease_list()) == []
+    assert get(a, b"k", range_end=b"l").count == 0
+    assert result(a.status()).revision == rev + 20           # one revision per lease
+
+
+def test_feed_events_match_local_events(make_store):
+    """A change delivered from the poll (rebuilt from rows) equals the one the writing
+    instance delivered from memory, prev_kv included."""
+    a = make_store()
+    b = make_store(url=make_store.url)
+    seen_a, seen_b = [], []
+    a.subscribe(seen_a.append)
+    b.subscribe(seen_b.append)
+    result(a.lease_grant(9, 60))
+    put(a, b"e", b"old", lease=9)                                  # 2
+    result(a.txn(rpc.TxnRequest(success=[                          # 3: delete + create
+        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+            key=b"e", range_end=b"\0")),
+        rpc.RequestOp(request_put=rpc.PutRequest(key=b"e", value=b"new"))])))
+    result(a.txn(rpc.TxnRequest(success=[                          # 4
+        rpc.RequestOp(request_put=rpc.PutRequest(key=b"f", value=b"x")),
+        rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+            key=b"e", range_end=b"\0"))])))
+    result(a.lease_revoke(9))                                      # no keys left: no rev
+    _wait_for(lambda: raw(b).feed.delivered == 4)
+    settle(b)
+    old = KV(b"e", 2, 2, 1, b"old", 9)
+    new = KV(b"e", 3, 3, 1, b"new", 0)
+    f = KV(b"f", 4, 4, 1, b"x", 0)
+    assert seen_a == seen_b == [
+        Change(2, (Event(PUT, old, None),)),
+        Change(3, (Event(DELETE, KV(b"e", 0, 3, 0, b"", 0), old), Event(PUT, new, None))),
+        Change(4, (Event(PUT, f, None), Event(DELETE, KV(b"e", 0, 4, 0, b"", 0), new),
+                   Event(DELETE, KV(b"f", 0, 4, 0, b"", 0), None))),
+    ]
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_postgresql_notify_wakes_other_instances(make_store):
+    """LISTEN/NOTIFY: another instance's commit reaches this one's subscribers long
+    before the (here: 30 s) poll would have found it; without it, it does not."""
+    a = make_store(poll_interval=30)
+    b = make_store(url=make_store.url, poll_interval=30)
+    c = make_store(url=make_store.url, poll_interval=30, notify="false")
+    seen_b, seen_c = [], []
+    b.subscribe(seen_b.append)
+    c.subscribe(seen_c.append)
+    _wait_for(lambda: raw(b).listener.up)
+    for i in range(3):
+        put(a, b"k", b"%d" % i)
+        _wait_for(lambda: len(seen_b) == i + 1, timeout=2)
+    assert [ch.revision for ch in seen_b] == [2, 3, 4]
+    assert seen_c == []
+    # b's own commits do not make it poll (the feed has them already)
+    polls = []
+    orig = raw(b).feed._poll
+    raw(b).feed._poll = lambda after: polls.append(after) or orig(after)
+    put(b, b"k", b"mine")
+    time.sleep(0.3)
+    assert polls == [] and [ch.revision for ch in seen_b] == [2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------
+# The runner's retry rules, with a scripted dialect over SQLite
+
+class Conflict(Exception):
+    pass
+
+
+class Gone(Exception):
+    pass
+
+
+def test_runner_retries_conflicts_and_stale_connections(tmp_path):
+    from etcdadapter.store.sql import dialect as dl
+    from etcdadapter.store.sql.runner import MAX_ATTEMPTS, Session
+
+    class Scripted(SQLiteDialect):
+        def classify(self, exc):
+            if isinstance(exc, Conflict):
+                return dl.RETRY
+            if isinstance(exc, Gone):
+                return dl.DISCONNECT
+            return SQLiteDialect.classify(self, exc)
+
+    class FakeRunner(object):
+        dialect = Scripted(str(tmp_path / "r.db"))
+        connect_blocked_until = 0.0
+
+        def _register(self, conn):
+            pass
+
+        def _unregister(self, conn):
+            pass
+
+    session = Session(FakeRunner())
+    calls = []
+
+    def failing(kinds):
+        def fn(tx):
+            calls.append(1)
+            tx.run("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+            if kinds:
+                raise kinds.pop(0)
+            tx.run("INSERT INTO t VALUES (1)")
+            return "ok"
+        return fn
+
+    assert session.transaction("write", failing([Conflict(), Conflict()])) == "ok"
+    assert len(calls) == 3
+    del calls[:]
+    with pytest.raises(errors.EtcdError) as info:
+        session.transaction("write", failing([Conflict()] * MAX_ATTEMPTS))
+    assert info.value == errors.ErrTimeout and len(calls) == MAX_ATTEMPTS
+    # a dead pooled connection: replaced, the transaction run once more
+    del calls[:]
+    first = session.conn
+    assert session.transaction("write", failing([Gone()])) == "ok"
+    assert len(calls) == 2 and session.conn is not first
+    # ... but a fresh connection that fails means the database is not there
+    session.drop()
+    with pytest.raises(errors.EtcdError) as info:
+        session.transaction("read", failing([Gone()]))
+    assert info.value == errors.ErrNoLeader
+    # etcd errors roll back: nothing of the failed transaction stays
+    def etcd_error(tx):
+        tx.run("INSERT INTO t VALUES (2)")
+        raise errors.ErrKeyNotFound
+    with pytest.raises(errors.EtcdError):
+        session.transaction("write", etcd_error)
+    assert session.transaction("read", lambda tx: tx.all("SELECT x FROM t")) == [(1,), (1,)]
+
+
+def test_auth_blob_is_shared_and_kept(make_store):
+    a = make_store()
+    b = make_store(url=make_store.url)
+    assert result(a.auth_load()) is None
+    result(a.auth_save(b'{"enabled": false}'))
+    assert result(b.auth_load()) == b'{"enabled": false}'
+    result(b.auth_save(b"\x00" * 5000))
+    assert result(a.auth_load()) == b"\x00" * 5000
+    assert a.revision == 1 and result(a.status()).revision == 1      # not a KV write
