@@ -51,20 +51,21 @@ def _start(pki, label, mtls, cert=None):
     return server
 
 
-@pytest.fixture(scope="module")
-def tls_server(pki):
-    server = _start(pki, "tls", mtls=False)
+def _serving(pki, label, mtls):
+    server = _start(pki, label, mtls)
     yield server
     server.stop()
     server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def tls_server(pki):
+    yield from _serving(pki, "tls", mtls=False)
 
 
 @pytest.fixture(scope="module")
 def mtls_server(pki):
-    server = _start(pki, "mtls", mtls=True)
-    yield server
-    server.stop()
-    server.cleanup()
+    yield from _serving(pki, "mtls", mtls=True)
 
 
 def _tls_http(server, pki, path="/version", alpn=None, client=None, sock=None):
