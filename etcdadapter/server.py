@@ -15,8 +15,10 @@ from etcdadapter.gateway import endpoints as http_endpoints
 from etcdadapter.gateway import rpc_routes
 from etcdadapter.gateway.router import HttpRouter
 from etcdadapter.metrics import AdapterMetrics
+from etcdadapter.security.auth_store import TOKEN_TTL, AuthStore
 from etcdadapter.security.authorizer import Authorizer
 from etcdadapter.security.cert_policy import CertPolicy, PolicyError
+from etcdadapter.services.auth import AuthService
 from etcdadapter.services.cluster import ClusterService
 from etcdadapter.services.identity import ServerIdentity
 from etcdadapter.services.kv import KVLimits, KVService
@@ -56,7 +58,8 @@ class AdapterConfig(object):
                  name="default", advertise_client_urls=(), max_request_bytes=1572864,
                  max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0,
                  watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
-                 trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None):
+                 trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None,
+                 auth_token_ttl=TOKEN_TTL):
         self.listen = list(listen)
         self.store = store
         self.name = name
@@ -71,6 +74,7 @@ class AdapterConfig(object):
         self.trusted_ca_file = trusted_ca_file
         self.client_cert_auth = client_cert_auth
         self.client_cert_policy = client_cert_policy
+        self.auth_token_ttl = auth_token_ttl
 
 
 class AdapterService(service.Service):
@@ -85,8 +89,10 @@ class AdapterService(service.Service):
         self.store = store
         self.identity = ServerIdentity(name=config.name,
                                        client_urls=config.advertise_client_urls)
+        self.auth = AuthStore(store, clock=reactor, token_ttl=config.auth_token_ttl)
         self.authz = Authorizer(
-            CertPolicy.load(config.client_cert_policy) if config.client_cert_policy else None)
+            CertPolicy.load(config.client_cert_policy) if config.client_cert_policy else None,
+            auth=self.auth, cert_users=config.client_cert_auth)
         self.registry = MethodRegistry()
         self.router = HttpRouter()
         self.kv = KVService(store, self.identity,
@@ -98,10 +104,13 @@ class AdapterService(service.Service):
         self.watch = WatchService(self.watch_hub, store, self.identity,
                                   max_request_bytes=config.max_request_bytes,
                                   progress_interval=config.watch_progress_notify_interval,
-                                  authz=self.authz)
-        self.lease = LeaseService(store, self.identity, clock=reactor, authz=self.authz)
+                                  authz=self.authz.for_watch())
+        self.lease = LeaseService(store, self.identity, clock=reactor,
+                                  authz=self.authz.for_lease())
+        self.auth_service = AuthService(self.auth, self.authz, store, self.identity)
         self.metrics = AdapterMetrics(store, self.watch)
-        for svc in (self.kv, self.maintenance, self.cluster, self.watch, self.lease):
+        for svc in (self.kv, self.maintenance, self.cluster, self.watch, self.lease,
+                    self.auth_service):
             for method in svc.methods():
                 self.registry.add(self.metrics.instrument(method))
         max_receive = config.max_request_bytes + GRPC_RECEIVE_SLACK
@@ -129,6 +138,7 @@ class AdapterService(service.Service):
     @defer.inlineCallbacks
     def _start(self):
         yield self.store.start()
+        yield self.auth.start()
         self.lease.start()
         factory = self.tls.wrap(self.factory) if self.tls else self.factory
         for description in self.config.listen:
@@ -206,5 +216,6 @@ class AdapterService(service.Service):
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
         yield self.factory.shutdown(self.config.drain_timeout)
         yield self.lease.stop()
+        self.auth.stop()
         yield self.store.stop()
         log.info("etcd-adapter stopped")

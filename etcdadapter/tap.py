@@ -84,6 +84,9 @@ class Options(usage.Options):
          "How often watchers created with progress_notify get a progress response "
          "when idle (etcd's --experimental-watch-progress-notify-interval, 10m).",
          _duration],
+        ["auth-token-ttl", None, 300.0,
+         "Seconds an etcd simple auth token stays valid after its last use (etcd's "
+         "--auth-token-ttl, 300).", _duration],
     ]
 
     optFlags = [
@@ -170,7 +173,8 @@ class Options(usage.Options):
             cert_file=self["cert-file"], key_file=self["key-file"],
             trusted_ca_file=self["trusted-ca-file"],
             client_cert_auth=self["client-cert-auth"],
-            client_cert_policy=self["client-cert-policy"])
+            client_cert_policy=self["client-cert-policy"],
+            auth_token_ttl=self["auth-token-ttl"])
 
 
 def makeService(options):

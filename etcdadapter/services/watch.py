@@ -55,6 +55,16 @@ _NOPUT = rpc.WatchCreateRequest.NOPUT
 _NODELETE = rpc.WatchCreateRequest.NODELETE
 
 
+def _cancel_reason(authz, context, key, range_end):
+    """Why the caller may not watch the range (etcd's "rpc error: ..." text), or None."""
+    explain = getattr(authz, "cancel_reason", None)
+    if explain is not None:
+        return explain(context, key, range_end)
+    if authz.permissions(context).can_read(key, range_end):
+        return None
+    return WATCH_PERMISSION_DENIED
+
+
 def _varint_size(n):
     size = 1
     while n >= 0x80:
@@ -163,10 +173,11 @@ class WatchStream(object):
             self._create_failed(ErrEmptyWatcherRange)
             return
         authz = self.service.authz
-        if authz.enabled and not authz.permissions(self.stream.context).can_read(
-                key, range_end):
-            self._create_failed(WATCH_PERMISSION_DENIED)
-            return
+        if authz.enabled:
+            reason = _cancel_reason(authz, self.stream.context, key, range_end)
+            if reason is not None:
+                self._create_failed(reason)
+                return
         wid = creq.watch_id
         if wid == 0:
             while self.next_id in self.watchers:

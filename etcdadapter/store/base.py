@@ -149,3 +149,20 @@ class Store(object):
         own revision) up to ``limit`` leases whose expiry is <= now, soonest first; fires
         with their IDs.  The lease service calls this every 500 ms."""
         raise NotImplementedError
+
+    # -- auth (etcd users, roles, enabled flag, auth revision) ---------------------------
+    #
+    # etcdadapter.security.auth_store keeps etcd's auth state as one opaque blob (JSON,
+    # a few KiB: user names with scrypt password hashes, roles with key permissions).
+    # Adapters sharing one database share it.  Saving it never changes the KV revision
+    # and never reaches the change feed.
+
+    def auth_load(self):
+        """Deferred[bytes or None]: the blob last saved (by any adapter on this store),
+        None if none ever was."""
+        raise NotImplementedError
+
+    def auth_save(self, blob):
+        """Deferred[None]: replace the blob (durably, atomically: a reader sees the old
+        or the new blob, never a mix)."""
+        raise NotImplementedError

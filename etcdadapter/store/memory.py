@@ -260,12 +260,21 @@ class MemoryStore(Store):
         self._unnotified = deque()
         self._notifying = False
         self._view = _View(self)
+        self._auth_blob = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self):
         return succeed(None)
 
     def stop(self):
+        return succeed(None)
+
+    # -- auth state (opaque to the store) -------------------------------------------------
+    def auth_load(self):
+        return succeed(self._auth_blob)
+
+    def auth_save(self, blob):
+        self._auth_blob = bytes(blob)
         return succeed(None)
 
     # -- KV -------------------------------------------------------------------------------

@@ -1,0 +1,764 @@
+"""etcd Auth: users, roles, simple tokens and their enforcement.
+
+Unit tests drive :class:`AuthService` and the Authorizer directly on the memory store with
+an injected clock; the gRPC and HTTP tests run the same calls on a real etcd 3.4 and on
+the adapter and compare every status code, message and response body.
+"""
+
+import base64
+import json
+import threading
+
+import grpc
+import pytest
+from twisted.internet import defer, task
+from twisted.python.failure import Failure
+
+import servers
+from etcdadapter import errors
+from etcdadapter.pb.authpb import auth_pb2 as authpb
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.security import auth_store as auth_store_module
+from etcdadapter.security import permissions as perm
+from etcdadapter.security.auth_store import AuthStore, check_password, hash_password
+from etcdadapter.security.authorizer import Authorizer, token_of
+from etcdadapter.security.cert_policy import CertPolicy
+from etcdadapter.security.peer import PeerIdentity
+from etcdadapter.services.auth import AuthService
+from etcdadapter.services.identity import ServerIdentity
+from etcdadapter.services.kv import KVService
+from etcdadapter.services.rpc import CallContext
+from etcdadapter.store.memory import MemoryStore
+from fired import error_of, result
+from test_tls import _creds, _https_post, pki  # noqa: F401 (pki: a fixture)
+from test_tls import _grpc as tls_grpc
+
+C = errors.StatusCode
+
+
+def _sync(fn, *args):
+    return defer.maybeDeferred(fn, *args)
+
+
+class World(object):
+    """A memory store, an AuthStore on a fake clock, the Auth and KV services."""
+
+    def __init__(self, store=None, clock=None, policy=None, cert_users=False, ttl=300.0):
+        self.clock = clock or task.Clock()
+        self.store = store or MemoryStore(initial_revision=1, clock=self.clock)
+        self.auth = AuthStore(self.store, clock=self.clock, token_ttl=ttl,
+                              run_in_thread=_sync, refresh_interval=0)
+        result(self.auth.start())
+        self.authz = Authorizer(policy, auth=self.auth, cert_users=cert_users)
+        self.identity = ServerIdentity()
+        self.svc = AuthService(self.auth, self.authz, self.store, self.identity)
+        self.kv = KVService(self.store, self.identity, authz=self.authz)
+
+    def ctx(self, token=None, key="token", peer=None):
+        return CallContext(metadata={key: token} if token else {}, peer_identity=peer)
+
+    def call(self, name, request, token=None, **kw):
+        return result(defer.maybeDeferred(getattr(self.svc, name), request,
+                                          self.ctx(token, **kw)))
+
+    def fail(self, name, request, token=None, **kw):
+        return error_of(defer.maybeDeferred(getattr(self.svc, name), request,
+                                            self.ctx(token, **kw)))
+
+    def login(self, name, password):
+        return self.call("Authenticate", rpc.AuthenticateRequest(
+            name=name, password=password)).token
+
+    def setup(self):
+        """root:pw (role root), alice:apw with role r1 = readwrite /a/ prefix, read /b."""
+        c = self.call
+        c("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw"))
+        c("UserAdd", rpc.AuthUserAddRequest(name="alice", password="apw"))
+        c("RoleAdd", rpc.AuthRoleAddRequest(name="r1"))
+        c("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
+            name="r1", perm=authpb.Permission(key=b"/a/", range_end=b"/a0",
+                                              permType=authpb.Permission.READWRITE)))
+        c("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
+            name="r1", perm=authpb.Permission(key=b"/b", permType=authpb.Permission.READ)))
+        c("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="alice", role="r1"))
+        c("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root"))
+        c("AuthEnable", rpc.AuthEnableRequest())
+        return self.login("root", "pw"), self.login("alice", "apw")
+
+
+def _err(e):
+    return (e.code, e.message)
+
+
+# ---------------------------------------------------------------------------------------
+# Unit: the service and its errors
+
+def test_enable_needs_root_user_with_root_role():
+    w = World()
+    assert _err(w.fail("AuthEnable", rpc.AuthEnableRequest())) == (
+        C.FAILED_PRECONDITION, "etcdserver: root user does not exist")
+    w.call("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw"))
+    assert _err(w.fail("AuthEnable", rpc.AuthEnableRequest())) == (
+        C.FAILED_PRECONDITION, "etcdserver: root user does not have root role")
+    assert _err(w.fail("Authenticate", rpc.AuthenticateRequest(name="root", password="pw"))) \
+        == (C.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")
+    # role root needs not exist to be granted (etcd)
+    w.call("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root"))
+    w.call("AuthEnable", rpc.AuthEnableRequest())
+    root = w.login("root", "pw")
+    w.call("AuthEnable", rpc.AuthEnableRequest(), root)         # twice: no-op
+    assert w.call("AuthStatus", rpc.AuthStatusRequest(), root).enabled
+
+
+def test_every_management_error():
+    w = World()
+    root, alice = w.setup()
+    E = rpc
+    cases = [
+        ("UserAdd", E.AuthUserAddRequest(name="", password="x"),
+         (C.INVALID_ARGUMENT, "etcdserver: user name is empty")),
+        ("UserAdd", E.AuthUserAddRequest(name="alice", password="x"),
+         (C.FAILED_PRECONDITION, "etcdserver: user name already exists")),
+        ("UserGet", E.AuthUserGetRequest(name="zz"),
+         (C.FAILED_PRECONDITION, "etcdserver: user name not found")),
+        ("UserDelete", E.AuthUserDeleteRequest(name=""),
+         (C.FAILED_PRECONDITION, "etcdserver: user name not found")),
+        ("UserDelete", E.AuthUserDeleteRequest(name="root"),
+         (C.INVALID_ARGUMENT, "etcdserver: invalid auth management")),
+        ("UserChangePassword", E.AuthUserChangePasswordRequest(name="zz", password="x"),
+         (C.FAILED_PRECONDITION, "etcdserver: user name not found")),
+        ("UserGrantRole", E.AuthUserGrantRoleRequest(user="zz", role="r1"),
+         (C.FAILED_PRECONDITION, "etcdserver: user name not found")),
+        ("UserGrantRole", E.AuthUserGrantRoleRequest(user="alice", role="nope"),
+         (C.FAILED_PRECONDITION, "etcdserver: role name not found")),
+        ("UserRevokeRole", E.AuthUserRevokeRoleRequest(name="alice", role="nope"),
+         (C.FAILED_PRECONDITION, "etcdserver: role is not granted to the user")),
+        ("UserRevokeRole", E.AuthUserRevokeRoleRequest(name="zz", role="r1"),
+         (C.FAILED_PRECONDITION, "etcdserver: user name not found")),
+        ("UserRevokeRole", E.AuthUserRevokeRoleRequest(name="root", role="root"),
+         (C.INVALID_ARGUMENT, "etcdserver: invalid auth management")),
+        ("RoleAdd", E.AuthRoleAddRequest(name=""),
+         (C.INVALID_ARGUMENT, "etcdserver: role name is empty")),
+        ("RoleAdd", E.AuthRoleAddRequest(name="r1"),
+         (C.FAILED_PRECONDITION, "etcdserver: role name already exists")),
+        ("RoleGet", E.AuthRoleGetRequest(role="nope"),
+         (C.FAILED_PRECONDITION, "etcdserver: role name not found")),
+        ("RoleDelete", E.AuthRoleDeleteRequest(role="root"),
+         (C.INVALID_ARGUMENT, "etcdserver: invalid auth management")),
+        ("RoleDelete", E.AuthRoleDeleteRequest(role="nope"),
+         (C.FAILED_PRECONDITION, "etcdserver: role name not found")),
+        ("RoleGrantPermission", E.AuthRoleGrantPermissionRequest(name="r1"),
+         (C.INVALID_ARGUMENT, "etcdserver: permission not given")),
+        ("RoleGrantPermission", E.AuthRoleGrantPermissionRequest(
+            name="nope", perm=authpb.Permission(key=b"k")),
+         (C.FAILED_PRECONDITION, "etcdserver: role name not found")),
+        ("RoleRevokePermission", E.AuthRoleRevokePermissionRequest(role="r1", key=b"zz"),
+         (C.FAILED_PRECONDITION, "etcdserver: permission is not granted to the role")),
+        ("RoleRevokePermission", E.AuthRoleRevokePermissionRequest(role="nope", key=b"k"),
+         (C.FAILED_PRECONDITION, "etcdserver: role name not found")),
+        ("Authenticate", E.AuthenticateRequest(name="alice", password="wrong"),
+         (C.INVALID_ARGUMENT,
+          "etcdserver: authentication failed, invalid user ID or password")),
+        ("Authenticate", E.AuthenticateRequest(name="nobody", password="x"),
+         (C.INVALID_ARGUMENT,
+          "etcdserver: authentication failed, invalid user ID or password")),
+    ]
+    for name, request, expected in cases:
+        assert _err(w.fail(name, request, root)) == expected, (name, request)
+    # Admin calls: no token, a non-root user, a stale token.
+    for name, request in (("UserList", E.AuthUserListRequest()),
+                          ("RoleList", E.AuthRoleListRequest()),
+                          ("AuthDisable", E.AuthDisableRequest()),
+                          ("AuthStatus", E.AuthStatusRequest()),
+                          ("UserAdd", E.AuthUserAddRequest(name="x", password="y")),
+                          ("UserGet", E.AuthUserGetRequest(name="root")),
+                          ("RoleGet", E.AuthRoleGetRequest(role="root"))):
+        assert _err(w.fail(name, request)) == (
+            C.INVALID_ARGUMENT, "etcdserver: user name is empty"), name
+        assert _err(w.fail(name, request, alice)) == (
+            C.PERMISSION_DENIED, "etcdserver: permission denied"), name
+        assert _err(w.fail(name, request, "bogus.1")) == (
+            C.UNAUTHENTICATED, "etcdserver: invalid auth token"), name
+    # ...but one may read oneself and one's own roles.
+    assert list(w.call("UserGet", E.AuthUserGetRequest(name="alice"), alice).roles) == ["r1"]
+    assert len(w.call("RoleGet", E.AuthRoleGetRequest(role="r1"), alice).perm) == 2
+
+
+def test_lists_sorted_permissions_sorted_and_revisions():
+    w = World()
+    root, _ = w.setup()
+    kv_revision = w.store.revision
+    rev = w.call("AuthStatus", rpc.AuthStatusRequest(), root).authRevision
+    for name in ("zed", "bob", "carl"):
+        w.call("UserAdd", rpc.AuthUserAddRequest(name=name, password="p"), root)
+        w.call("RoleAdd", rpc.AuthRoleAddRequest(name="role-" + name), root)
+    assert list(w.call("UserList", rpc.AuthUserListRequest(), root).users) == [
+        "alice", "bob", "carl", "root", "zed"]
+    assert list(w.call("RoleList", rpc.AuthRoleListRequest(), root).roles) == [
+        "r1", "role-bob", "role-carl", "role-zed"]
+    w.call("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="bob", role="role-zed"), root)
+    w.call("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="bob", role="r1"), root)
+    assert list(w.call("UserGet", rpc.AuthUserGetRequest(name="bob"), root).roles) == [
+        "r1", "role-zed"]
+    # grant again: no-op, no new auth revision
+    before = w.auth.revision
+    w.call("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="bob", role="r1"), root)
+    assert w.auth.revision == before
+    grant = rpc.AuthRoleGrantPermissionRequest(
+        name="r1", perm=authpb.Permission(key=b"/0", range_end=b"\0",
+                                          permType=authpb.Permission.WRITE))
+    w.call("RoleGrantPermission", grant, root)
+    # the same key and range end again: updated in place
+    grant.perm.permType = authpb.Permission.READWRITE
+    w.call("RoleGrantPermission", grant, root)
+    perms = w.call("RoleGet", rpc.AuthRoleGetRequest(role="r1"), root).perm
+    assert [(p.key, p.range_end, p.permType) for p in perms] == [
+        (b"/0", b"\0", 2), (b"/a/", b"/a0", 2), (b"/b", b"", 0)]
+    # deleting a role revokes it from its users
+    w.call("RoleDelete", rpc.AuthRoleDeleteRequest(role="role-zed"), root)
+    assert list(w.call("UserGet", rpc.AuthUserGetRequest(name="bob"), root).roles) == ["r1"]
+    assert w.auth.revision > rev
+    assert w.call("AuthStatus", rpc.AuthStatusRequest(), root).header.revision == kv_revision
+    assert w.store.revision == kv_revision              # never the KV revision
+    w.call("AuthDisable", rpc.AuthDisableRequest(), root)
+    status = w.call("AuthStatus", rpc.AuthStatusRequest())
+    assert not status.enabled and status.authRevision == w.auth.revision
+
+
+def test_tokens_format_sliding_ttl_and_invalidation():
+    clock = task.Clock()
+    w = World(clock=clock, ttl=300)
+    root, alice = w.setup()
+    head, dot, index = alice.partition(".")
+    assert len(head) == 16 and head.isalpha() and dot and index.isdigit()
+    get = rpc.RangeRequest(key=b"/a/x")
+    for _ in range(3):                         # each use restarts the 300 s
+        clock.advance(250)
+        result(w.kv.Range(get, w.ctx(alice)))
+    clock.advance(301)
+    assert _err(error_of(defer.maybeDeferred(w.kv.Range, get, w.ctx(alice)))) == (
+        C.UNAUTHENTICATED, "etcdserver: invalid auth token")
+    # change password and delete drop the user's tokens; disable drops all
+    root, alice = w.login("root", "pw"), w.login("alice", "apw")
+    w.call("UserChangePassword", rpc.AuthUserChangePasswordRequest(
+        name="alice", password="new"), root)
+    assert w.auth.user_of_token(alice) is None
+    assert _err(w.fail("Authenticate", rpc.AuthenticateRequest(
+        name="alice", password="apw"))) == (
+        C.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password")
+    alice = w.login("alice", "new")
+    w.call("UserRevokeRole", rpc.AuthUserRevokeRoleRequest(name="alice", role="r1"), root)
+    assert w.auth.user_of_token(alice) == "alice"
+    w.call("UserDelete", rpc.AuthUserDeleteRequest(name="alice"), root)
+    assert w.auth.user_of_token(alice) is None
+    w.call("AuthDisable", rpc.AuthDisableRequest(), root)
+    assert w.auth.user_of_token(root) is None
+    # a stale token is refused even with auth disabled (etcd)
+    assert _err(error_of(defer.maybeDeferred(w.kv.Range, get, w.ctx(root)))) == (
+        C.UNAUTHENTICATED, "etcdserver: invalid auth token")
+    result(w.kv.Range(get, w.ctx()))
+
+
+def test_enforcement_on_kv():
+    w = World()
+    root, alice = w.setup()
+
+    def kv(method, request, token=None, **kw):
+        d = defer.maybeDeferred(getattr(w.kv, method), request, w.ctx(token, **kw))
+        out = []
+        d.addBoth(out.append)
+        if isinstance(out[0], Failure):
+            return _err(out[0].value)
+        return "ok"
+
+    put = rpc.PutRequest(key=b"/a/1", value=b"v")
+    assert kv("Put", put) == (C.INVALID_ARGUMENT, "etcdserver: user name is empty")
+    assert kv("Put", put, "bogus") == (C.UNAUTHENTICATED, "etcdserver: invalid auth token")
+    assert kv("Put", put, alice) == "ok"
+    assert kv("Put", put, alice, key="authorization") == "ok"
+    assert kv("Put", put, "Bearer " + alice, key="authorization") == "ok"
+    assert kv("Put", rpc.PutRequest(key=b"/b", value=b"v"), alice) == (
+        C.PERMISSION_DENIED, "etcdserver: permission denied")
+    assert kv("Range", rpc.RangeRequest(key=b"/b"), alice) == "ok"
+    assert kv("Range", rpc.RangeRequest(key=b"/a/", range_end=b"/b"), alice) == (
+        C.PERMISSION_DENIED, "etcdserver: permission denied")
+    assert kv("Txn", rpc.TxnRequest()) == "ok"          # nothing to check (etcd too)
+    assert kv("Compact", rpc.CompactionRequest(revision=1), alice) == (
+        C.PERMISSION_DENIED, "etcdserver: permission denied")
+    assert kv("Compact", rpc.CompactionRequest(revision=1)) == (
+        C.INVALID_ARGUMENT, "etcdserver: user name is empty")
+    assert kv("Compact", rpc.CompactionRequest(revision=1), root) == "ok"
+    assert kv("Put", rpc.PutRequest(key=b"/zzz"), root) == "ok"
+
+
+def test_watch_and_lease_views():
+    w = World()
+    root, alice = w.setup()
+    watch = w.authz.for_watch()
+    assert watch.enabled
+    assert not watch.permissions(w.ctx()).can_read(b"/a/1")
+    assert not watch.permissions(w.ctx("bogus")).can_read(b"/a/1")
+    assert watch.permissions(w.ctx(alice)).can_read(b"/a/1")
+    assert watch.cancel_reason(w.ctx(alice), b"/a/1", b"") is None
+    assert watch.cancel_reason(w.ctx(alice), b"/c", b"") == perm.WATCH_PERMISSION_DENIED
+    assert watch.cancel_reason(w.ctx(), b"/c", b"") == (
+        "rpc error: code = InvalidArgument desc = etcdserver: user name is empty")
+    assert watch.cancel_reason(w.ctx("bogus"), b"/c", b"") == (
+        "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token")
+    lease = w.authz.for_lease()
+    anonymous = lease.permissions(w.ctx())
+    assert anonymous.admin is False                    # a lease without keys: allowed
+    with pytest.raises(errors.EtcdError) as info:
+        anonymous.can_write(b"/a/1")
+    assert info.value == errors.ErrUserEmpty
+    assert lease.permissions(w.ctx(root)).admin
+
+
+def test_client_certificate_cn_and_policy():
+    policy = CertPolicy.from_json({"rules": [
+        {"match": {"cn": "alice"},
+         "permissions": [{"key": "/a/1", "type": "READ"}]},
+        {"match": {"cn": "root"}, "permissions": "all"}], "default": "deny"})
+    w = World(policy=policy, cert_users=True)
+    # set up without the policy in the way
+    w.authz.cert_policy = None
+    w.setup()
+    w.authz.cert_policy = policy
+    alice_cert = PeerIdentity("alice", (), (), ())
+    ctx = w.ctx(peer=alice_cert)
+    perms = w.authz.permissions(ctx)                  # the CN is the user
+    assert perms.can_read(b"/a/1")
+    assert not perms.can_write(b"/a/1")              # the policy allows only reading
+    assert not perms.can_read(b"/a/2")               # ... only /a/1
+    assert _err(w.fail("UserList", rpc.AuthUserListRequest(), peer=alice_cert)) == (
+        C.PERMISSION_DENIED, "etcdserver: permission denied")
+    root_cert = PeerIdentity("root", (), (), ())
+    assert w.call("UserList", rpc.AuthUserListRequest(), peer=root_cert).users
+    # a token wins over the certificate
+    bob = PeerIdentity("bob", (), (), ())
+    assert not w.authz.permissions(w.ctx(peer=bob)).can_read(b"/a/1")
+    assert w.authz.user_of(w.ctx(w.login("alice", "apw"), peer=bob)) == "alice"
+
+
+def test_token_metadata():
+    assert token_of({"token": "t"}) == "t"
+    assert token_of({"authorization": "t"}) == "t"
+    assert token_of({"authorization": "Bearer t"}) == "t"
+    assert token_of({"token": "a", "authorization": "b"}) == "a"
+    assert token_of({}) is None
+
+
+def test_state_is_shared_through_the_store_without_plain_passwords():
+    clock = task.Clock()
+    store = MemoryStore(initial_revision=1, clock=clock)
+    one = World(store=store, clock=clock)
+    one.setup()
+    two = World(store=store, clock=clock)             # a second adapter on the same data
+    assert two.auth.enabled
+    token = two.login("alice", "apw")
+    assert two.auth.user_of_token(token) == "alice"
+    assert one.auth.user_of_token(token) is None      # tokens stay in their process
+    blob = result(store.auth_load())
+    assert b"apw" not in blob and b"pw\"" not in blob
+    doc = json.loads(blob)
+    assert doc["users"]["alice"]["password"].startswith("scrypt$")
+    assert doc["roles"]["r1"][0]["key"] == base64.b64encode(b"/a/").decode()
+    # a mutation through one adapter is seen by the other after its refresh
+    root = one.login("root", "pw")
+    one.call("UserAdd", rpc.AuthUserAddRequest(name="dave", password="d"), root)
+    result(two.auth.refresh())
+    assert "dave" in two.auth.state.users
+
+
+def test_auth_token_ttl_option():
+    from etcdadapter.tap import Options
+    options = Options()
+    options.parseOptions(["--auth-token-ttl", "5m"])
+    assert options.config().auth_token_ttl == 300.0
+    options = Options()
+    options.parseOptions([])
+    assert options.config().auth_token_ttl == 300.0
+
+
+def test_password_kdf():
+    stored = hash_password("s3cret")
+    assert stored.startswith("scrypt$") and "s3cret" not in stored
+    assert check_password("s3cret", stored)
+    assert not check_password("s3cret!", stored)
+    assert not check_password("x", "garbage")
+    assert hash_password("s3cret") != stored          # salted
+
+
+def test_kdf_runs_off_the_reactor_thread(monkeypatch):
+    """Hashing and checking go through run_in_thread, by default deferToThread."""
+    seen = []
+
+    def in_real_thread(fn, *args):
+        out = []
+
+        def run():
+            seen.append((fn.__name__, threading.current_thread()))
+            out.append(fn(*args))
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+        return defer.succeed(out[0])
+
+    w = World()
+    w.auth.run_in_thread = in_real_thread
+    w.setup()
+    names = {name for name, _ in seen}
+    assert names == {"hash_password", "check_password"}
+    assert all(t is not threading.main_thread() for _, t in seen)
+    calls = []
+    monkeypatch.setattr(auth_store_module.threads, "deferToThread",
+                        lambda fn, *a: calls.append(fn) or defer.succeed("h"))
+    store = AuthStore(MemoryStore(initial_revision=1, clock=task.Clock()),
+                      clock=task.Clock())
+    assert result(store.hash_password("x")) == "h"
+    assert calls == [hash_password]
+
+
+# ---------------------------------------------------------------------------------------
+# gRPC and HTTP against a real etcd 3.4
+
+def _setup_steps():
+    P = authpb.Permission
+    return [
+        ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw"), None),
+        ("UserAdd", rpc.AuthUserAddRequest(name="alice", password="apw"), None),
+        ("RoleAdd", rpc.AuthRoleAddRequest(name="r1"), None),
+        ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
+            name="r1", perm=P(key=b"/a/", range_end=b"/a0", permType=P.READWRITE)), None),
+        ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
+            name="r1", perm=P(key=b"/b", permType=P.READ)), None),
+        ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="alice", role="r1"), None),
+        ("AuthEnable", rpc.AuthEnableRequest(), None),
+        ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root"), None),
+        ("AuthEnable", rpc.AuthEnableRequest(), None),
+    ]
+
+
+_MESSAGES = {m: m for m in ("AuthEnable", "AuthDisable", "Authenticate")}
+
+
+def _types(method):
+    service, name = method
+    if service != "Auth":
+        table = {"Range": rpc.RangeRequest, "Put": rpc.PutRequest, "Txn": rpc.TxnRequest,
+                 "LeaseGrant": rpc.LeaseGrantRequest, "Status": rpc.StatusRequest}
+        req = table[name]
+        return getattr(rpc, req.__name__.replace("Request", "Response"))
+    message = name if name in _MESSAGES else "Auth" + name
+    return getattr(rpc, message + "Response")
+
+
+def _grpc(server, service, name, request, token, offset=0):
+    with grpc.insecure_channel(server.endpoint) as channel:
+        call = channel.unary_unary("/etcdserverpb.%s/%s" % (service, name),
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=_types((service, name)).FromString)
+        try:
+            response = call(request, metadata=[("token", token)] if token else None,
+                            timeout=10)
+        except grpc.RpcError as e:
+            return ("error", e.code().name, e.details())
+    response = servers.normalise_response(response, offset)
+    response.ClearField("header")
+    if name == "Authenticate":
+        return ("token", bool(response.token))
+    if name in ("Status", "LeaseGrant"):     # allowed without a token: that is the point
+        return ("ok", True)
+    return ("ok", response.SerializeToString(deterministic=True))
+
+
+def _tokens(server):
+    out = {}
+    for user, password in (("root", "pw"), ("alice", "apw")):
+        with grpc.insecure_channel(server.endpoint) as channel:
+            call = channel.unary_unary(
+                "/etcdserverpb.Auth/Authenticate",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=rpc.AuthenticateResponse.FromString)
+            out[user] = call(rpc.AuthenticateRequest(name=user, password=password),
+                             timeout=10).token
+    return out
+
+
+def _run_both(pair, steps):
+    sides = [pair.etcd, pair.target]
+    tokens = [{}, {}]
+    for n, (method, request, who) in enumerate(steps):
+        service, _, name = method.rpartition(".")
+        service = service or "Auth"
+        got = []
+        for i, server in enumerate(sides):
+            if who == "login":
+                tokens[i] = _tokens(server)
+                got.append("login")
+                continue
+            token = tokens[i].get(who, who)
+            got.append(_grpc(server, service, name, request, token,
+                             pair.offset if i else 0))
+        assert got[0] == got[1], "step %d %s(%s) as %s: etcd %r, ours %r" % (
+            n, method, request, who, got[0], got[1])
+
+
+@pytest.mark.adapter
+def test_grpc_errors_match_etcd(pair):
+    P = authpb.Permission
+    R = rpc
+    steps = _setup_steps() + [("login", None, "login")] + [
+        ("KV.Range", R.RangeRequest(key=b"/a/x"), None),
+        ("KV.Range", R.RangeRequest(key=b"/a/x"), "bogus"),
+        ("KV.Range", R.RangeRequest(key=b"/a/x"), "alice"),
+        ("KV.Put", R.PutRequest(key=b"/a/x", value=b"1"), "alice"),
+        ("KV.Put", R.PutRequest(key=b"/b", value=b"1"), "alice"),
+        ("KV.Put", R.PutRequest(key=b"/b", value=b"1"), None),
+        ("KV.Range", R.RangeRequest(key=b"/a/", range_end=b"/a0"), "alice"),
+        ("KV.Range", R.RangeRequest(key=b"/", range_end=b"\0"), "alice"),
+        ("KV.Txn", R.TxnRequest(), None),
+        ("KV.Txn", R.TxnRequest(success=[R.RequestOp(request_put=R.PutRequest(
+            key=b"/a/y"))]), "alice"),
+        ("KV.Txn", R.TxnRequest(compare=[R.Compare(key=b"/c")]), "alice"),
+        ("Maintenance.Status", R.StatusRequest(), None),
+        ("Lease.LeaseGrant", R.LeaseGrantRequest(TTL=60), None),
+        ("Authenticate", R.AuthenticateRequest(name="alice", password="x"), None),
+        ("Authenticate", R.AuthenticateRequest(name="", password=""), None),
+        ("UserAdd", R.AuthUserAddRequest(name="x", password="y"), None),
+        ("UserAdd", R.AuthUserAddRequest(name="x", password="y"), "alice"),
+        ("UserAdd", R.AuthUserAddRequest(name="x", password="y"), "bogus"),
+        ("UserAdd", R.AuthUserAddRequest(name="", password="y"), "root"),
+        ("UserAdd", R.AuthUserAddRequest(name="alice", password="y"), "root"),
+        ("UserAdd", R.AuthUserAddRequest(name="e", password=""), "root"),
+        ("Authenticate", R.AuthenticateRequest(name="e", password=""), None),
+        ("UserList", R.AuthUserListRequest(), "root"),
+        ("UserList", R.AuthUserListRequest(), "alice"),
+        ("UserGet", R.AuthUserGetRequest(name="alice"), "alice"),
+        ("UserGet", R.AuthUserGetRequest(name="root"), "alice"),
+        ("UserGet", R.AuthUserGetRequest(name=""), "root"),
+        ("UserDelete", R.AuthUserDeleteRequest(name="root"), "root"),
+        ("UserDelete", R.AuthUserDeleteRequest(name="zz"), "root"),
+        ("UserChangePassword", R.AuthUserChangePasswordRequest(name="zz", password="x"),
+         "root"),
+        ("UserGrantRole", R.AuthUserGrantRoleRequest(user="e", role="nope"), "root"),
+        ("UserGrantRole", R.AuthUserGrantRoleRequest(user="zz", role="r1"), "root"),
+        ("UserGrantRole", R.AuthUserGrantRoleRequest(user="alice", role="r1"), "root"),
+        ("UserRevokeRole", R.AuthUserRevokeRoleRequest(name="e", role="r1"), "root"),
+        ("UserRevokeRole", R.AuthUserRevokeRoleRequest(name="zz", role="r1"), "root"),
+        ("UserRevokeRole", R.AuthUserRevokeRoleRequest(name="root", role="root"), "root"),
+        ("RoleAdd", R.AuthRoleAddRequest(name=""), "root"),
+        ("RoleAdd", R.AuthRoleAddRequest(name="r1"), "root"),
+        ("RoleAdd", R.AuthRoleAddRequest(name="r0"), "root"),
+        ("RoleList", R.AuthRoleListRequest(), "root"),
+        ("RoleGet", R.AuthRoleGetRequest(role="r1"), "alice"),
+        ("RoleGet", R.AuthRoleGetRequest(role="root"), "alice"),
+        ("RoleGet", R.AuthRoleGetRequest(role="root"), "root"),
+        ("RoleGet", R.AuthRoleGetRequest(role=""), "root"),
+        ("RoleDelete", R.AuthRoleDeleteRequest(role="root"), "root"),
+        ("RoleDelete", R.AuthRoleDeleteRequest(role="nope"), "root"),
+        ("RoleGrantPermission", R.AuthRoleGrantPermissionRequest(
+            name="nope", perm=P(key=b"k")), "root"),
+        ("RoleGrantPermission", R.AuthRoleGrantPermissionRequest(
+            name="r1", perm=P(key=b"/0", range_end=b"\0", permType=P.WRITE)), "root"),
+        ("RoleGrantPermission", R.AuthRoleGrantPermissionRequest(
+            name="r1", perm=P(key=b"/b", permType=P.READWRITE)), "root"),
+        ("RoleGet", R.AuthRoleGetRequest(role="r1"), "root"),
+        ("RoleRevokePermission", R.AuthRoleRevokePermissionRequest(role="r1", key=b"zz"),
+         "root"),
+        ("RoleRevokePermission", R.AuthRoleRevokePermissionRequest(role="no", key=b"zz"),
+         "root"),
+        ("RoleRevokePermission", R.AuthRoleRevokePermissionRequest(
+            role="r1", key=b"/0", range_end=b"\0"), "root"),
+        ("KV.Put", R.PutRequest(key=b"/b", value=b"2"), "alice"),
+        ("RoleDelete", R.AuthRoleDeleteRequest(role="r1"), "root"),
+        ("UserGet", R.AuthUserGetRequest(name="alice"), "root"),
+        ("UserChangePassword", R.AuthUserChangePasswordRequest(name="alice", password="n"),
+         "root"),
+        ("KV.Range", R.RangeRequest(key=b"/a/x"), "alice"),         # token dropped
+        ("AuthDisable", R.AuthDisableRequest(), None),
+        ("AuthDisable", R.AuthDisableRequest(), "root"),
+        ("KV.Range", R.RangeRequest(key=b"/a/x"), "root"),          # token dropped
+        ("KV.Range", R.RangeRequest(key=b"/a/x"), None),
+        ("Authenticate", R.AuthenticateRequest(name="root", password="pw"), None),
+        ("AuthDisable", R.AuthDisableRequest(), None),
+        ("UserList", R.AuthUserListRequest(), None),
+        ("UserDelete", R.AuthUserDeleteRequest(name="root"), None),
+        ("RoleDelete", R.AuthRoleDeleteRequest(role="root"), None),
+        ("UserList", R.AuthUserListRequest(), None),
+        ("RoleList", R.AuthRoleListRequest(), None),
+    ]
+    _run_both(pair, steps)
+
+
+def _http(server, path, body, token=None, header="Authorization"):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers[header] = token
+    resp, data = servers.http_request(server, "POST", path, json.dumps(body), headers)
+    doc = json.loads(data.decode("utf-8"))
+    doc.pop("header", None)
+    return resp.status, doc
+
+
+def _http_watch_first(server, body, token):
+    """The first line of a /v3/watch stream, without header and watch_id."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("POST", "/v3/watch", body=json.dumps(body).encode(),
+                 headers={"Authorization": token} if token else {})
+    resp = conn.getresponse()
+    data = b""
+    while not data.endswith(b"\n"):
+        data += resp.read(1)
+    conn.close()
+    doc = json.loads(data)
+    doc["result"].pop("header", None)
+    doc["result"].pop("watch_id", None)
+    return resp.status, doc
+
+
+@pytest.mark.adapter
+def test_http_gateway_matches_etcd(pair):
+    for server in (pair.etcd, pair.target):
+        for method, request, _ in _setup_steps():
+            _grpc(server, "Auth", method, request, None)
+    results = []
+    for server in (pair.etcd, pair.target):
+        out = []
+        status, doc = _http(server, "/v3/auth/authenticate", {"name": "alice",
+                                                              "password": "apw"})
+        alice = doc["token"]
+        out.append((status, sorted(doc)))
+        out.append(_http(server, "/v3/auth/authenticate", {"name": "alice",
+                                                           "password": "bad"}))
+        out.append(_http(server, "/v3/kv/put", {"key": "L2EvMQ==", "value": "eA=="}))
+        out.append(_http(server, "/v3/kv/put", {"key": "L2EvMQ==", "value": "eA=="}, alice))
+        out.append(_http(server, "/v3/kv/range", {"key": "L2EvMQ=="}, "bogus"))
+        out.append(_http(server, "/v3/kv/range", {"key": "L2M="}, alice))
+        out.append(_http(server, "/v3/kv/range", {"key": "L2EvMQ=="}, alice,
+                         header="Grpc-Metadata-Token"))
+        out.append(_http(server, "/v3/auth/user/list", {}, alice))
+        out.append(_http(server, "/v3/auth/role/get", {"role": "r1"}, alice))
+        out.append(_http(server, "/v3/auth/user/get", {"name": "alice"}, alice))
+        out.append(_http_watch_first(server, {"create_request": {"key": "L2M="}}, alice))
+        out.append(_http_watch_first(server, {"create_request": {"key": "L2EvMQ=="}}, alice))
+        # No user / a bad token: etcd names that error in cancel_reason.
+        for token, reason in ((None, "InvalidArgument desc = etcdserver: user name is "
+                                     "empty"),
+                              ("bogus", "Unauthenticated desc = etcdserver: invalid auth "
+                                        "token")):
+            status, doc = _http_watch_first(server, {"create_request": {"key": "L2M="}},
+                                            token)
+            said = doc["result"].pop("cancel_reason")
+            assert said == "rpc error: code = " + reason, server
+            out.append((status, doc))
+        results.append(out)
+    ref, got = results
+    for a, b in zip(ref, got):
+        if isinstance(a[1], dict) and "kvs" in a[1]:
+            for kv in a[1]["kvs"] + b[1]["kvs"]:
+                kv.pop("create_revision"), kv.pop("mod_revision")
+        assert a == b
+    # ours only: the 3.5 AuthStatus and a "Bearer " token (3.5.32+)
+    status, doc = _http(pair.target, "/v3/auth/authenticate", {"name": "root",
+                                                               "password": "pw"})
+    root = doc["token"]
+    assert _http(pair.target, "/v3/auth/status", {}, "Bearer " + root) == (
+        200, {"enabled": True, "authRevision": "8"})
+    assert _http(pair.target, "/v3/auth/status", {}) == (
+        400, {"error": "etcdserver: user name is empty", "code": 3,
+              "message": "etcdserver: user name is empty"})
+
+
+@pytest.fixture(scope="module")
+def short_ttl():
+    server = servers.AdapterServer("auth-ttl", extra_args=["--auth-token-ttl", "1"])
+    server.start()
+    yield server
+    server.stop()
+    server.cleanup()
+
+
+@pytest.mark.adapter
+def test_expired_token_over_grpc_and_http(short_ttl):
+    import time
+    for method, request, _ in _setup_steps():
+        _grpc(short_ttl, "Auth", method, request, None)
+    token = _tokens(short_ttl)["alice"]
+    get = rpc.RangeRequest(key=b"/a/x")
+    assert _grpc(short_ttl, "KV", "Range", get, token)[0] == "ok"
+    time.sleep(0.6)
+    assert _grpc(short_ttl, "KV", "Range", get, token)[0] == "ok"   # slides
+    time.sleep(0.6)
+    assert _http(short_ttl, "/v3/kv/range", {"key": "L2EveA=="}, token)[0] == 200
+    time.sleep(1.5)
+    assert _grpc(short_ttl, "KV", "Range", get, token) == (
+        "error", "UNAUTHENTICATED", "etcdserver: invalid auth token")
+    token = _tokens(short_ttl)["alice"]
+    time.sleep(1.5)
+    assert _http(short_ttl, "/v3/kv/range", {"key": "L2EveA=="}, token) == (
+        401, {"error": "etcdserver: invalid auth token", "code": 16,
+              "message": "etcdserver: invalid auth token"})
+
+
+# ---------------------------------------------------------------------------------------
+# mTLS: the certificate's CN is the user when there is no token
+
+@pytest.fixture(scope="module")
+def cn_server(pki):
+    server = servers.AdapterServer("auth-cn", extra_args=[
+        "--cert-file", pki["server"][0], "--key-file", pki["server"][1],
+        "--trusted-ca-file", pki["ca"], "--client-cert-auth"])
+    server.credentials = _creds(pki, "admin")
+    server.start()
+    yield server
+    server.stop()
+    server.cleanup()
+
+
+@pytest.mark.adapter
+def test_client_certificate_cn_is_the_user(cn_server, pki):
+    ops, apisix = _creds(pki, "admin"), _creds(pki, "client")     # CN ops, CN apisix
+    P = authpb.Permission
+    for method, request in (
+            ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw")),
+            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root")),
+            ("UserAdd", rpc.AuthUserAddRequest(name="ops", password="x")),
+            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="ops", role="root")),
+            ("UserAdd", rpc.AuthUserAddRequest(name="apisix", password="x")),
+            ("RoleAdd", rpc.AuthRoleAddRequest(name="reader")),
+            ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
+                name="reader", perm=P(key=b"/apisix/", range_end=b"/apisix0"))),
+            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="apisix", role="reader")),
+            ("AuthEnable", rpc.AuthEnableRequest())):
+        name = method if method in _MESSAGES else "Auth" + method
+        _, err = tls_grpc(cn_server, ops, "/etcdserverpb.Auth/" + method, request,
+                          getattr(rpc, name + "Response"))
+        assert err is None, (method, err)
+    _, err = tls_grpc(cn_server, ops, "/etcdserverpb.KV/Put",
+                      rpc.PutRequest(key=b"/apisix/r", value=b"1"), rpc.PutResponse)
+    assert err is None
+    got, err = tls_grpc(cn_server, apisix, "/etcdserverpb.KV/Range",
+                        rpc.RangeRequest(key=b"/apisix/r"), rpc.RangeResponse)
+    assert err is None and got.kvs[0].value == b"1"
+    _, err = tls_grpc(cn_server, apisix, "/etcdserverpb.KV/Put",
+                      rpc.PutRequest(key=b"/apisix/r", value=b"2"), rpc.PutResponse)
+    assert err == (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+    _, err = tls_grpc(cn_server, apisix, "/etcdserverpb.Auth/UserList",
+                      rpc.AuthUserListRequest(), rpc.AuthUserListResponse)
+    assert err == (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+    got, err = tls_grpc(cn_server, ops, "/etcdserverpb.Auth/UserList",
+                        rpc.AuthUserListRequest(), rpc.AuthUserListResponse)
+    assert err is None and list(got.users) == ["apisix", "ops", "root"]
+    # the JSON API and watches see the same user
+    status, doc = _https_post(cn_server, pki, "client", "/v3/kv/range",
+                              {"key": base64.b64encode(b"/apisix/r").decode()})
+    assert status == 200 and doc["count"] == "1"
+    status, doc = _https_post(cn_server, pki, "client", "/v3/kv/put",
+                              {"key": base64.b64encode(b"/apisix/r").decode()})
+    assert (status, doc["message"]) == (403, "etcdserver: permission denied")
+    status, doc = _https_post(cn_server, pki, "client", "/v3/watch", {"create_request": {
+        "key": base64.b64encode(b"/other").decode()}})
+    assert doc["result"]["canceled"] and doc["result"]["cancel_reason"] == \
+        perm.WATCH_PERMISSION_DENIED
