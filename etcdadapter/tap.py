@@ -57,7 +57,8 @@ class Options(usage.Options):
     optParameters = [
         ["store", None, "memory://",
          "Where the data lives: memory:// (default; memory://?initial_revision=N pins "
-         "the first revision)."],
+         "the first revision), sqlite:///path.db, mysql://user:pw@host:3306/db, "
+         "tidb://..., postgresql://user@host/db (options: etcdadapter/store/sql)."],
         ["name", None, "default", "Member name shown by `etcdctl member list`."],
         ["advertise-client-urls", None, "",
          "Comma-separated client URLs reported by MemberList (default: the listening "
