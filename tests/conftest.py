@@ -152,3 +152,16 @@ def pytest_runtest_makereport(item, call):
             if server.kind == "adapter" or server.label.startswith("target"):
                 report.sections.append(("%s log (%s)" % (server.kind, server.log_path),
                                         server.log_tail(80)))
+
+
+@pytest.fixture
+def target_store(request, tmp_path):
+    """The ``--store`` URL of the server under test, from the test's parameter (a store
+    kind: memory, sqlite, mariadb, postgresql; use ``indirect=["target_store"]``): a fresh
+    database, dropped at teardown.  Request it before ``start_servers`` so that the
+    servers stop before their database is dropped."""
+    from stores import store_url
+    kind = getattr(request, "param", "memory")
+    url, cleanup = store_url(kind, tmp_path)
+    yield url
+    cleanup()

@@ -23,6 +23,7 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store.mvcc import prefix_end
 
 import servers
+from stores import SQL_KINDS
 
 
 def _seeds(spec):
@@ -36,6 +37,14 @@ def _seeds(spec):
 
 SEEDS = _seeds(os.environ.get("ETCDADAPTER_DIFF_SEEDS", "1-5"))
 OPS_PER_SEED = int(os.environ.get("ETCDADAPTER_DIFF_OPS", "500"))
+# The same sequence with the adapter on each SQL store (fewer seeds and operations: every
+# write is a database transaction).  ``ETCDADAPTER_DIFF_SQL_SEEDS`` / ``_SQL_OPS`` fuzz
+# further.
+SQL_SEEDS = _seeds(os.environ.get("ETCDADAPTER_DIFF_SQL_SEEDS", "1"))
+SQL_OPS = int(os.environ.get("ETCDADAPTER_DIFF_SQL_OPS", "400"))
+CASES = ([pytest.param("memory", s, id="seed_%d" % s) for s in SEEDS]
+         + [pytest.param(kind, s, id="%s-seed_%d" % (kind, s))
+            for kind in SQL_KINDS for s in SQL_SEEDS])
 
 KEYS = [b"a/1", b"a/10", b"a/2", b"a/3",
         b"b/x", b"b/y", b"b/\xff", b"b/\xff\xff",
@@ -533,9 +542,11 @@ def run_sequence(pair, seed, count):
 
 
 @pytest.mark.adapter
-@pytest.mark.parametrize("seed", SEEDS, ids=["seed_%d" % s for s in SEEDS])
-def test_differential(pair, seed):
-    gen = run_sequence(pair, seed, OPS_PER_SEED)
+@pytest.mark.parametrize("target_store,seed", CASES, indirect=["target_store"])
+def test_differential(target_store, start_servers, seed):
+    pair = start_servers(target_store=target_store)
+    ops = OPS_PER_SEED if target_store.startswith("memory:") else SQL_OPS
+    gen = run_sequence(pair, seed, ops)
     # The final stores must agree too.
     everything = rpc.RangeRequest(key=b"\x00", range_end=b"\x00")
     ref = pair.etcd_client.call(METHODS["range"][0], everything, rpc.RangeResponse)

@@ -35,7 +35,8 @@ What makes the two servers comparable at all, without waiting for quiet after ev
   gone and its DELETE is committed on both servers.
 
 ``ETCDADAPTER_WATCH_SEEDS`` (e.g. ``1-20``) and ``ETCDADAPTER_WATCH_OPS`` (default 700)
-fuzz further; ``ETCDADAPTER_WATCH_STORE`` runs the adapter on another store.
+fuzz further; ``ETCDADAPTER_WATCH_STORE`` runs the adapter on another store; the SQL
+stores (SQLite, MariaDB, PostgreSQL) run one seed each besides.
 """
 
 import os
@@ -49,6 +50,7 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store.mvcc import prefix_end
 
 import servers
+from stores import SQL_KINDS
 from test_differential import _describe, _seeds
 from test_watch_grpc import Dual, WatchSession, _ser
 
@@ -59,6 +61,12 @@ OPS_PER_SEED = int(os.environ.get("ETCDADAPTER_WATCH_OPS", "700"))
 # The adapter's --store; "{tmp}" is the test's temporary directory.  E.g.
 # ETCDADAPTER_WATCH_STORE='sqlite:///{tmp}/watch.db'
 STORE = os.environ.get("ETCDADAPTER_WATCH_STORE", "memory://")
+# The same runs with the adapter on each SQL store (a fresh database each; one seed by
+# default: ``ETCDADAPTER_WATCH_SQL_SEEDS`` fuzzes further).
+SQL_SEEDS = _seeds(os.environ.get("ETCDADAPTER_WATCH_SQL_SEEDS", "1"))
+CASES = ([pytest.param("memory", s, id="seed_%d" % s) for s in SEEDS]
+         + [pytest.param(kind, s, id="%s-seed_%d" % (kind, s))
+            for kind in SQL_KINDS for s in SQL_SEEDS])
 
 STREAMS = 3
 MAX_WATCHERS = 8            # registered watchers per stream
@@ -783,9 +791,11 @@ class Run(object):
             self.events += 2 * len(w.expected)
 
 
-@pytest.mark.parametrize("seed", SEEDS, ids=["seed_%d" % s for s in SEEDS])
-def test_watch_random(start_servers, tmp_path, seed):
-    pair = start_servers(target_store=STORE.replace("{tmp}", str(tmp_path)))
+@pytest.mark.parametrize("target_store,seed", CASES, indirect=["target_store"])
+def test_watch_random(target_store, start_servers, tmp_path, seed):
+    if target_store.startswith("memory:"):
+        target_store = STORE.replace("{tmp}", str(tmp_path))
+    pair = start_servers(target_store=target_store)
     run = Run(pair, seed)
     try:
         expiry_at = run.rnd.randrange(OPS_PER_SEED // 4, 3 * OPS_PER_SEED // 4)

@@ -210,6 +210,13 @@ class RangeIndex(object):
         w.group = group
         self.size += 1
 
+    def watchers(self):
+        """Every indexed watcher (a snapshot list)."""
+        groups = list(self._exact.values()) + list(self._ranges.values())
+        for table in self._prefix.values():
+            groups.extend(table.values())
+        return [w for g in groups for w in list(g.members)]
+
     def remove(self, w):
         group = w.group
         if group is None:
@@ -305,7 +312,16 @@ class WatchHub(object):
         self._buffer_from = 0       # every fed change > this is in _buffer
         self._buffer_size = 0
         self._resync_call = None
-        self._unsubscribe = store.subscribe(self._on_change)
+        self._unsubscribe = store.subscribe(self._on_change, on_lost=self._on_lost)
+
+    def _on_lost(self, first, last, compact_revision):
+        """Revisions first..last will never be fed (another adapter compacted them
+        before this process read them): the live watchers that needed them go to
+        catch-up, whose history read answers ErrCompacted -- so they are canceled with
+        compact_revision, as etcd cancels a watcher that fell behind a compaction."""
+        for w in self.index.watchers():
+            if w.state is SYNCED and w.next_rev <= last:
+                self._make_victim(w, w.next_rev)
 
     # -- revisions ----------------------------------------------------------------------
     @property

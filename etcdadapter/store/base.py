@@ -43,6 +43,29 @@ StoreStatus = namedtuple("StoreStatus",
 LeaseTTL = namedtuple("LeaseTTL", "ttl granted_ttl keys")
 
 
+class Subscribers(object):
+    """A change feed's subscribers: ``add`` returns the unsubscribe callable; iterating
+    gives the (callback, on_lost) entries of the moment (safe against changes made by
+    the callbacks themselves)."""
+
+    def __init__(self):
+        self._entries = []
+
+    def add(self, callback, on_lost=None):
+        entry = (callback, on_lost)     # a distinct object even if callback is reused
+        self._entries.append(entry)
+
+        def unsubscribe():
+            try:
+                self._entries.remove(entry)
+            except ValueError:
+                pass
+        return unsubscribe
+
+    def __iter__(self):
+        return iter(tuple(self._entries))
+
+
 class Store(object):
     """Abstract store.  Subclasses implement every method below."""
 
@@ -93,9 +116,12 @@ class Store(object):
         raise NotImplementedError
 
     # -- change feed --------------------------------------------------------------------
-    def subscribe(self, callback):
+    def subscribe(self, callback, on_lost=None):
         """Call ``callback(change)`` with every committed :class:`Change`, in strictly
-        increasing revision order, on the reactor thread.  Returns a callable that
+        increasing revision order, on the reactor thread.  ``on_lost(first, last,
+        compact_revision)`` is called instead when revisions first..last can never be
+        delivered (a SQL store whose other instance compacted them before this process
+        read them; the memory store never calls it).  Returns a callable that
         unsubscribes."""
         raise NotImplementedError
 

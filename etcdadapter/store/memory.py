@@ -31,7 +31,7 @@ from etcdadapter import errors
 from etcdadapter.errors import EtcdError
 from etcdadapter.store import lease as lease_rules
 from etcdadapter.store import mvcc
-from etcdadapter.store.base import Change, LeaseTTL, Store, StoreStatus
+from etcdadapter.store.base import Change, LeaseTTL, Store, StoreStatus, Subscribers
 
 log = Logger()
 
@@ -256,7 +256,7 @@ class MemoryStore(Store):
         self._dead = SortedList()        # keys whose latest version is a tombstone
         self._log = []
         self._bytes = 0
-        self._subscribers = []
+        self._subscribers = Subscribers()
         self._unnotified = deque()
         self._notifying = False
         self._view = _View(self)
@@ -321,16 +321,8 @@ class MemoryStore(Store):
         return succeed(StoreStatus(self.revision, self.compact_revision, size, size))
 
     # -- change feed ----------------------------------------------------------------------
-    def subscribe(self, callback):
-        entry = [callback]              # a distinct object even if callback is reused
-        self._subscribers.append(entry)
-
-        def unsubscribe():
-            try:
-                self._subscribers.remove(entry)
-            except ValueError:
-                pass
-        return unsubscribe
+    def subscribe(self, callback, on_lost=None):
+        return self._subscribers.add(callback, on_lost)
 
     def _notify(self):
         # Re-entrant writes (a subscriber writing) are queued behind the change being
@@ -342,7 +334,7 @@ class MemoryStore(Store):
             queue = self._unnotified
             while queue:
                 change = queue.popleft()
-                for entry in tuple(self._subscribers):
+                for entry in self._subscribers:
                     try:
                         entry[0](change)
                     except Exception:

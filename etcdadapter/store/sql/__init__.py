@@ -10,7 +10,7 @@ URLs (``--store``)::
 Query parameters, every store:
 
 ``poll_interval``  how often to look for other instances' writes: seconds or ``50ms``
-                   (default 50 ms; this instance's own writes are seen at once)
+                   (default 40 ms; this instance's own writes are seen at once)
 ``pool_size``      database threads, each with one connection (default 4)
 ``initial_revision``  first revision of a database created now (default: the wall clock
                    in ms, like the memory store, so a recreated database never goes back)

@@ -96,6 +96,11 @@ class Dialect(object):
                 % (table, ", ".join(columns), ", ".join(["%s"] * len(columns)), key,
                    ", ".join("%s = excluded.%s" % (c, c) for c in rest)))
 
+    #: (acquire, release) statements of a lock, held by one connection, that serialises
+    #: schema creation and migration between processes starting at the same time (None:
+    #: the engine's own locking is enough).
+    migration_lock = None
+
     def schema_extras(self):
         """Engine-specific statements of the version-1 schema (idempotent)."""
         return []

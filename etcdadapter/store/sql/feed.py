@@ -16,7 +16,8 @@ changes already delivered are dropped, later ones wait (local ones in a small di
 ones are simply polled again).  Revisions are committed in order under the counter lock, so
 a snapshot that holds revision N holds every revision below N: polling never sees gaps,
 except where a compaction by another instance removed rows the poller had not read yet
-(then it skips ahead and logs an error; see :meth:`ChangeFeed._deliver_polled`).
+(then it skips ahead, logs an error and tells the subscribers which revisions they
+lost through their ``on_lost`` callback; see :meth:`ChangeFeed._deliver_polled`).
 
 A write's Deferred fires only after its revision was delivered, so by the time a client
 sees the response every watcher on this process has been fed that revision; and
@@ -27,7 +28,7 @@ number of queries does not depend on the number of watchers: there is one feed p
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from etcdadapter.store.base import Change
+from etcdadapter.store.base import Change, Subscribers
 
 log = Logger()
 
@@ -44,7 +45,7 @@ class ChangeFeed(object):
         self.interval = interval
         self._on_revision = on_revision
         self.delivered = None            # the last revision handed to subscribers
-        self._subscribers = []
+        self._subscribers = Subscribers()
         self._local = {}                 # revision -> Change committed here, not yet due
         self._waiters = []               # (revision, Deferred) waiting for delivery
         self._polling = None             # the Deferred of the poll in flight
@@ -75,21 +76,19 @@ class ChangeFeed(object):
         return done
 
     # -- subscribers ---------------------------------------------------------------------
-    def subscribe(self, callback):
-        entry = [callback]
-        self._subscribers.append(entry)
-
-        def unsubscribe():
-            try:
-                self._subscribers.remove(entry)
-            except ValueError:
-                pass
-        return unsubscribe
+    def subscribe(self, callback, on_lost=None):
+        """``callback(change)`` for every delivered revision; ``on_lost(first, last,
+        compact_revision)`` (optional) when revisions first..last can never be delivered:
+        another instance compacted them away before this feed read them.  It is called
+        before the first change after them is delivered, so that a subscriber can take
+        the watchers that needed them out of the live path (etcd cancels such watchers
+        as compacted)."""
+        return self._subscribers.add(callback, on_lost)
 
     def _deliver(self, change):
         self.delivered = change.revision
         self._on_revision(change.revision, None)
-        for entry in tuple(self._subscribers):
+        for entry in self._subscribers:
             try:
                 entry[0](change)
             except Exception:
@@ -192,10 +191,22 @@ class ChangeFeed(object):
                 # revision: another instance compacted past what this feed had read.
                 # Those watchers have lost events; etcd would cancel them as compacted.
                 log.error("change feed: revisions {a}..{b} were compacted (to {c}) by "
-                          "another instance before this one read them; watchers on this "
-                          "instance missed them", a=self.delivered + 1, b=rev - 1,
-                          c=compact)
+                          "another instance before this one read them", a=self.delivered + 1,
+                          b=rev - 1, c=compact)
+                self._lost(self.delivered + 1, rev - 1, compact)
             self._deliver(change)
+
+    def _lost(self, first, last, compact):
+        for entry in self._subscribers:
+            if entry[1] is None:
+                log.error("change feed: a subscriber missed revisions {a}..{b}", a=first,
+                          b=last)
+                continue
+            try:
+                entry[1](first, last, compact)
+            except Exception:
+                log.failure("store subscriber failed on lost revisions {a}..{b}",
+                            a=first, b=last)
 
     def _poll_failed(self, failure):
         if not self._failing:

@@ -43,7 +43,7 @@ from etcdadapter.store.sql.views import (SQLReadView, SQLWriteView, poll_changes
 
 log = Logger()
 
-DEFAULT_POLL_INTERVAL = 0.05      # seconds between polls for other instances' writes
+DEFAULT_POLL_INTERVAL = 0.04      # seconds between polls for other instances' writes
 DEFAULT_POOL_SIZE = 4             # database threads (= connections)
 POLL_BATCH = 500                  # log rows per poll
 
@@ -226,8 +226,10 @@ class SQLStore(Store):
         return self._tx("read", body)
 
     # -- change feed ----------------------------------------------------------------------
-    def subscribe(self, callback):
-        return self.feed.subscribe(callback)
+    def subscribe(self, callback, on_lost=None):
+        """See :meth:`.feed.ChangeFeed.subscribe` (``on_lost``: revisions another
+        instance compacted before this one's feed could read them)."""
+        return self.feed.subscribe(callback, on_lost)
 
     def _poll(self, after):
         batch = self.poll_batch

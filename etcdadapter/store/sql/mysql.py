@@ -39,6 +39,11 @@ class MySQLDialect(Dialect):
     begin_read = ("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",)
     begin_write = ("START TRANSACTION",)
     session_init = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+    # Instances starting together on a fresh database take turns creating/migrating the
+    # schema (a named lock; names are at most 64 characters).
+    migration_lock = (
+        "SELECT GET_LOCK(CONCAT('etcd_adapter_schema_', SHA1(DATABASE())), 60)",
+        "SELECT RELEASE_LOCK(CONCAT('etcd_adapter_schema_', SHA1(DATABASE())))")
 
     def __init__(self, **params):
         """``params``: pymysql.connect arguments (host, port, user, password, database,

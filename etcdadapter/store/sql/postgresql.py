@@ -39,6 +39,12 @@ class PostgresDialect(Dialect):
 
     CHANNEL = "etcd_adapter"
 
+    # Concurrent CREATE TABLE IF NOT EXISTS of one table fails in PostgreSQL (a unique
+    # violation on pg_type): instances starting together on a fresh database take turns.
+    migration_lock = (
+        "SELECT pg_advisory_lock(hashtext('etcd-adapter schema ' || current_schema()))",
+        "SELECT pg_advisory_unlock(hashtext('etcd-adapter schema ' || current_schema()))")
+
     def __init__(self, notify=True, **params):
         """``params``: libpq connection parameters (host, port, user, password, dbname,
         sslmode, sslrootcert, sslcert, sslkey, connect_timeout, ...); ``notify``: listen

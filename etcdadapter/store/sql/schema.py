@@ -113,7 +113,22 @@ def _run(tx, statements):
 
 
 def migrate(session, d, initial_revision):
-    """Create or upgrade the schema (in a pool thread); returns the version found."""
+    """Create or upgrade the schema (in a pool thread); returns the version found.
+    Several processes starting at once take turns (``Dialect.migration_lock``)."""
+    lock = d.migration_lock
+    if lock is None:
+        return _migrate(session, d, initial_revision)
+    session.transaction("ddl", lambda tx: tx.run(lock[0]))
+    try:
+        return _migrate(session, d, initial_revision)
+    finally:
+        try:
+            session.transaction("ddl", lambda tx: tx.run(lock[1]))
+        except Exception:
+            session.drop()          # closing the connection releases the lock too
+
+
+def _migrate(session, d, initial_revision):
     def prepare(tx):
         _run(tx, d.create_table(VERSION_TABLE, ["id %s NOT NULL" % d.INT,
                                                 "version %s NOT NULL" % d.INT], ["id"]))
