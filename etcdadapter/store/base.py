@@ -19,6 +19,10 @@ ErrLeaseNotFound, ...).
 
 from collections import namedtuple
 
+from twisted.logger import Logger
+
+_log = Logger()
+
 # One version of one key.  Field names match mvccpb.KeyValue so conversion is mechanical.
 # A tombstone (the key was deleted at mod_revision) has version == 0 and create_revision == 0.
 KV = namedtuple("KV", "key create_revision mod_revision version value lease")
@@ -64,6 +68,15 @@ class Subscribers(object):
 
     def __iter__(self):
         return iter(tuple(self._entries))
+
+    def deliver(self, change):
+        """Hand ``change`` to every subscriber; one failing does not stop the others."""
+        for callback, _on_lost in tuple(self._entries):
+            try:
+                callback(change)
+            except Exception:
+                _log.failure("store subscriber failed on revision {rev}",
+                             rev=change.revision)
 
 
 class Store(object):

@@ -333,13 +333,7 @@ class MemoryStore(Store):
         try:
             queue = self._unnotified
             while queue:
-                change = queue.popleft()
-                for entry in self._subscribers:
-                    try:
-                        entry[0](change)
-                    except Exception:
-                        log.failure("store subscriber failed on revision {rev}",
-                                    rev=change.revision)
+                self._subscribers.deliver(queue.popleft())
         finally:
             self._notifying = False
 

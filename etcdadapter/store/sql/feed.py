@@ -88,12 +88,7 @@ class ChangeFeed(object):
     def _deliver(self, change):
         self.delivered = change.revision
         self._on_revision(change.revision, None)
-        for entry in self._subscribers:
-            try:
-                entry[0](change)
-            except Exception:
-                log.failure("store subscriber failed on revision {rev}",
-                            rev=change.revision)
+        self._subscribers.deliver(change)
 
     # -- local writes ----------------------------------------------------------------------
     def committed(self, revision, events):
