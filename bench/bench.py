@@ -57,6 +57,7 @@ if REPO_ROOT not in sys.path:
 import grpc  # noqa: E402  (grpcio: pip install -e '.[test]')
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2  # noqa: E402
+from etcdadapter.store.mvcc import prefix_end  # noqa: E402
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -260,12 +261,6 @@ def server_version(endpoint):
 
 # ---------------------------------------------------------------------------------------
 # Workloads
-
-def prefix_end(prefix):
-    end = bytearray(prefix)
-    end[-1] += 1
-    return bytes(end)
-
 
 class Client(object):
     def __init__(self, endpoint):

@@ -35,6 +35,16 @@ HTTP_STATUS = {
 }
 
 
+# grpc-go's names of the codes, as its "rpc error: code = X desc = ..." texts and
+# go-grpc-prometheus' grpc_code label spell them.
+CODE_NAMES = {
+    0: "OK", 1: "Canceled", 2: "Unknown", 3: "InvalidArgument", 4: "DeadlineExceeded",
+    5: "NotFound", 6: "AlreadyExists", 7: "PermissionDenied", 8: "ResourceExhausted",
+    9: "FailedPrecondition", 10: "Aborted", 11: "OutOfRange", 12: "Unimplemented",
+    13: "Internal", 14: "Unavailable", 15: "DataLoss", 16: "Unauthenticated",
+}
+
+
 class EtcdError(Exception):
     """An error that reaches the client as (gRPC code, message)."""
 

@@ -15,13 +15,8 @@ from prometheus_client.exposition import choose_encoder
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from etcdadapter.errors import EtcdError, StatusCode
+from etcdadapter.errors import CODE_NAMES, EtcdError, StatusCode
 from etcdadapter.services.rpc import UNARY, Method
-
-_CODE_NAMES = {v: k.title().replace("_", "") for k, v in vars(StatusCode).items()
-               if not k.startswith("_")}
-_CODE_NAMES[StatusCode.CANCELLED] = "Canceled"     # grpc-go's spelling
-_CODE_NAMES[StatusCode.OK] = "OK"
 
 
 def _code_of(failure_or_none):
@@ -53,7 +48,7 @@ class _MethodMetrics(object):
     def handled(self, code):
         child = self._by_code.get(code)
         if child is None:
-            child = self._handled.labels(*self.labels, _CODE_NAMES.get(code, str(code)))
+            child = self._handled.labels(*self.labels, CODE_NAMES.get(code, str(code)))
             self._by_code[code] = child
         child.inc()
 

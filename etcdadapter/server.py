@@ -78,7 +78,9 @@ class AdapterConfig(object):
 
 
 class AdapterService(service.Service):
-    def __init__(self, config, store=None, reactor=None):
+    def __init__(self, config, store=None, reactor=None, tls=None, cert_policy=None):
+        """``store``, ``tls`` (ServerTLS) and ``cert_policy`` (CertPolicy): already
+        opened/loaded from the config (by the twistd options); made here when None."""
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -90,9 +92,10 @@ class AdapterService(service.Service):
         self.identity = ServerIdentity(name=config.name,
                                        client_urls=config.advertise_client_urls)
         self.auth = AuthStore(store, clock=reactor, token_ttl=config.auth_token_ttl)
-        self.authz = Authorizer(
-            CertPolicy.load(config.client_cert_policy) if config.client_cert_policy else None,
-            auth=self.auth, cert_users=config.client_cert_auth)
+        if cert_policy is None and config.client_cert_policy:
+            cert_policy = CertPolicy.load(config.client_cert_policy)
+        self.authz = Authorizer(cert_policy, auth=self.auth,
+                                cert_users=config.client_cert_auth)
         self.registry = MethodRegistry()
         self.router = HttpRouter()
         self.kv = KVService(store, self.identity,
@@ -124,11 +127,11 @@ class AdapterService(service.Service):
             h2_settings=H2Settings(
                 max_concurrent_streams=config.max_concurrent_streams,
                 max_receive_message_size=max_receive))
-        self.tls = None
-        if config.cert_file or config.key_file:
+        if tls is None and (config.cert_file or config.key_file):
             from etcdadapter.security.tls import ServerTLS
-            self.tls = ServerTLS(config.cert_file, config.key_file, config.trusted_ca_file,
-                                 config.client_cert_auth)
+            tls = ServerTLS(config.cert_file, config.key_file, config.trusted_ca_file,
+                            config.client_cert_auth)
+        self.tls = tls
         self.ports = []
 
     def health(self):

@@ -9,6 +9,8 @@ import os
 
 from twisted.python import usage
 
+from etcdadapter import durations
+
 from etcdadapter.server import AdapterConfig, AdapterService
 
 ENV_PREFIX = "ETCD_ADAPTER_"
@@ -25,21 +27,10 @@ def _positive_int(value):
 _positive_int.coerceDoc = "Must be a positive integer."
 
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def _duration(value):
-    """Seconds from a number ("30", "0.5") or a Go-style duration ("10m", "1m30s",
-    "500ms") as etcd's flags take them."""
-    import re
-    text = str(value).strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise ValueError("not a duration: %r (e.g. 10m, 30s, 500ms)" % text)
-        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    """Positive seconds from a number ("30", "0.5") or a Go-style duration ("10m",
+    "1m30s", "500ms") as etcd's flags take them."""
+    seconds = durations.seconds(value)
     if seconds <= 0:
         raise ValueError("must be positive")
     return seconds
@@ -144,17 +135,19 @@ class Options(usage.Options):
         if self["client-cert-auth"] and not (self["trusted-ca-file"] and self["cert-file"]):
             raise usage.UsageError(
                 "--client-cert-auth needs --cert-file, --key-file and --trusted-ca-file")
+        # Loaded here so that bad files are usage errors; the service takes them as is.
+        self.tls = self.cert_policy = None
         if self["cert-file"]:
             from etcdadapter.security.tls import ServerTLS, TLSConfigError
             try:
-                ServerTLS(self["cert-file"], self["key-file"], self["trusted-ca-file"],
-                          self["client-cert-auth"])
+                self.tls = ServerTLS(self["cert-file"], self["key-file"],
+                                     self["trusted-ca-file"], self["client-cert-auth"])
             except TLSConfigError as e:
                 raise usage.UsageError(str(e))
         if self["client-cert-policy"]:
             from etcdadapter.security.cert_policy import CertPolicy, PolicyError
             try:
-                CertPolicy.load(self["client-cert-policy"])
+                self.cert_policy = CertPolicy.load(self["client-cert-policy"])
             except PolicyError as e:
                 raise usage.UsageError(str(e))
         from etcdadapter.store.urls import StoreURLError, open_store
@@ -179,4 +172,5 @@ class Options(usage.Options):
 
 
 def makeService(options):
-    return AdapterService(options.config(), store=options.store)
+    return AdapterService(options.config(), store=options.store, tls=options.tls,
+                          cert_policy=options.cert_policy)

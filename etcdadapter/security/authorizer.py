@@ -159,11 +159,6 @@ class Authorizer(object):
         return _LeaseView(self)
 
 
-_CODE_NAMES = {errors.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
-               errors.StatusCode.UNAUTHENTICATED: "Unauthenticated",
-               errors.StatusCode.PERMISSION_DENIED: "PermissionDenied"}
-
-
 class _WatchView(object):
     def __init__(self, authz):
         self.authz = authz
@@ -171,8 +166,7 @@ class _WatchView(object):
     def cancel_reason(self, context, key, range_end):
         """etcd 3.4.22+/3.5.6+'s cancel_reason for a watch create the caller may not
         make ("rpc error: code = ... desc = ..." of "user name is empty", "invalid auth
-        token" or "permission denied"), or None when it is allowed.  (For watch.py,
-        which today always says "permission denied".)"""
+        token" or "permission denied"), or None when it is allowed."""
         try:
             if self.authz.permissions(context).can_read(key, range_end):
                 return None
@@ -180,7 +174,7 @@ class _WatchView(object):
         except errors.EtcdError as e:
             error = e
         return "rpc error: code = %s desc = %s" % (
-            _CODE_NAMES.get(error.code, "Unknown"), error.message)
+            errors.CODE_NAMES.get(error.code, "Unknown"), error.message)
 
     @property
     def enabled(self):

@@ -37,7 +37,6 @@ import random
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security.authorizer import Authorizer
-from etcdadapter.security.permissions import WATCH_PERMISSION_DENIED
 from etcdadapter.services.rpc import BIDI_STREAM, Method
 from etcdadapter.services.watch_hub import SYNCED
 
@@ -55,16 +54,6 @@ _NOPUT = rpc.WatchCreateRequest.NOPUT
 _NODELETE = rpc.WatchCreateRequest.NODELETE
 
 
-def _cancel_reason(authz, context, key, range_end):
-    """Why the caller may not watch the range (etcd's "rpc error: ..." text), or None."""
-    explain = getattr(authz, "cancel_reason", None)
-    if explain is not None:
-        return explain(context, key, range_end)
-    if authz.permissions(context).can_read(key, range_end):
-        return None
-    return WATCH_PERMISSION_DENIED
-
-
 def _varint_size(n):
     size = 1
     while n >= 0x80:
@@ -77,7 +66,7 @@ class WatchService(object):
     def __init__(self, hub, store, identity, max_request_bytes=1572864,
                  progress_interval=PROGRESS_INTERVAL, stream_budget=STREAM_BUDGET,
                  clock=None, rand=random.random, authz=None):
-        self.authz = authz or Authorizer()
+        self.authz = authz or Authorizer().for_watch()
         self.hub = hub
         self.store = store
         self.identity = identity
@@ -174,7 +163,7 @@ class WatchStream(object):
             return
         authz = self.service.authz
         if authz.enabled:
-            reason = _cancel_reason(authz, self.stream.context, key, range_end)
+            reason = authz.cancel_reason(self.stream.context, key, range_end)
             if reason is not None:
                 self._create_failed(reason)
                 return

@@ -284,29 +284,22 @@ class MemoryStore(Store):
         except EtcdError as e:
             return fail(e)
 
-    def put(self, request):
+    def _write(self, apply, request):
         try:
-            resp, _ = mvcc.put(self._view, request)
+            resp, _ = apply(self._view, request)
         except EtcdError as e:
             return fail(e)
         self._notify()
         return succeed(resp)
+
+    def put(self, request):
+        return self._write(mvcc.put, request)
 
     def delete_range(self, request):
-        try:
-            resp, _ = mvcc.delete_range(self._view, request)
-        except EtcdError as e:
-            return fail(e)
-        self._notify()
-        return succeed(resp)
+        return self._write(mvcc.delete_range, request)
 
     def txn(self, request):
-        try:
-            resp, _ = mvcc.txn(self._view, request)
-        except EtcdError as e:
-            return fail(e)
-        self._notify()
-        return succeed(resp)
+        return self._write(mvcc.txn, request)
 
     def compact(self, revision, physical=False):
         try:

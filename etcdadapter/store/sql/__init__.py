@@ -44,14 +44,9 @@ def _error(message):
 
 
 def _seconds(name, text):
-    t = text.strip().lower()
+    from etcdadapter import durations
     try:
-        if t.endswith("ms"):
-            value = float(t[:-2]) / 1000.0
-        elif t.endswith("s"):
-            value = float(t[:-1])
-        else:
-            value = float(t)
+        value = durations.seconds(text)
     except ValueError:
         raise _error("%s must be a duration (e.g. 0.05 or 50ms): %r" % (name, text))
     if value < 0:

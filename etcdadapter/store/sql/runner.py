@@ -156,10 +156,8 @@ class Session(object):
                 if mode != "ddl":
                     self._rollback(conn)
                 if kind == RETRY:
-                    if attempt + 1 < MAX_ATTEMPTS:
-                        time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
-                        continue
-                    raise _gave_up(d, e)
+                    _pause_or_give_up(d, e, attempt)
+                    continue
                 raise
             if mode == "ddl":
                 return result
@@ -176,13 +174,19 @@ class Session(object):
                     raise errors.ErrTimeout
                 self._rollback(conn)
                 if kind == RETRY:
-                    if attempt + 1 < MAX_ATTEMPTS:
-                        time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
-                        continue
-                    raise _gave_up(d, e)
+                    _pause_or_give_up(d, e, attempt)
+                    continue
                 raise
             return result
         raise AssertionError("unreachable")
+
+
+def _pause_or_give_up(dialect, error, attempt):
+    """A deadlock or serialization failure: wait a little before the next attempt, or
+    raise once the attempts are used up."""
+    if attempt + 1 >= MAX_ATTEMPTS:
+        raise _gave_up(dialect, error)
+    time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
 
 
 def _text(e):
