@@ -1,15 +1,17 @@
 """``twistd etcd-adapter``: command-line options and the service they make.
 
 Every option can also come from the environment as ``ETCD_ADAPTER_<NAME>`` (upper case,
-dashes as underscores; ``ETCD_ADAPTER_LISTEN`` takes a comma-separated list).  The command
-line wins over the environment.
+dashes as underscores; ``ETCD_ADAPTER_LISTEN`` takes a comma-separated list) and from the
+YAML file named by ``--config-file`` (keys = the long option names; see
+:mod:`etcdadapter.config_file`).  Precedence: command line > environment > config file >
+defaults, option by option (etcd itself ignores its flags when given a config file).
 """
 
 import os
 
 from twisted.python import usage
 
-from etcdadapter import durations
+from etcdadapter import config_file, durations
 
 from etcdadapter.server import AdapterConfig, AdapterService
 
@@ -43,9 +45,15 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Serve etcd's v3 API (gRPC and the HTTP/JSON gateway, one port) from the "
                 "chosen store.  Each option may also be set with the environment "
-                "variable ETCD_ADAPTER_<OPTION> (e.g. ETCD_ADAPTER_STORE).")
+                "variable ETCD_ADAPTER_<OPTION> (e.g. ETCD_ADAPTER_STORE) or in the "
+                "--config-file; the command line wins over the environment, which wins "
+                "over the file.")
 
     optParameters = [
+        ["config-file", None, None,
+         "YAML file of options, keys as the long option names (store: URL, listen: "
+         "[ENDPOINT, ...], max-request-bytes: N, client-cert-auth: true, ...).  The "
+         "command line and ETCD_ADAPTER_* variables win over it."],
         ["store", None, "memory://",
          "Where the data lives: memory:// (default; memory://?initial_revision=N pins "
          "the first revision), sqlite:///path.db, mysql://user:pw@host:3306/db, "
@@ -86,15 +94,28 @@ class Options(usage.Options):
          "Require a client certificate signed by --trusted-ca-file on every connection."],
     ]
 
+    # Parameters that hold comma-separated lists (a YAML list in the config file).
+    commaListParameters = ("advertise-client-urls",)
+
+    _given = None    # options set by the command line or the environment (while parsing)
+
     def __init__(self):
         usage.Options.__init__(self)
         self["listen"] = []
+        self._given = set()
         self._from_environment(os.environ)
+
+    def __setitem__(self, key, value):
+        # twisted.python.usage stores every option given on the command line here.
+        if self._given is not None:
+            self._given.add(key)
+        usage.Options.__setitem__(self, key, value)
 
     def opt_listen(self, description):
         """Twisted endpoint to listen on, e.g. tcp:2379:interface=0.0.0.0 (repeatable;
         default tcp:2379:interface=127.0.0.1)."""
         self["listen"].append(description)
+        self._given.add("listen")
 
     opt_l = opt_listen
 
@@ -124,7 +145,27 @@ class Options(usage.Options):
                         ENV_PREFIX, name.upper().replace("-", "_")))
                 self[name] = value.lower() in ("1", "true", "yes", "on")
 
+    def _from_config_file(self, given):
+        """Options from --config-file that neither the command line nor the
+        environment set."""
+        path = self["config-file"]
+        data = config_file.read(path)
+        found = config_file.values(
+            data, path=path, refused=("config-file",),
+            parameters={p[0]: (p[4] if len(p) > 4 else None) for p in self.optParameters},
+            flags={f[0] for f in self.optFlags}, lists=("listen",),
+            comma_lists=self.commaListParameters)
+        for name, value in found.items():
+            if name == "listen":
+                if "listen" not in given and not self._env_listen:
+                    self["listen"] = value
+            elif name not in given:
+                self[name] = value
+
     def postOptions(self):
+        given, self._given = self._given, None
+        if self["config-file"]:
+            self._from_config_file(given)
         if not self["listen"]:
             self["listen"] = self._env_listen or [DEFAULT_LISTEN]
         urls = self["advertise-client-urls"]
