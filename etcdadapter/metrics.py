@@ -13,10 +13,16 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from etcdadapter.errors import CODE_NAMES, EtcdError, StatusCode
+from etcdadapter.logs import address_text
 from etcdadapter.services.rpc import UNARY, Method
+
+log = Logger()
+
+SLOW_REQUEST = 1.0      # seconds; a unary call taking longer is logged (slow-request)
 
 
 def _code_of(failure_or_none):
@@ -28,6 +34,15 @@ def _code_of(failure_or_none):
     if isinstance(exc, defer.CancelledError):
         return StatusCode.CANCELLED
     return StatusCode.UNKNOWN
+
+
+def _log_slow(method, request, context, elapsed, code):
+    key = getattr(request, "key", None)
+    log.warn("slow request: {method} took {duration:.3f}s ({code}, peer {peer})",
+             event="slow-request", method=method.path, duration=round(elapsed, 6),
+             code=CODE_NAMES.get(code, str(code)), peer=address_text(context.peer),
+             transport=context.transport,
+             key=key[:128] if isinstance(key, bytes) and key else None)
 
 
 class _MethodMetrics(object):
@@ -54,10 +69,12 @@ class _MethodMetrics(object):
 
 
 class AdapterMetrics(object):
-    def __init__(self, store, watch_service=None, clock=time.monotonic):
+    def __init__(self, store, watch_service=None, clock=time.monotonic,
+                 slow_request=SLOW_REQUEST):
         self.store = store
         self.watch_service = watch_service
         self.clock = clock
+        self.slow_request = slow_request
         r = self.registry = CollectorRegistry(auto_describe=True)
         labels = ("grpc_type", "grpc_service", "grpc_method")
         self.started = Counter("grpc_server_started_total",
@@ -103,6 +120,7 @@ class AdapterMetrics(object):
         m = _MethodMetrics(self, method)
         handler = method.handler
         clock = self.clock
+        slow = self.slow_request
         if method.kind == UNARY:
             def unary(request, context):
                 m.started.inc()
@@ -110,9 +128,12 @@ class AdapterMetrics(object):
                 d = defer.maybeDeferred(handler, request, context)
 
                 def done(result):
-                    m.seconds.observe(clock() - t0)
-                    m.handled(_code_of(result if isinstance(result, Failure)
-                                       else None))
+                    elapsed = clock() - t0
+                    m.seconds.observe(elapsed)
+                    code = _code_of(result if isinstance(result, Failure) else None)
+                    m.handled(code)
+                    if elapsed >= slow:
+                        _log_slow(method, request, context, elapsed, code)
                     return result
                 return d.addBoth(done)
             wrapped = unary

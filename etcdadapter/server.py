@@ -6,15 +6,19 @@ connections: GOAWAY, in-flight calls finish, then the store closes).
 """
 
 import socket
+import time
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from etcdadapter.errors import ErrStopped
 from etcdadapter.gateway import endpoints as http_endpoints
 from etcdadapter.gateway import rpc_routes
 from etcdadapter.gateway.router import HttpRouter
-from etcdadapter.metrics import AdapterMetrics
+from etcdadapter.health import HealthCheck
+from etcdadapter.logs import address_text
+from etcdadapter.metrics import SLOW_REQUEST, AdapterMetrics
 from etcdadapter.security.auth_store import TOKEN_TTL, AuthStore
 from etcdadapter.security.authorizer import Authorizer
 from etcdadapter.security.cert_policy import CertPolicy, PolicyError
@@ -24,10 +28,12 @@ from etcdadapter.services.identity import ServerIdentity
 from etcdadapter.services.kv import KVLimits, KVService
 from etcdadapter.services.lease import LeaseService
 from etcdadapter.services.maintenance import MaintenanceService
+from etcdadapter.services.open_streams import OpenStreams
 from etcdadapter.services.rpc import MethodRegistry
 from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import WatchHub
 from etcdadapter.transport.h2_server import H2Settings
+from etcdadapter.store.urls import redact
 from etcdadapter.transport.protocol import EtcdFactory
 
 log = Logger()
@@ -59,7 +65,7 @@ class AdapterConfig(object):
                  max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0,
                  watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
                  trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None,
-                 auth_token_ttl=TOKEN_TTL):
+                 auth_token_ttl=TOKEN_TTL, slow_request_threshold=SLOW_REQUEST):
         self.listen = list(listen)
         self.store = store
         self.name = name
@@ -75,6 +81,7 @@ class AdapterConfig(object):
         self.client_cert_auth = client_cert_auth
         self.client_cert_policy = client_cert_policy
         self.auth_token_ttl = auth_token_ttl
+        self.slow_request_threshold = slow_request_threshold
 
 
 class AdapterService(service.Service):
@@ -111,12 +118,15 @@ class AdapterService(service.Service):
         self.lease = LeaseService(store, self.identity, clock=reactor,
                                   authz=self.authz.for_lease())
         self.auth_service = AuthService(self.auth, self.authz, store, self.identity)
-        self.metrics = AdapterMetrics(store, self.watch)
+        self.metrics = AdapterMetrics(store, self.watch,
+                                      slow_request=config.slow_request_threshold)
+        self.open_streams = OpenStreams()
         for svc in (self.kv, self.maintenance, self.cluster, self.watch, self.lease,
                     self.auth_service):
             for method in svc.methods():
-                self.registry.add(self.metrics.instrument(method))
+                self.registry.add(self.open_streams.track(self.metrics.instrument(method)))
         max_receive = config.max_request_bytes + GRPC_RECEIVE_SLACK
+        self.health = HealthCheck(store, reactor)
         http_endpoints.install(self.router, self.health)
         rpc_routes.install(self.router, self.registry, max_receive)
         self.metrics.install(self.router)
@@ -134,10 +144,6 @@ class AdapterService(service.Service):
         self.tls = tls
         self.ports = []
 
-    def health(self):
-        """(healthy, reason) -- the store answers a status request."""
-        return self.store.status().addCallback(lambda _: (True, ""))
-
     @defer.inlineCallbacks
     def _start(self):
         yield self.store.start()
@@ -148,13 +154,17 @@ class AdapterService(service.Service):
             ep = endpoints.serverFromString(self.reactor, with_backlog(description))
             port = yield ep.listen(factory)
             self.ports.append(port)
-            log.info("etcd-adapter listening on {desc} ({addr})", desc=description,
-                     addr=port.getHost())
+            log.info("etcd-adapter listening on {listen} ({address})", event="listening",
+                     listen=description, address=address_text(port.getHost()),
+                     tls=self.tls is not None)
         if not self.identity.client_urls:
             self.identity.client_urls = [u for u in map(self._url, self.ports) if u]
-        log.info("etcd-adapter ready: store {store}, revision {rev}, member {member:x}",
-                 store=self.config.store, rev=self.store.revision,
-                 member=self.identity.member_id)
+        log.info("etcd-adapter ready: store {store}, revision {revision}, member "
+                 "{member_id}", event="ready", store=redact(self.config.store),
+                 revision=self.store.revision,
+                 compact_revision=self.store.compact_revision,
+                 member_id="%x" % self.identity.member_id, name=self.identity.name,
+                 client_urls=list(self.identity.client_urls))
 
     def _url(self, port):
         host = port.getHost()
@@ -214,11 +224,28 @@ class AdapterService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
+        """Drain: stop listening; end every watch and keep-alive stream at once with
+        Unavailable "etcdserver: server stopped" (clients resume on another adapter);
+        GOAWAY / Connection: close so that unary calls in flight finish and nothing new
+        starts; after ``drain_timeout`` cut what is left; then close the store."""
         service.Service.stopService(self)
+        t0 = time.monotonic()
         ports, self.ports = self.ports, []
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
-        yield self.factory.shutdown(self.config.drain_timeout)
+        connections = len(self.factory.connections)
+        streams = self.open_streams.end_all(ErrStopped)
+        log.info("etcd-adapter draining: {streams} streams ended, {connections} "
+                 "connections to close (at most {timeout}s)", event="draining",
+                 streams=streams, connections=connections,
+                 timeout=self.config.drain_timeout)
+        cut = yield self.factory.shutdown(self.config.drain_timeout)
+        log.info("etcd-adapter drained in {seconds:.3f}s", event="drained",
+                 seconds=round(time.monotonic() - t0, 6), connections_cut=cut or 0)
         yield self.lease.stop()
         self.auth.stop()
         yield self.store.stop()
-        log.info("etcd-adapter stopped")
+        log.info("etcd-adapter stopped", event="stopped")
+        # twistd re-raises the signal that stopped the reactor when it exits (status
+        # -15 for SIGTERM); a completed drain is a clean exit: status 0.
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None

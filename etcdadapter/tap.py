@@ -87,6 +87,9 @@ class Options(usage.Options):
         ["auth-token-ttl", None, 300.0,
          "Seconds an etcd simple auth token stays valid after its last use (etcd's "
          "--auth-token-ttl, 300).", _duration],
+        ["slow-request-threshold", None, 1.0,
+         "Log a unary request (method, duration, peer, key) that takes longer than "
+         "this (event slow-request, level warn).", _duration],
     ]
 
     optFlags = [
@@ -209,7 +212,8 @@ class Options(usage.Options):
             trusted_ca_file=self["trusted-ca-file"],
             client_cert_auth=self["client-cert-auth"],
             client_cert_policy=self["client-cert-policy"],
-            auth_token_ttl=self["auth-token-ttl"])
+            auth_token_ttl=self["auth-token-ttl"],
+            slow_request_threshold=self["slow-request-threshold"])
 
 
 def makeService(options):

@@ -29,6 +29,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from etcdadapter import errors
+from etcdadapter.logs import background_failure
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.security.permissions import ALL, Permission, PermissionSet
 
@@ -176,7 +177,7 @@ class AuthStore(object):
     def _tick(self):
         self._sweep()
         d = self.refresh()
-        d.addErrback(lambda f: log.failure("reading the auth state failed", f))
+        d.addErrback(lambda f: background_failure(log, "reading the auth state failed", f))
 
     def refresh(self):
         """Re-read the persisted state (another adapter may have changed it)."""

@@ -16,6 +16,7 @@ Behaviour checked against etcd 3.4.23:
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from etcdadapter.logs import background_failure
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import permissions as perm
 from etcdadapter.security.authorizer import Authorizer
@@ -66,7 +67,7 @@ class LeaseService(object):
             return result
 
         def failed(f):
-            log.failure("lease expiry pass failed", f)
+            background_failure(log, "lease expiry pass failed", f)
 
         d.addBoth(done)
         d.addErrback(failed)

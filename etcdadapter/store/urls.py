@@ -13,6 +13,16 @@ class StoreURLError(ValueError):
     pass
 
 
+def redact(url):
+    """``url`` with its password replaced by ``***`` (for logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return parts._replace(netloc="%s:***@%s" % (name, host)).geturl()
+
+
 def open_store(url, **store_kw):
     """The Store for ``url`` (not started).  ``store_kw`` go to the SQL store's
     constructor (tests pass ``clock``)."""

@@ -35,6 +35,7 @@ class EtcdProtocol(protocol.Protocol):
         self._buffer = b""
         self._inner = None       # H2Server, or twisted.web's HTTPChannel
         self._h2 = None
+        self._closed = None      # Deferred fired by connectionLost (HTTP/1.1 drain)
 
     def connectionMade(self):
         self.factory.connections.add(self)
@@ -87,13 +88,25 @@ class EtcdProtocol(protocol.Protocol):
             self._h2.connection_lost()
         elif self._inner is not None:
             self._inner.connectionLost(reason)
+        closed, self._closed = self._closed, None
+        if closed is not None:
+            closed.callback(None)
 
     def shutdown(self):
         """GOAWAY / close after in-flight requests; Deferred fires when done."""
         if self._h2 is not None:
             return self._h2.shutdown()
-        self.transport.loseConnection()
-        return defer.succeed(None)
+        # Fired by connectionLost: only then has everything written reached the socket
+        # (the reactor's own shutdown would drop what is still buffered).
+        if self._closed is None:
+            self._closed = defer.Deferred()
+        if getattr(self._inner, "requests", None):
+            # HTTP/1.1 with a request in flight: answer it, then close (twisted.web
+            # closes a non-persistent channel when its last request is done).
+            self._inner.persistent = False
+        else:
+            self.transport.loseConnection()
+        return self._closed
 
 
 class EtcdFactory(protocol.Factory):
@@ -112,18 +125,22 @@ class EtcdFactory(protocol.Factory):
         return EtcdProtocol(self, addr)
 
     def shutdown(self, timeout=10.0):
-        """Drain every connection; give up (close hard) after ``timeout`` seconds."""
+        """Drain every connection; give up (close hard) after ``timeout`` seconds.
+        Deferred firing with the number of connections that had to be cut."""
         conns = list(self.connections)
         if not conns:
-            return defer.succeed(None)
+            return defer.succeed(0)
         d = defer.DeferredList([c.shutdown() for c in conns], consumeErrors=True)
-        timer = self.clock.callLater(timeout, self._abort_all)
+        cut = []
+        timer = self.clock.callLater(timeout, self._abort_all, cut)
+
         def done(result):
             if timer.active():
                 timer.cancel()
-            return None
+            return len(cut)
         return d.addBoth(done)
 
-    def _abort_all(self):
+    def _abort_all(self, cut):
         for c in list(self.connections):
+            cut.append(c)
             c.transport.abortConnection()

@@ -28,6 +28,7 @@ number of queries does not depend on the number of watchers: there is one feed p
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from etcdadapter.logs import background_failure
 from etcdadapter.store.base import Change, Subscribers
 
 log = Logger()
@@ -205,8 +206,8 @@ class ChangeFeed(object):
 
     def _poll_failed(self, failure):
         if not self._failing:
-            log.failure("change feed poll failed; retrying every {s}s until it works",
-                        failure, s=max(self.interval, FAILED_RETRY))
+            background_failure(log, "change feed poll failed; retrying every {s}s until "
+                               "it works", failure, s=max(self.interval, FAILED_RETRY))
         self._failing = True
         # The writes themselves committed: do not hold their responses hostage.
         self._release_all()

@@ -14,6 +14,10 @@ on the thread's connection, runs ``fn(tx)`` and commits:
 * if the connection breaks while COMMIT of a write is in flight, the outcome is unknown:
   ``errors.ErrTimeout`` ("request timed out", etcd's answer for exactly that);
 * an :class:`~etcdadapter.errors.EtcdError` raised by ``fn`` rolls back and propagates.
+
+The runner logs the database's state changes once each, not every failed attempt:
+``store-unavailable`` (warn: the error) when it stops answering and ``store-available``
+(info: how long it was away) when a connection succeeds again.
 """
 
 import random
@@ -91,15 +95,15 @@ class Session(object):
         if self.conn is None:
             runner = self.runner
             if time.monotonic() < runner.connect_blocked_until:
-                raise errors.ErrNoLeader
+                raise _fresh(errors.ErrNoLeader)
             try:
                 conn = self.dialect.connect()
             except Exception as e:
                 runner.connect_blocked_until = time.monotonic() + CONNECT_BACKOFF
-                log.warn("cannot connect to {db}: {err}", db=self.dialect.describe(),
-                         err=_text(e))
-                raise errors.ErrNoLeader
+                runner.unavailable("cannot connect", e)
+                raise _fresh(errors.ErrNoLeader)
             runner.connect_blocked_until = 0.0
+            runner.available()
             self.conn = conn
             runner._register(conn)
         return self.conn
@@ -150,9 +154,8 @@ class Session(object):
                     self.drop()
                     if reused and attempt == 0:
                         continue                 # a stale pooled connection: once more
-                    log.warn("database {db} unavailable: {err}", db=d.describe(),
-                             err=_text(e))
-                    raise errors.ErrNoLeader
+                    self.runner.unavailable("connection lost", e)
+                    raise _fresh(errors.ErrNoLeader)
                 if mode != "ddl":
                     self._rollback(conn)
                 if kind == RETRY:
@@ -171,7 +174,8 @@ class Session(object):
                         return result            # nothing to commit: the read stands
                     log.warn("database {db}: connection lost during COMMIT: {err}",
                              db=d.describe(), err=_text(e))
-                    raise errors.ErrTimeout
+                    self.runner.unavailable("connection lost during COMMIT", e)
+                    raise _fresh(errors.ErrTimeout)
                 self._rollback(conn)
                 if kind == RETRY:
                     _pause_or_give_up(d, e, attempt)
@@ -189,6 +193,13 @@ def _pause_or_give_up(dialect, error, attempt):
     time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
 
 
+def _fresh(error):
+    # A new exception per raise: raising a shared instance again extends its
+    # __traceback__ (and keeps every frame of every raise alive) -- and during an
+    # outage these are raised for every request.
+    return EtcdError(error.code, error.message)
+
+
 def _text(e):
     return "%s: %s" % (e.__class__.__name__, e)
 
@@ -198,7 +209,7 @@ def _gave_up(dialect, e):
     # clients retry.
     log.warn("database {db}: giving up after {n} conflicting attempts: {err}",
              db=dialect.describe(), n=MAX_ATTEMPTS, err=_text(e))
-    return errors.ErrTimeout
+    return _fresh(errors.ErrTimeout)
 
 
 class Runner(object):
@@ -214,6 +225,7 @@ class Runner(object):
         self._lock = threading.Lock()
         self._trigger = None
         self.connect_blocked_until = 0.0
+        self._down_since = None          # monotonic time the database went away
 
     def start(self):
         self.pool.start()
@@ -230,6 +242,27 @@ class Runner(object):
         if session is None:
             session = self._local.session = Session(self)
         return f(session, *args)
+
+    # -- the database's state, as seen by the pool threads --------------------------------
+    def unavailable(self, what, error):
+        with self._lock:
+            if self._down_since is not None:
+                log.debug("database {db}: {what}: {error}", db=self.dialect.describe(),
+                          what=what, error=_text(error))
+                return
+            self._down_since = time.monotonic()
+        log.warn("database {db} unavailable ({what}): {error}", event="store-unavailable",
+                 db=self.dialect.describe(), what=what, error=_text(error))
+
+    def available(self):
+        if self._down_since is None:
+            return
+        with self._lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.info("database {db} available again after {outage:.1f}s",
+                     event="store-available", db=self.dialect.describe(),
+                     outage=round(time.monotonic() - since, 3))
 
     def _register(self, conn):
         with self._lock:
