@@ -19,6 +19,7 @@ from etcdadapter.gateway.router import HttpRouter
 from etcdadapter.health import HealthCheck
 from etcdadapter.logs import address_text
 from etcdadapter.metrics import SLOW_REQUEST, AdapterMetrics
+from etcdadapter.sd_notify import notify as sd_notify
 from etcdadapter.security.auth_store import TOKEN_TTL, AuthStore
 from etcdadapter.security.authorizer import Authorizer
 from etcdadapter.security.cert_policy import CertPolicy, PolicyError
@@ -85,9 +86,13 @@ class AdapterConfig(object):
 
 
 class AdapterService(service.Service):
-    def __init__(self, config, store=None, reactor=None, tls=None, cert_policy=None):
+    def __init__(self, config, store=None, reactor=None, tls=None, cert_policy=None,
+                 notify_systemd=False):
         """``store``, ``tls`` (ServerTLS) and ``cert_policy`` (CertPolicy): already
-        opened/loaded from the config (by the twistd options); made here when None."""
+        opened/loaded from the config (by the twistd options); made here when None.
+        ``notify_systemd``: tell systemd when serving and when stopping (Type=notify;
+        the twistd daemon does, an embedding program does its own)."""
+        self.notify_systemd = notify_systemd
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -165,6 +170,9 @@ class AdapterService(service.Service):
                  compact_revision=self.store.compact_revision,
                  member_id="%x" % self.identity.member_id, name=self.identity.name,
                  client_urls=list(self.identity.client_urls))
+        if self.notify_systemd:
+            sd_notify("READY=1", "STATUS=serving %s on %s" % (
+                redact(self.config.store), ", ".join(self.identity.client_urls)))
 
     def _url(self, port):
         host = port.getHost()
@@ -229,6 +237,8 @@ class AdapterService(service.Service):
         GOAWAY / Connection: close so that unary calls in flight finish and nothing new
         starts; after ``drain_timeout`` cut what is left; then close the store."""
         service.Service.stopService(self)
+        if self.notify_systemd:
+            sd_notify("STOPPING=1", "STATUS=draining")
         t0 = time.monotonic()
         ports, self.ports = self.ports, []
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])

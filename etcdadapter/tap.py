@@ -218,4 +218,4 @@ class Options(usage.Options):
 
 def makeService(options):
     return AdapterService(options.config(), store=options.store, tls=options.tls,
-                          cert_policy=options.cert_policy)
+                          cert_policy=options.cert_policy, notify_systemd=True)
