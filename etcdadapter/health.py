@@ -32,12 +32,11 @@ class HealthCheck(object):
     def __call__(self):
         """Deferred[(healthy, reason)]; never fails, fires within ``timeout``."""
         d = defer.Deferred()
-        timer = self.clock.callLater(self.timeout, self._answer, d,
-                                     (False, _reason(errors.ErrTimeout)))
+        entry = (d, self.clock.callLater(self.timeout, self._timed_out, d))
         if self._waiting is not None:
-            self._waiting.append((d, timer))
+            self._waiting.append(entry)
             return d
-        self._waiting = [(d, timer)]
+        self._waiting = [entry]
         probe = defer.maybeDeferred(self.store.range, _PROBE)
         probe.addCallbacks(lambda _: (True, ""), lambda f: (False, _reason(f.value)))
         probe.addCallback(self._probed)
@@ -49,6 +48,11 @@ class HealthCheck(object):
             if timer.active():
                 timer.cancel()
             self._answer(d, result)
+
+    def _timed_out(self, d):
+        if self._waiting is not None:      # forget it: a stuck probe keeps no backlog
+            self._waiting = [e for e in self._waiting if e[0] is not d]
+        self._answer(d, (False, _reason(errors.ErrTimeout)))
 
     @staticmethod
     def _answer(d, result):

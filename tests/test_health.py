@@ -156,3 +156,46 @@ def test_unavailable_errors_are_fresh_exceptions():
         assert errors.ErrNoLeader.__traceback__ is None
     finally:
         stores.call(runner.stop)
+
+
+def test_one_probe_in_flight_shared_and_bounded():
+    """Pure logic on a task.Clock: callers during a stuck probe share it and each gets
+    its own timeout answer; none is left waiting; the next call after the probe ends
+    starts a new one."""
+    from twisted.internet import defer, task
+    from etcdadapter.health import HealthCheck
+    from etcdadapter.store.memory import MemoryStore
+
+    class HeldStore(MemoryStore):
+        """A memory store whose reads wait until the test releases them."""
+        def __init__(self):
+            MemoryStore.__init__(self, initial_revision=1)
+            self.held = []
+
+        def range(self, request):
+            d = defer.Deferred()
+            self.held.append((d, request))
+            return d
+
+    clock, store = task.Clock(), HeldStore()
+    check = HealthCheck(store, clock, timeout=1.0)
+    answers = []
+    for _ in range(3):
+        check().addCallback(answers.append)
+        clock.advance(0.4)
+    assert len(store.held) == 1                      # one probe for three callers
+    assert answers == [TIMED_OUT_TUPLE]               # t=1.2: the first timed out
+    clock.advance(0.6)
+    assert answers == [TIMED_OUT_TUPLE] * 3 and check._waiting == []
+    d, request = store.held[0]
+    assert (request.key, request.range_end, request.keys_only, request.limit) == (
+        b"\0", b"\0", True, 1)
+    d.callback(None)                                  # the store answers at last
+    assert check._waiting is None
+    check().addCallback(answers.append)
+    assert len(store.held) == 2
+    store.held[1][0].callback(None)
+    assert answers[-1] == (True, "") and not clock.getDelayedCalls()
+
+
+TIMED_OUT_TUPLE = (False, "RANGE ERROR:etcdserver: request timed out")
