@@ -571,6 +571,12 @@ def test_runner_retries_conflicts_and_stale_connections(tmp_path):
         def _unregister(self, conn):
             pass
 
+        def available(self):
+            pass
+
+        def unavailable(self, what, error):
+            pass
+
     session = Session(FakeRunner())
     calls = []
 
