@@ -21,7 +21,8 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 import servers
 import stores
-from embedding import GrpcWatch, embedded, endpoint, event_tuple, kv_tuple, wait_for  # noqa: F401
+from embedding import embedded  # noqa: F401 (the fixture)
+from embedding import GrpcWatch, endpoint, event_tuple, kv_tuple, wait_for
 from stores import call
 
 KV = "/etcdserverpb.KV/"
