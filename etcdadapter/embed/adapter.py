@@ -106,6 +106,7 @@ class EmbeddedAdapter(object):
             run_in_thread=run_in_thread)
         self.service.exit_on_start_failure = False
         self._watches = set()           # open in-process watches, ended by stop()
+        #: True between a successful start() and stop(): clients may call.
         self.running = False
 
     @property

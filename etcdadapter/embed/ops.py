@@ -160,4 +160,5 @@ class Txn(NamedTuple):
         return rpc.RequestOp(request_txn=self.to_pb())
 
 
+#: An operation of a txn branch.
 Op = Union[Get, Put, Delete, Txn]

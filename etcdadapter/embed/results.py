@@ -124,21 +124,25 @@ def event(m):
 
 
 def range_result(r):
+    """RangeResponse -> RangeResult."""
     return RangeResult(r.header.revision, tuple(key_value(kv) for kv in r.kvs), r.count,
                        r.more)
 
 
 def put_result(r):
+    """PutResponse -> PutResult."""
     return PutResult(r.header.revision,
                      key_value(r.prev_kv) if r.HasField("prev_kv") else None)
 
 
 def delete_result(r):
+    """DeleteRangeResponse -> DeleteResult."""
     return DeleteResult(r.header.revision, r.deleted,
                         tuple(key_value(kv) for kv in r.prev_kvs))
 
 
 def txn_result(r):
+    """TxnResponse -> TxnResult (nested txns included)."""
     out = []
     for op in r.responses:
         which = op.WhichOneof("response")
@@ -154,6 +158,7 @@ def txn_result(r):
 
 
 def replace_result(revision_events):
+    """The store's (revision, events) -> ReplaceResult."""
     revision, events = revision_events
     created = updated = deleted = 0
     for e in events:
