@@ -3,14 +3,17 @@
 Twisted reactor or asyncio loop.
 """
 
+import asyncio
 import sys
-from typing import NamedTuple
+from typing import Awaitable, List, NamedTuple, Optional, Sequence, Union
 
 from twisted.internet import defer
 
 from etcdadapter.embed.client import Client
 from etcdadapter.embed.futures import Futures
+from etcdadapter.security.peer import PeerIdentity
 from etcdadapter.server import AdapterConfig, AdapterService
+from etcdadapter.store.base import Store
 
 
 class Address(NamedTuple):
@@ -29,7 +32,6 @@ def use_asyncio_reactor(loop=None):
     create the :class:`EmbeddedAdapter` with ``loop=`` -- before anything imports
     ``twisted.internet.reactor`` (importing :mod:`etcdadapter` does not); otherwise
     Twisted's default reactor is installed and this raises RuntimeError."""
-    import asyncio
     if loop is None:
         loop = asyncio.get_running_loop()
     if "twisted.internet.reactor" not in sys.modules:
@@ -85,8 +87,10 @@ class EmbeddedAdapter(object):
     method returns an awaitable future.  Use it from the reactor's (the loop's) thread.
     """
 
-    def __init__(self, store="memory://", listen=("tcp:2379:interface=127.0.0.1",), *,
-                 reactor=None, loop=None, **options):
+    def __init__(self, store: Union[str, Store] = "memory://",
+                 listen: Sequence[str] = ("tcp:2379:interface=127.0.0.1",), *,
+                 reactor=None, loop: Optional[asyncio.AbstractEventLoop] = None,
+                 **options):
         run_in_thread = None
         if loop is not None:
             if reactor is not None:
@@ -115,7 +119,7 @@ class EmbeddedAdapter(object):
         return self.service.store
 
     @property
-    def addresses(self):
+    def addresses(self) -> List[Address]:
         """The bound TCP addresses, one per TCP listener (in ``listen`` order), once
         started."""
         out = []
@@ -126,18 +130,18 @@ class EmbeddedAdapter(object):
         return out
 
     @property
-    def port(self):
+    def port(self) -> Optional[int]:
         """The first listener's TCP port, once started (None before)."""
         addresses = self.addresses
         return addresses[0].port if addresses else None
 
     @property
-    def client_urls(self):
+    def client_urls(self) -> List[str]:
         """The client URLs (``http://127.0.0.1:2379``, ...) as ``member list`` reports
         them: ``advertise_client_urls`` if given, else the bound addresses."""
         return list(self.service.identity.client_urls)
 
-    def start(self):
+    def start(self) -> Awaitable["EmbeddedAdapter"]:
         """Open the store and listen -> fires with the adapter once it serves.  On
         failure (a port in use, a store that cannot be opened) everything started is
         closed again and the error is raised."""
@@ -155,7 +159,7 @@ class EmbeddedAdapter(object):
             return undo.addCallback(lambda _: failure)
         return self.futures.out(d.addCallbacks(started, failed))
 
-    def stop(self):
+    def stop(self) -> Awaitable[None]:
         """Stop serving: in-process watches end (``done`` fires with None), listeners
         close, remote connections drain (up to ``drain_timeout`` seconds), the store
         closes."""
@@ -166,7 +170,9 @@ class EmbeddedAdapter(object):
             return self.futures.out(defer.succeed(None))
         return self.futures.out(defer.maybeDeferred(self.service.stopService))
 
-    def client(self, *, user=None, password=None, token=None, identity=None):
+    def client(self, *, user: Optional[str] = None, password: Optional[str] = None,
+               token: Optional[str] = None,
+               identity: Optional[PeerIdentity] = None) -> Client:
         """An in-process :class:`~etcdadapter.embed.client.Client` with these
         credentials (none: an anonymous caller, allowed everything unless etcd auth or
         a client-certificate policy is on)."""

@@ -6,14 +6,18 @@ client's credentials -- so requests are validated, authorized, counted in ``/met
 and answered exactly as for a remote client, only without encoding or a network hop.
 """
 
+from typing import Awaitable, Callable, Mapping, Optional, Sequence
+
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from etcdadapter import errors
 from etcdadapter.embed import results
-from etcdadapter.embed.ops import Delete, Get, Put, Txn, as_bytes, key_range
+from etcdadapter.embed.ops import (Bytes, Compare, Delete, Get, Op, Put, Txn, as_bytes,
+                                   key_range)
 from etcdadapter.embed.watch import LocalStream, Watch
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.security.peer import PeerIdentity
 from etcdadapter.services.rpc import CallContext
 
 _KV = "/etcdserverpb.KV/"
@@ -38,7 +42,9 @@ class Client(object):
     user).  Without credentials the client is an anonymous caller.
     """
 
-    def __init__(self, adapter, token=None, user=None, password=None, identity=None):
+    def __init__(self, adapter, token: Optional[str] = None, user: Optional[str] = None,
+                 password: Optional[str] = None,
+                 identity: Optional[PeerIdentity] = None):
         if (user is None) != (password is None):
             raise ValueError("give both user and password, or neither")
         self._adapter = adapter
@@ -116,34 +122,40 @@ class Client(object):
         return self._futures.out(d.addCallback(convert))
 
     # -- KV ------------------------------------------------------------------------------
-    def get(self, key, range_end=None, *, prefix=False, revision=0, limit=0,
-            keys_only=False, count_only=False):
+    def get(self, key: Bytes, range_end: Optional[Bytes] = None, *, prefix: bool = False,
+            revision: int = 0, limit: int = 0, keys_only: bool = False,
+            count_only: bool = False) -> Awaitable[results.RangeResult]:
         """Read ``key``, or a range (``prefix=True`` or ``range_end``) -> RangeResult
         (``.kv`` is the key's KeyValue or None; ``.kvs`` in key order)."""
         request = Get(key, range_end, prefix, revision, limit, keys_only,
                       count_only).to_pb()
         return self._unary(_KV + "Range", request, results.range_result)
 
-    def put(self, key, value, *, lease=0, prev_kv=False):
+    def put(self, key: Bytes, value: Bytes, *, lease: int = 0,
+            prev_kv: bool = False) -> Awaitable[results.PutResult]:
         """Write ``key`` = ``value`` (attached to ``lease`` if non-zero) -> PutResult."""
         return self._unary(_KV + "Put", Put(key, value, lease, prev_kv).to_pb(),
                            results.put_result)
 
-    def delete(self, key, range_end=None, *, prefix=False, prev_kv=False):
+    def delete(self, key: Bytes, range_end: Optional[Bytes] = None, *,
+               prefix: bool = False,
+               prev_kv: bool = False) -> Awaitable[results.DeleteResult]:
         """Delete ``key``, or a range (``prefix=True`` or ``range_end``) ->
         DeleteResult."""
         return self._unary(_KV + "DeleteRange",
                            Delete(key, range_end, prefix, prev_kv).to_pb(),
                            results.delete_result)
 
-    def txn(self, compare=(), success=(), failure=()):
+    def txn(self, compare: Sequence[Compare] = (), success: Sequence[Op] = (),
+            failure: Sequence[Op] = ()) -> Awaitable[results.TxnResult]:
         """Atomically: if every :class:`Compare` holds run the ``success`` operations,
         else the ``failure`` ones (:class:`Get`, :class:`Put`, :class:`Delete`,
         :class:`Txn`) -> TxnResult.  At most ``max_txn_ops`` operations per branch."""
         return self._unary(_KV + "Txn", Txn(compare, success, failure).to_pb(),
                            results.txn_result)
 
-    def replace_prefix(self, prefix, items):
+    def replace_prefix(self, prefix: Bytes,
+                       items: Mapping[Bytes, Bytes]) -> Awaitable[results.ReplaceResult]:
         """Make the keys starting with ``prefix`` hold exactly ``items`` (a mapping
         key -> value; every key must start with ``prefix``) -> ReplaceResult.
 
@@ -161,8 +173,9 @@ class Client(object):
         return self._futures.out(d.addCallback(results.replace_result))
 
     # -- Watch ---------------------------------------------------------------------------
-    def watch(self, key, range_end=None, *, prefix=False, start_revision=0,
-              prev_kv=False, callback=None):
+    def watch(self, key: Bytes, range_end: Optional[Bytes] = None, *,
+              prefix: bool = False, start_revision: int = 0, prev_kv: bool = False,
+              callback: Optional[Callable[[results.Event], None]] = None) -> Watch:
         """Watch ``key``, or a range (``prefix=True`` or ``range_end``) -> Watch.
 
         From ``start_revision`` on (replaying the retained history first), or from now
@@ -188,7 +201,7 @@ class Client(object):
         return w
 
     # -- leases --------------------------------------------------------------------------
-    def lease_grant(self, ttl, lease_id=0):
+    def lease_grant(self, ttl: int, lease_id: int = 0) -> Awaitable[results.Lease]:
         """Grant a lease of ``ttl`` seconds (``lease_id`` 0: the adapter picks the ID)
         -> Lease.  Keys put with ``lease=lease.id`` go when it expires or is revoked."""
         def convert(r):
@@ -197,12 +210,12 @@ class Client(object):
                                                                         ID=lease_id),
                            convert)
 
-    def lease_revoke(self, lease_id):
+    def lease_revoke(self, lease_id: int) -> Awaitable[int]:
         """Revoke a lease, deleting its keys (in one revision) -> the revision after."""
         return self._unary(_LEASE + "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id),
                            lambda r: r.header.revision)
 
-    def lease_keepalive(self, lease_id):
+    def lease_keepalive(self, lease_id: int) -> Awaitable[int]:
         """Renew a lease once -> its TTL, 0 if it does not exist (any more)."""
         handler = self._registry.lookup(_LEASE + "LeaseKeepAlive").handler
 
