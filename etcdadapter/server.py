@@ -86,12 +86,18 @@ class AdapterConfig(object):
 
 
 class AdapterService(service.Service):
+    #: A failed start stops the reactor and exits the process non-zero (twistd); an
+    #: embedding host sets this False and gets the failure from ``started`` instead.
+    exit_on_start_failure = True
+
     def __init__(self, config, store=None, reactor=None, tls=None, cert_policy=None,
-                 notify_systemd=False):
+                 notify_systemd=False, run_in_thread=None):
         """``store``, ``tls`` (ServerTLS) and ``cert_policy`` (CertPolicy): already
         opened/loaded from the config (by the twistd options); made here when None.
         ``notify_systemd``: tell systemd when serving and when stopping (Type=notify;
-        the twistd daemon does, an embedding program does its own)."""
+        the twistd daemon does, an embedding program does its own).
+        ``run_in_thread(fn, *args) -> Deferred`` runs the password KDF (default: the
+        reactor's thread pool)."""
         self.notify_systemd = notify_systemd
         if reactor is None:
             from twisted.internet import reactor
@@ -99,11 +105,18 @@ class AdapterService(service.Service):
         self.config = config
         if store is None:
             from etcdadapter.store.urls import open_store
-            store = open_store(config.store)
+            store = open_store(config.store, reactor=reactor)
         self.store = store
         self.identity = ServerIdentity(name=config.name,
                                        client_urls=config.advertise_client_urls)
-        self.auth = AuthStore(store, clock=reactor, token_ttl=config.auth_token_ttl)
+        if run_in_thread is None:
+            from twisted.internet import threads
+
+            def run_in_thread(fn, *args):
+                return threads.deferToThreadPool(reactor, reactor.getThreadPool(),
+                                                 fn, *args)
+        self.auth = AuthStore(store, clock=reactor, token_ttl=config.auth_token_ttl,
+                              run_in_thread=run_in_thread)
         if cert_policy is None and config.client_cert_policy:
             cert_policy = CertPolicy.load(config.client_cert_policy)
         self.authz = Authorizer(cert_policy, auth=self.auth,
@@ -216,7 +229,8 @@ class AdapterService(service.Service):
         if self.tls is not None or self.config.client_cert_policy:
             self._install_sighup()
         self.started = self._start()
-        self.started.addErrback(self._start_failed)
+        if self.exit_on_start_failure:
+            self.started.addErrback(self._start_failed)
         return self.started
 
     def _start_failed(self, failure):

@@ -231,16 +231,19 @@ def store_kind(request):
 @pytest.fixture
 def make_store(store_kind, tmp_path):
     """Factory: ``make_store(initial_revision=1, clock=None, url=None, store_kw=None,
-    **url_params)`` -> a started store of the test's kind (BlockingStore for SQL).
-    ``factory.url`` is the URL of the database last created; several calls with the same
-    ``url`` give several instances on one database.  ``store_kw`` go to the SQL store's
-    constructor.  Stopped and dropped at teardown."""
+    start=True, **url_params)`` -> a started store of the test's kind (BlockingStore for
+    SQL).  ``factory.url`` is the URL of the database last created; several calls with
+    the same ``url`` give several instances on one database.  ``store_kw`` go to the SQL
+    store's constructor.  ``start=False``: the store itself, not started (for an
+    adapter, which starts and stops it; stop it before the teardown).  Stopped and
+    dropped at teardown."""
     from etcdadapter.store.memory import MemoryStore
     from etcdadapter.store.urls import open_store
     opened = []
     cleanups = []
 
-    def factory(initial_revision=1, clock=None, url=None, store_kw=None, **params):
+    def factory(initial_revision=1, clock=None, url=None, store_kw=None, start=True,
+                **params):
         if store_kind == "memory":
             s = MemoryStore(initial_revision=initial_revision, clock=clock)
             opened.append(s)
@@ -253,6 +256,8 @@ def make_store(store_kind, tmp_path):
             params["initial_revision"] = initial_revision
         store = open_store(_with_params(url, params), clock=clock, reactor=reactor(),
                            **(store_kw or {}))
+        if not start:
+            return store
         call(store.start)
         s = BlockingStore(store)
         opened.append(s)

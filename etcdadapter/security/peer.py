@@ -10,8 +10,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 # common_name: the subject CN (what etcd's --client-cert-auth uses as the user name);
-# dns_names, uris, ips: the subjectAltName entries (tuples of str).
-PeerIdentity = namedtuple("PeerIdentity", "common_name dns_names uris ips")
+# dns_names, uris, ips: the subjectAltName entries (tuples of str; empty by default, so
+# an embedding host can say PeerIdentity("apisix")).
+PeerIdentity = namedtuple("PeerIdentity", "common_name dns_names uris ips",
+                          defaults=((), (), ()))
 
 
 def identity_of_certificate(cert):

@@ -10,6 +10,7 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import permissions as perm
 from etcdadapter.security.authorizer import Authorizer
 from etcdadapter.services.rpc import Method, UNARY
+from etcdadapter.store import mvcc
 
 # Bytes etcd's InternalRaftRequest wrapper adds around a request (header with the
 # request ID, the oneof tag and length); the limit applies to the wrapped size.
@@ -19,6 +20,9 @@ _VALID_SORT_ORDERS = frozenset(rpc.RangeRequest.SortOrder.values())
 _VALID_SORT_TARGETS = frozenset(rpc.RangeRequest.SortTarget.values())
 ErrInvalidSortOption = errors.EtcdError(errors.StatusCode.INVALID_ARGUMENT,
                                         "etcdserver: invalid sort option")
+# Ours (ReplacePrefix is not an etcd request).
+ErrKeyOutsidePrefix = errors.EtcdError(errors.StatusCode.INVALID_ARGUMENT,
+                                       "etcd-adapter: key outside the replaced prefix")
 
 
 class KVLimits(object):
@@ -180,6 +184,21 @@ class KVService(object):
             self._check_size(request)
         self._authorize(perm.check_txn, context, request)
         return self.store.txn(request).addCallback(self._header)
+
+    def ReplacePrefix(self, prefix, items, context):
+        """Not an etcd RPC (no route, not in the method registry): the embedding API's
+        full resync, :meth:`Store.replace_prefix` behind the same checks as a DeleteRange
+        of the prefix -- write permission on all of it -- but no txn op limit.
+        Deferred[(revision, events)]; the header fields are the caller's business."""
+        if not prefix:
+            raise errors.ErrKeyNotProvided
+        for key in items:
+            if not key.startswith(prefix):
+                raise ErrKeyOutsidePrefix
+        if self.authz.enabled and not self.authz.permissions(context).can_write(
+                prefix, mvcc.prefix_end(prefix)):
+            raise perm.ErrPermissionDenied
+        return self.store.replace_prefix(prefix, items)
 
     def Compact(self, request, context):
         if self.authz.enabled:

@@ -120,6 +120,14 @@ class Store(object):
         branch wrote anything."""
         raise NotImplementedError
 
+    def replace_prefix(self, prefix, items):
+        """Deferred[(revision, events)]: atomically make the keys under ``prefix`` hold
+        exactly ``items`` (key bytes -> value bytes, all under the prefix), emitting only
+        the differences as events in ONE new revision, none when nothing differs (see
+        :func:`etcdadapter.store.mvcc.replace_prefix`).  Not an etcd request: the
+        embedding API's full resync; not bounded by the txn op limit."""
+        raise NotImplementedError
+
     def compact(self, revision, physical=False):
         """Compact history below ``revision``.  Deferred[int]: the current revision."""
         raise NotImplementedError

@@ -301,6 +301,10 @@ class MemoryStore(Store):
     def txn(self, request):
         return self._write(mvcc.txn, request)
 
+    def replace_prefix(self, prefix, items):
+        return self._write(lambda view, args: (mvcc.replace_prefix(view, *args), None),
+                           (prefix, items))
+
     def compact(self, revision, physical=False):
         try:
             return succeed(mvcc.compact(self._view, revision))

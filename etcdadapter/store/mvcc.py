@@ -14,6 +14,7 @@ SQL store implements it inside one database transaction and calls the very same 
     resp, events = mvcc.put(view, request)                 # PutRequest
     resp, events = mvcc.delete_range(view, request)        # DeleteRangeRequest
     resp, events = mvcc.txn(view, request)                 # TxnRequest
+    revision, events = mvcc.replace_prefix(view, prefix, items)   # embedding API
     mvcc.compact(view, revision)
 
 Each returns the response protobuf with ``header.revision`` set (the services layer adds
@@ -36,7 +37,8 @@ from etcdadapter.pb.mvccpb import kv_pb2
 from etcdadapter.store.base import DELETE, KV, PUT, Change, Event
 
 __all__ = [
-    "ReadView", "WriteView", "range_", "put", "delete_range", "txn", "compact",
+    "ReadView", "WriteView", "range_", "put", "delete_range", "txn", "replace_prefix",
+    "compact",
     "check_compact", "compact_versions", "in_range", "txn_is_read_only", "filter_change",
     "select_history", "prefix_end", "kv_to_pb", "kv_from_pb", "event_to_pb", "tombstone",
 ]
@@ -727,6 +729,43 @@ def txn(view, request):
     else:
         resp.header.revision = begin
     return resp, events
+
+
+# ---------------------------------------------------------------------------------------
+# Replace everything under a prefix (the embedding API's full resync; not an etcd request)
+# ---------------------------------------------------------------------------------------
+
+def replace_prefix(view, prefix, items):
+    """Make the keys starting with ``prefix`` hold exactly ``items`` (a mapping of key
+    bytes -> value bytes, every key starting with ``prefix``; the services layer checks
+    that) in ONE new revision.  Returns ``(revision, events)``.
+
+    Only real differences become events, in key order: a PUT for a new key (version 1,
+    no prev_kv), a PUT for a key whose value differs -- or that is attached to a lease,
+    since the key would vanish with the lease while ``items`` says it stays (the PUT
+    detaches it, as a Put without lease does) -- and a DELETE for a key ``items`` lacks.
+    A key already holding its value makes no event: re-applying the same items changes
+    nothing, writes nothing and keeps the revision (``(view.revision, [])``)."""
+    begin = view.revision
+    rev = begin + 1
+    events = []
+    present = set()
+    for kv in view.range(prefix, prefix_end(prefix), begin):
+        present.add(kv.key)
+        value = items.get(kv.key)
+        if value is None:
+            events.append(Event(DELETE, tombstone(kv.key, rev), kv))
+        elif value != kv.value or kv.lease:
+            events.append(Event(PUT, KV(kv.key, kv.create_revision, rev, kv.version + 1,
+                                        value, 0), kv))
+    for key, value in items.items():
+        if key not in present:
+            events.append(Event(PUT, KV(key, rev, rev, 1, value, 0), None))
+    if not events:
+        return begin, []
+    events.sort(key=lambda e: e.kv.key)
+    view.commit(rev, events)
+    return rev, events
 
 
 # ---------------------------------------------------------------------------------------

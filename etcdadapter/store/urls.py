@@ -25,7 +25,8 @@ def redact(url):
 
 def open_store(url, **store_kw):
     """The Store for ``url`` (not started).  ``store_kw`` go to the SQL store's
-    constructor (tests pass ``clock``)."""
+    constructor (tests pass ``clock``); the memory store takes ``clock`` or
+    ``reactor`` as its clock."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -40,7 +41,8 @@ def open_store(url, **store_kw):
             raise StoreURLError("initial_revision must be an integer: %r" % initial)
         if initial is not None and initial < 1:
             raise StoreURLError("initial_revision must be >= 1")
-        return MemoryStore(initial_revision=initial, clock=store_kw.get("clock"))
+        return MemoryStore(initial_revision=initial,
+                           clock=store_kw.get("clock") or store_kw.get("reactor"))
     from etcdadapter.store import sql
     if scheme in sql.SCHEMES:
         return sql.open_sql_store(scheme, parts, query, **store_kw)

@@ -113,10 +113,11 @@ class EtcdFactory(protocol.Factory):
     noisy = False
 
     def __init__(self, registry, router, clock=None, h2_settings=None):
-        from twisted.internet import reactor
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.registry = registry
         self.router = router
-        self.clock = clock or reactor
+        self.clock = clock
         self.h2_settings = h2_settings or H2Settings()
         self.site = make_site(router)
         self.connections = set()

@@ -199,6 +199,9 @@ class SQLStore(Store):
             return self._read(lambda view: mvcc.txn(view, request)[0])
         return self._write(lambda view: mvcc.txn(view, request)[0])
 
+    def replace_prefix(self, prefix, items):
+        return self._write(lambda view: mvcc.replace_prefix(view, prefix, items))
+
     @defer.inlineCallbacks
     def compact(self, revision, physical=False):
         # Let this process's feed pass everything committed so far before old rows go:
