@@ -46,16 +46,30 @@ CODE_NAMES = {
 
 
 class EtcdError(Exception):
-    """An error that reaches the client as (gRPC code, message)."""
+    """An error that reaches the client as (gRPC code, message).
 
-    def __init__(self, code, message):
-        Exception.__init__(self, message)
-        self.code = code
-        self.message = message
+    etcd's named errors below (ErrCompacted, ...) are subclasses, not shared instances:
+    ``raise errors.ErrCompacted`` raises a fresh instance.  Raising one shared instance
+    again and again would chain every raise's traceback onto it and keep all those frames
+    (requests, transactions) alive for the life of the process.  Errors compare equal by
+    (code, message), instances and these classes alike.
+    """
+
+    code = 2            # StatusCode.UNKNOWN
+    message = ""
+
+    def __init__(self, code=None, message=None):
+        if code is not None:
+            self.code = code
+        if message is not None:
+            self.message = message
+        Exception.__init__(self, self.message)
 
     def __eq__(self, other):
-        return (isinstance(other, EtcdError)
-                and (self.code, self.message) == (other.code, other.message))
+        if isinstance(other, EtcdError) or (isinstance(other, type)
+                                            and issubclass(other, EtcdError)):
+            return (self.code, self.message) == (other.code, other.message)
+        return NotImplemented
 
     def __hash__(self):
         return hash((self.code, self.message))
@@ -64,60 +78,86 @@ class EtcdError(Exception):
         return "EtcdError(%d, %r)" % (self.code, self.message)
 
 
+def error_kind(name, code, message):
+    """A named etcd error: an EtcdError subclass with a fixed code and message."""
+    return type(name, (EtcdError,), {"code": code, "message": message,
+                                     "__module__": __name__})
+
+
 _C = StatusCode
 
 # KV
-ErrKeyNotProvided = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: key is not provided")
-ErrKeyNotFound = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: key not found")
-ErrValueProvided = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: value is provided")
-ErrLeaseProvided = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: lease is provided")
-ErrTooManyOps = EtcdError(_C.INVALID_ARGUMENT,
-                          "etcdserver: too many operations in txn request")
-ErrDuplicateKey = EtcdError(_C.INVALID_ARGUMENT,
-                            "etcdserver: duplicate key given in txn request")
-ErrCompacted = EtcdError(_C.OUT_OF_RANGE,
-                         "etcdserver: mvcc: required revision has been compacted")
-ErrFutureRev = EtcdError(_C.OUT_OF_RANGE,
-                         "etcdserver: mvcc: required revision is a future revision")
-ErrNoSpace = EtcdError(_C.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
-ErrRequestTooLarge = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: request is too large")
+ErrKeyNotProvided = error_kind("ErrKeyNotProvided", _C.INVALID_ARGUMENT,
+                               "etcdserver: key is not provided")
+ErrKeyNotFound = error_kind("ErrKeyNotFound", _C.INVALID_ARGUMENT, "etcdserver: key not found")
+ErrValueProvided = error_kind("ErrValueProvided", _C.INVALID_ARGUMENT,
+                              "etcdserver: value is provided")
+ErrLeaseProvided = error_kind("ErrLeaseProvided", _C.INVALID_ARGUMENT,
+                              "etcdserver: lease is provided")
+ErrTooManyOps = error_kind("ErrTooManyOps", _C.INVALID_ARGUMENT,
+                           "etcdserver: too many operations in txn request")
+ErrDuplicateKey = error_kind("ErrDuplicateKey", _C.INVALID_ARGUMENT,
+                             "etcdserver: duplicate key given in txn request")
+ErrCompacted = error_kind("ErrCompacted", _C.OUT_OF_RANGE,
+                          "etcdserver: mvcc: required revision has been compacted")
+ErrFutureRev = error_kind("ErrFutureRev", _C.OUT_OF_RANGE,
+                          "etcdserver: mvcc: required revision is a future revision")
+ErrNoSpace = error_kind("ErrNoSpace", _C.RESOURCE_EXHAUSTED,
+                        "etcdserver: mvcc: database space exceeded")
+ErrRequestTooLarge = error_kind("ErrRequestTooLarge", _C.INVALID_ARGUMENT,
+                                "etcdserver: request is too large")
 
 # Lease
-ErrLeaseNotFound = EtcdError(_C.NOT_FOUND, "etcdserver: requested lease not found")
-ErrLeaseExist = EtcdError(_C.FAILED_PRECONDITION, "etcdserver: lease already exists")
-ErrLeaseTTLTooLarge = EtcdError(_C.OUT_OF_RANGE, "etcdserver: too large lease TTL")
+ErrLeaseNotFound = error_kind("ErrLeaseNotFound", _C.NOT_FOUND,
+                              "etcdserver: requested lease not found")
+ErrLeaseExist = error_kind("ErrLeaseExist", _C.FAILED_PRECONDITION,
+                           "etcdserver: lease already exists")
+ErrLeaseTTLTooLarge = error_kind("ErrLeaseTTLTooLarge", _C.OUT_OF_RANGE,
+                                 "etcdserver: too large lease TTL")
 
 # Cluster / server state
-ErrWatchCanceled = EtcdError(_C.CANCELLED, "etcdserver: watch canceled")
-ErrStopped = EtcdError(_C.UNAVAILABLE, "etcdserver: server stopped")
-ErrTimeout = EtcdError(_C.UNAVAILABLE, "etcdserver: request timed out")
-ErrMemberNotFound = EtcdError(_C.NOT_FOUND, "etcdserver: member not found")
-ErrNotCapable = EtcdError(_C.UNAVAILABLE, "etcdserver: not capable")
+ErrWatchCanceled = error_kind("ErrWatchCanceled", _C.CANCELLED, "etcdserver: watch canceled")
+ErrStopped = error_kind("ErrStopped", _C.UNAVAILABLE, "etcdserver: server stopped")
+ErrTimeout = error_kind("ErrTimeout", _C.UNAVAILABLE, "etcdserver: request timed out")
+ErrMemberNotFound = error_kind("ErrMemberNotFound", _C.NOT_FOUND,
+                               "etcdserver: member not found")
+ErrNotCapable = error_kind("ErrNotCapable", _C.UNAVAILABLE, "etcdserver: not capable")
 
 # Auth
-ErrUserEmpty = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: user name is empty")
-ErrRoleEmpty = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: role name is empty")
-ErrAuthFailed = EtcdError(_C.INVALID_ARGUMENT,
-                          "etcdserver: authentication failed, invalid user ID or password")
-ErrPermissionDenied = EtcdError(_C.PERMISSION_DENIED, "etcdserver: permission denied")
-ErrInvalidAuthToken = EtcdError(_C.UNAUTHENTICATED, "etcdserver: invalid auth token")
-ErrAuthOldRevision = EtcdError(_C.INVALID_ARGUMENT,
-                               "etcdserver: revision of auth store is old")
-ErrAuthNotEnabled = EtcdError(_C.FAILED_PRECONDITION,
-                              "etcdserver: authentication is not enabled")
-ErrRootUserNotExist = EtcdError(_C.FAILED_PRECONDITION, "etcdserver: root user does not exist")
-ErrRootRoleNotExist = EtcdError(_C.FAILED_PRECONDITION,
-                                "etcdserver: root user does not have root role")
-ErrUserAlreadyExist = EtcdError(_C.FAILED_PRECONDITION, "etcdserver: user name already exists")
-ErrUserNotFound = EtcdError(_C.FAILED_PRECONDITION, "etcdserver: user name not found")
-ErrRoleAlreadyExist = EtcdError(_C.FAILED_PRECONDITION, "etcdserver: role name already exists")
-ErrRoleNotFound = EtcdError(_C.FAILED_PRECONDITION, "etcdserver: role name not found")
-ErrRoleNotGranted = EtcdError(_C.FAILED_PRECONDITION,
-                              "etcdserver: role is not granted to the user")
-ErrPermissionNotGranted = EtcdError(_C.FAILED_PRECONDITION,
-                                    "etcdserver: permission is not granted to the role")
-ErrPermissionNotGiven = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: permission not given")
-ErrInvalidAuthMgmt = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: invalid auth management")
+ErrUserEmpty = error_kind("ErrUserEmpty", _C.INVALID_ARGUMENT,
+                          "etcdserver: user name is empty")
+ErrRoleEmpty = error_kind("ErrRoleEmpty", _C.INVALID_ARGUMENT,
+                          "etcdserver: role name is empty")
+ErrAuthFailed = error_kind("ErrAuthFailed", _C.INVALID_ARGUMENT,
+                           "etcdserver: authentication failed, invalid user ID or password")
+ErrPermissionDenied = error_kind("ErrPermissionDenied", _C.PERMISSION_DENIED,
+                                 "etcdserver: permission denied")
+ErrInvalidAuthToken = error_kind("ErrInvalidAuthToken", _C.UNAUTHENTICATED,
+                                 "etcdserver: invalid auth token")
+ErrAuthOldRevision = error_kind("ErrAuthOldRevision", _C.INVALID_ARGUMENT,
+                                "etcdserver: revision of auth store is old")
+ErrAuthNotEnabled = error_kind("ErrAuthNotEnabled", _C.FAILED_PRECONDITION,
+                               "etcdserver: authentication is not enabled")
+ErrRootUserNotExist = error_kind("ErrRootUserNotExist", _C.FAILED_PRECONDITION,
+                                 "etcdserver: root user does not exist")
+ErrRootRoleNotExist = error_kind("ErrRootRoleNotExist", _C.FAILED_PRECONDITION,
+                                 "etcdserver: root user does not have root role")
+ErrUserAlreadyExist = error_kind("ErrUserAlreadyExist", _C.FAILED_PRECONDITION,
+                                 "etcdserver: user name already exists")
+ErrUserNotFound = error_kind("ErrUserNotFound", _C.FAILED_PRECONDITION,
+                             "etcdserver: user name not found")
+ErrRoleAlreadyExist = error_kind("ErrRoleAlreadyExist", _C.FAILED_PRECONDITION,
+                                 "etcdserver: role name already exists")
+ErrRoleNotFound = error_kind("ErrRoleNotFound", _C.FAILED_PRECONDITION,
+                             "etcdserver: role name not found")
+ErrRoleNotGranted = error_kind("ErrRoleNotGranted", _C.FAILED_PRECONDITION,
+                               "etcdserver: role is not granted to the user")
+ErrPermissionNotGranted = error_kind("ErrPermissionNotGranted", _C.FAILED_PRECONDITION,
+                                     "etcdserver: permission is not granted to the role")
+ErrPermissionNotGiven = error_kind("ErrPermissionNotGiven", _C.INVALID_ARGUMENT,
+                                   "etcdserver: permission not given")
+ErrInvalidAuthMgmt = error_kind("ErrInvalidAuthMgmt", _C.INVALID_ARGUMENT,
+                                "etcdserver: invalid auth management")
 
 
 def message_too_large(size, limit):
@@ -129,4 +169,4 @@ def message_too_large(size, limit):
 # at all and "request timed out" when a write may or may not have been applied; the SQL
 # stores use the first when the database cannot be reached and the second when the
 # connection broke while a COMMIT was in flight.  Both are Unavailable: clients retry.
-ErrNoLeader = EtcdError(_C.UNAVAILABLE, "etcdserver: no leader")
+ErrNoLeader = error_kind("ErrNoLeader", _C.UNAVAILABLE, "etcdserver: no leader")

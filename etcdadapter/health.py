@@ -52,7 +52,7 @@ class HealthCheck(object):
     def _timed_out(self, d):
         if self._waiting is not None:      # forget it: a stuck probe keeps no backlog
             self._waiting = [e for e in self._waiting if e[0] is not d]
-        self._answer(d, (False, _reason(errors.ErrTimeout)))
+        self._answer(d, (False, _reason(errors.ErrTimeout())))
 
     @staticmethod
     def _answer(d, result):

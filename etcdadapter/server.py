@@ -257,7 +257,7 @@ class AdapterService(service.Service):
         ports, self.ports = self.ports, []
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
         connections = len(self.factory.connections)
-        streams = self.open_streams.end_all(ErrStopped)
+        streams = self.open_streams.end_all(ErrStopped())
         log.info("etcd-adapter draining: {streams} streams ended, {connections} "
                  "connections to close (at most {timeout}s)", event="draining",
                  streams=streams, connections=connections,

@@ -917,3 +917,30 @@ def test_helpers():
     kv = KV(b"k", 1, 2, 3, b"v", 4)
     assert mvcc.kv_from_pb(mvcc.kv_to_pb(kv)) == kv
     assert mvcc.kv_to_pb(kv, keys_only=True).value == b""
+
+
+def test_named_errors_are_raised_fresh_and_compare_by_code_and_message():
+    """``raise errors.ErrX`` must raise a new instance each time: one shared instance
+    would chain every raise's traceback (and its frames) onto itself forever."""
+    import traceback
+
+    def fail():
+        raise errors.ErrKeyNotFound
+
+    seen = []
+    for _ in range(50):
+        try:
+            fail()
+        except errors.EtcdError as e:
+            seen.append(e)
+    assert len({id(e) for e in seen}) == 50
+    assert all(len(traceback.extract_tb(e.__traceback__)) == 2 for e in seen)
+    e = seen[0]
+    assert (e.code, e.message, str(e)) == (
+        errors.StatusCode.INVALID_ARGUMENT, "etcdserver: key not found",
+        "etcdserver: key not found")
+    assert e == errors.ErrKeyNotFound and errors.ErrKeyNotFound == e
+    assert e == errors.EtcdError(3, "etcdserver: key not found")
+    assert e != errors.ErrKeyNotProvided and e != errors.EtcdError(5, e.message)
+    assert isinstance(e, errors.ErrKeyNotFound) and repr(e) == \
+        "EtcdError(3, 'etcdserver: key not found')"

@@ -65,7 +65,7 @@ class Client(object):
     def _run(self, call):
         """Deferred[call(context)] with this client's credentials."""
         if not self._adapter.running:
-            return defer.fail(errors.ErrStopped)
+            return defer.fail(errors.ErrStopped())
         if self._password is None:
             return defer.maybeDeferred(call, self._context())
         d = self._logged_in().addCallback(lambda _: call(self._context()))
@@ -188,7 +188,7 @@ class Client(object):
         adapter = self._adapter
         w = Watch(self._futures, callback, on_end=adapter._watches.discard)
         if not adapter.running:
-            w._open_failed(errors.ErrStopped)
+            w._open_failed(errors.ErrStopped())
             return w
         adapter._watches.add(w)
         handler = self._registry.lookup("/etcdserverpb.Watch/Watch").handler

@@ -51,14 +51,14 @@ class LocalStream(ServerStream):
 def cancel_error(response):
     """The EtcdError a canceled WatchResponse stands for, None for a plain cancel."""
     if response.compact_revision:
-        error = errors.EtcdError(errors.ErrCompacted.code, errors.ErrCompacted.message)
+        error = errors.ErrCompacted()
         error.compact_revision = response.compact_revision
         return error
     reason = response.cancel_reason
     if not reason:
         return None
     if reason == errors.ErrCompacted.message:
-        return errors.ErrCompacted
+        return errors.ErrCompacted()
     # "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
     head, sep, desc = reason.partition(" desc = ")
     if sep and head.startswith("rpc error: code = "):

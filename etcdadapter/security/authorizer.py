@@ -107,7 +107,7 @@ class Authorizer(object):
         if not self.auth.enabled:
             return ALL
         if name is None:
-            return Refused(errors.ErrUserEmpty, quiet_admin)
+            return Refused(errors.ErrUserEmpty(), quiet_admin)
         return self.auth.permissions_of(name)
 
     def _policy(self, context, perms):
@@ -144,7 +144,7 @@ class Authorizer(object):
                 return e
         if self.cert_policy is not None and \
                 not self.cert_policy.permissions_for(context.peer_identity).admin:
-            return errors.ErrPermissionDenied
+            return errors.ErrPermissionDenied()
         return None
 
     # -- views for the streaming services -----------------------------------------------
@@ -170,7 +170,7 @@ class _WatchView(object):
         try:
             if self.authz.permissions(context).can_read(key, range_end):
                 return None
-            error = errors.ErrPermissionDenied
+            error = errors.ErrPermissionDenied()
         except errors.EtcdError as e:
             error = e
         return "rpc error: code = %s desc = %s" % (

@@ -10,9 +10,7 @@ certificate policy now, etcd users and roles later); the request checks below ar
 
 from collections import namedtuple
 
-from etcdadapter.errors import EtcdError, StatusCode
-
-ErrPermissionDenied = EtcdError(StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+from etcdadapter.errors import ErrPermissionDenied  # noqa: F401 (raised from here)
 # What a watch create outside the caller's permissions is canceled with (etcd 3.5.6+).
 WATCH_PERMISSION_DENIED = ("rpc error: code = PermissionDenied desc = "
                            "etcdserver: permission denied")

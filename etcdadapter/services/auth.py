@@ -21,14 +21,14 @@ Behaviour checked against etcd 3.4.23 (AuthStatus is 3.5's):
 from twisted.internet import defer
 
 from etcdadapter import errors
-from etcdadapter.errors import EtcdError, StatusCode
+from etcdadapter.errors import StatusCode, error_kind
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security.auth_store import ROOT, UNCHANGED, User
 from etcdadapter.services.rpc import Method, UNARY
 
-ErrHashedPassword = EtcdError(StatusCode.INVALID_ARGUMENT,
-                              "etcdserver: hashed passwords are not supported")
+ErrHashedPassword = error_kind("ErrHashedPassword", StatusCode.INVALID_ARGUMENT,
+                               "etcdserver: hashed passwords are not supported")
 
 
 class AuthService(object):

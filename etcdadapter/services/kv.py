@@ -18,11 +18,12 @@ _RAFT_OVERHEAD = 20
 
 _VALID_SORT_ORDERS = frozenset(rpc.RangeRequest.SortOrder.values())
 _VALID_SORT_TARGETS = frozenset(rpc.RangeRequest.SortTarget.values())
-ErrInvalidSortOption = errors.EtcdError(errors.StatusCode.INVALID_ARGUMENT,
-                                        "etcdserver: invalid sort option")
+ErrInvalidSortOption = errors.error_kind("ErrInvalidSortOption",
+                                         errors.StatusCode.INVALID_ARGUMENT, "etcdserver: invalid sort option")
 # Ours (ReplacePrefix is not an etcd request).
-ErrKeyOutsidePrefix = errors.EtcdError(errors.StatusCode.INVALID_ARGUMENT,
-                                       "etcd-adapter: key outside the replaced prefix")
+ErrKeyOutsidePrefix = errors.error_kind("ErrKeyOutsidePrefix",
+                                        errors.StatusCode.INVALID_ARGUMENT,
+                                        "etcd-adapter: key outside the replaced prefix")
 
 
 class KVLimits(object):

@@ -338,7 +338,7 @@ class MemoryStore(Store):
         # Negative start revisions (old etcd accepted them) fail only once something has
         # been compacted, as etcd did.
         if self.compact_revision >= 0 and start_revision < self.compact_revision:
-            return fail(errors.ErrCompacted)
+            return fail(errors.ErrCompacted())
         logl = self._log
         i = _bisect_rev(logl, start_revision, 0)
         return succeed(mvcc.select_history(
@@ -353,7 +353,7 @@ class MemoryStore(Store):
         if lease_id == 0:
             lease_id = lease_rules.new_lease_id(self.leases.__contains__)
         elif lease_id in self.leases:
-            return fail(errors.ErrLeaseExist)
+            return fail(errors.ErrLeaseExist())
         lease = Lease(lease_id, ttl, self.clock.seconds() + ttl)
         self.leases[lease_id] = lease
         heapq.heappush(self._expiries, (lease.expiry, lease_id))
@@ -370,7 +370,7 @@ class MemoryStore(Store):
     def lease_revoke(self, lease_id):
         lease = self.leases.get(lease_id)
         if lease is None:
-            return fail(errors.ErrLeaseNotFound)
+            return fail(errors.ErrLeaseNotFound())
         return succeed(self._revoke(lease))
 
     def lease_keepalive(self, lease_id):

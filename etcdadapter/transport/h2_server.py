@@ -179,7 +179,7 @@ class H2Server(object):
             for stream in list(self.streams.values()):
                 if isinstance(stream, GrpcCall) and stream.method.kind != UNARY:
                     stream.on_cancel()
-                    stream.finish(ErrStopped)
+                    stream.finish(ErrStopped())
             self._flush()
             self._maybe_close_drained()
         return self._draining

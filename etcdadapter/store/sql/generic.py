@@ -140,7 +140,7 @@ class SQLStore(Store):
     # -- plumbing -------------------------------------------------------------------------
     def _call(self, mode, fn):
         if not self._started:
-            return defer.fail(errors.ErrStopped)
+            return defer.fail(errors.ErrStopped())
         return self.runner.call(lambda s: s.transaction(mode, fn))
 
     def _tx(self, mode, fn):
@@ -355,5 +355,5 @@ class SQLStore(Store):
             d = defer.gatherResults(waits) if waits else defer.succeed(None)
             return d.addCallback(lambda _: [i for i, _c in revoked])
         if not self._started:
-            return defer.fail(errors.ErrStopped)
+            return defer.fail(errors.ErrStopped())
         return self._track(self.runner.call(work).addCallback(delivered))

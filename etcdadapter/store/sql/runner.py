@@ -194,10 +194,8 @@ def _pause_or_give_up(dialect, error, attempt):
 
 
 def _fresh(error):
-    # A new exception per raise: raising a shared instance again extends its
-    # __traceback__ (and keeps every frame of every raise alive) -- and during an
-    # outage these are raised for every request.
-    return EtcdError(error.code, error.message)
+    # A new exception per raise (see errors.EtcdError).
+    return error()
 
 
 def _text(e):
