@@ -1,6 +1,6 @@
 """The SQL schema and its migrations.
 
-Tables (version 1)::
+Tables (version 1, plus etcd_compaction from version 2)::
 
     etcd_schema_version (id = 1, version)
         Which migrations have run.  A database written by a newer adapter (higher version)
@@ -38,6 +38,15 @@ Tables (version 1)::
         etcd's users, roles and auth flags as the opaque blob of
         :mod:`etcdadapter.security.auth_store` (never part of the revision history).
 
+    etcd_compaction (id = 1, purged_revision, purge_cursor)      (version 2)
+        How far the physical side of compaction has got (see :mod:`.purge`): a
+        compaction records its revision in etcd_meta at once, then deletes the rows it
+        made garbage in small batches.  purged_revision is the compact revision whose
+        deletions are complete (-1: none yet, or made by a version-1 adapter); while it
+        is below etcd_meta.compact_revision, purge_cursor is the log revision the next
+        batch starts at.  Every batch moves it in the same transaction as its deletions,
+        so an interrupted purge resumes where it stopped, on any instance.
+
 PostgreSQL also gets a trigger on etcd_meta that sends ``NOTIFY etcd_adapter, '<revision>'``
 with every committed revision (see :mod:`.notify`).
 
@@ -58,8 +67,9 @@ LOG = "etcd_log"
 CURRENT = "etcd_current"
 LEASE = "etcd_lease"
 AUTH = "etcd_auth"
+COMPACTION = "etcd_compaction"
 
-TABLES = (VERSION_TABLE, META, LOG, CURRENT, LEASE, AUTH)
+TABLES = (VERSION_TABLE, META, LOG, CURRENT, LEASE, AUTH, COMPACTION)
 
 
 class SchemaError(Exception):
@@ -97,9 +107,21 @@ def _v1(d, initial_revision):
     return out
 
 
+def _v2(d, initial_revision):
+    # A database compacted by version 1 has no garbage, but nothing says so: its first
+    # purge walks the whole log once.
+    I, B = d.INT, d.BIGINT
+    out = d.create_table(COMPACTION, ["id %s NOT NULL" % I,
+                                      "purged_revision %s NOT NULL" % B,
+                                      "purge_cursor %s NOT NULL" % B], ["id"])
+    out.append((d.insert_ignore(COMPACTION, ["id", "purged_revision", "purge_cursor"]),
+                (1, -1, -1)))
+    return out
+
+
 #: MIGRATIONS[n - 1](dialect, initial_revision) -> statements bringing version n-1 to n.
 #: A statement is SQL text or (SQL text, parameters).
-MIGRATIONS = [_v1]
+MIGRATIONS = [_v1, _v2]
 
 LATEST = len(MIGRATIONS)
 
