@@ -27,6 +27,7 @@ from etcdadapter.services.maintenance import MaintenanceService
 from etcdadapter.services.rpc import MethodRegistry
 from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import WatchHub
+from etcdadapter.store import compactor
 from etcdadapter.transport.h2_server import H2Settings
 from etcdadapter.transport.protocol import EtcdFactory
 
@@ -59,7 +60,12 @@ class AdapterConfig(object):
                  max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0,
                  watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
                  trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None,
-                 auth_token_ttl=TOKEN_TTL):
+                 auth_token_ttl=TOKEN_TTL, auto_compaction_mode=compactor.DEFAULT_MODE,
+                 auto_compaction_retention=compactor.DEFAULT_RETENTION,
+                 auto_compaction_check_interval=None):
+        """``auto_compaction_retention``: text as the flag takes it ("1h", "30m", "0",
+        "1000"; see :func:`etcdadapter.store.compactor.parse_retention`);
+        ``auto_compaction_check_interval``: seconds, None for etcd's."""
         self.listen = list(listen)
         self.store = store
         self.name = name
@@ -75,6 +81,9 @@ class AdapterConfig(object):
         self.client_cert_auth = client_cert_auth
         self.client_cert_policy = client_cert_policy
         self.auth_token_ttl = auth_token_ttl
+        self.auto_compaction_mode = auto_compaction_mode
+        self.auto_compaction_retention = auto_compaction_retention
+        self.auto_compaction_check_interval = auto_compaction_check_interval
 
 
 class AdapterService(service.Service):
@@ -91,6 +100,11 @@ class AdapterService(service.Service):
         self.store = store
         self.identity = ServerIdentity(name=config.name,
                                        client_urls=config.advertise_client_urls)
+        self.compactor = compactor.Compactor(
+            store, config.auto_compaction_mode,
+            compactor.parse_retention(config.auto_compaction_mode,
+                                      config.auto_compaction_retention),
+            clock=reactor, check_interval=config.auto_compaction_check_interval)
         self.auth = AuthStore(store, clock=reactor, token_ttl=config.auth_token_ttl)
         if cert_policy is None and config.client_cert_policy:
             cert_policy = CertPolicy.load(config.client_cert_policy)
@@ -143,6 +157,7 @@ class AdapterService(service.Service):
         yield self.store.start()
         yield self.auth.start()
         self.lease.start()
+        self.compactor.start()
         factory = self.tls.wrap(self.factory) if self.tls else self.factory
         for description in self.config.listen:
             ep = endpoints.serverFromString(self.reactor, with_backlog(description))
@@ -218,6 +233,7 @@ class AdapterService(service.Service):
         ports, self.ports = self.ports, []
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
         yield self.factory.shutdown(self.config.drain_timeout)
+        self.compactor.stop()
         yield self.lease.stop()
         self.auth.stop()
         yield self.store.stop()

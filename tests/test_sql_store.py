@@ -618,3 +618,19 @@ def test_auth_blob_is_shared_and_kept(make_store):
     result(b.auth_save(b"\x00" * 5000))
     assert result(a.auth_load()) == b"\x00" * 5000
     assert a.revision == 1 and result(a.status()).revision == 1      # not a KV write
+
+
+def test_compaction_refused_as_compacted_teaches_the_compact_revision(make_store):
+    """An instance whose change feed has not polled since another compacted learns the
+    compact revision from its refused Compact (before the fix it went on reporting -1
+    until the next poll)."""
+    a = make_store()
+    b = make_store(url=make_store.url)
+    for _ in range(10):
+        put(a, b"k")
+    _wait_for(lambda: raw(b).feed.delivered == 11)
+    call(raw(b).feed.stop)                         # no poll from here on
+    result(a.compact(8))
+    assert b.compact_revision == -1
+    assert error_of(b.compact(5)) == errors.ErrCompacted
+    assert b.compact_revision == 8

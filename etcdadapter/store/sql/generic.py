@@ -215,7 +215,17 @@ class SQLStore(Store):
         # Let this process's feed pass everything committed so far before old rows go:
         # the feed reads the log, and compaction deletes from it.
         yield self._catch_up()
-        current = yield self._write(lambda view: mvcc.compact(view, revision))
+        seen = []
+
+        def compact_in(view):
+            seen.append(view.compact_revision)
+            return mvcc.compact(view, revision)
+        try:
+            current = yield self._write(compact_in)
+        except EtcdError:
+            # ErrCompacted: another instance compacted further than this one knew.
+            self._saw(None, seen[-1] if seen else None)
+            raise
         self._saw(None, revision)
         purged = self._purge()
         if physical:
