@@ -456,3 +456,27 @@ def test_writers_commit_between_batches(make_store):
     assert not errors_seen, errors_seen
     assert interleaved, "no put was acknowledged between two batches"
     assert len(rows(s, LOG_ROWS)) == 5 + (s.revision - compact)
+
+
+@pytest.mark.parametrize("store_kind", SQL_KINDS)
+def test_version_1_database_is_migrated_and_purged(make_store, monkeypatch):
+    """A database made by a version-1 adapter (no etcd_compaction) gets the table at
+    start; its first purge walks the whole log once and keeps exactly what it should."""
+    from etcdadapter.store.sql import schema
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        m.setattr(schema, "LATEST", 1)
+        old = make_store()
+        random_history(old, random.Random(6), 50, 11)
+        assert rows(old, "SELECT version FROM etcd_schema_version") == [(1,)]
+        call(raw(old).stop)
+    s = make_store(url=make_store.url, store_kw={"compact_batch": 7})
+    assert rows(s, "SELECT version FROM etcd_schema_version") == [(2,)]
+    assert rows(s, "SELECT purged_revision, purge_cursor FROM etcd_compaction") == \
+        [(-1, -1)]
+    compact = s.revision - 4
+    want = kept_rows(rows(s, LOG_ROWS), rows(s, CURRENT_ROWS), compact)
+    before = reads(s, compact, s.revision)
+    result(s.compact(compact, True))
+    assert (rows(s, LOG_ROWS), rows(s, CURRENT_ROWS)) == want
+    assert reads(s, compact, s.revision) == before

@@ -214,6 +214,8 @@ class Compactor(object):
                      "(to {compact_revision})", mode=self.mode, revision=target,
                      compact_revision=self.store.compact_revision)
             return
+        if self._loop is None:
+            return                   # stopped meanwhile: the store stopping ended it
         log.warn("auto compaction ({mode}) to revision {revision} failed, retrying in "
                  "{interval}s: {error}", mode=self.mode, revision=target,
                  interval=self.check_interval, error=failure.getErrorMessage())

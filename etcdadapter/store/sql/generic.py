@@ -69,7 +69,7 @@ class SQLStore(Store):
         self.runner = Runner(dialect, pool_size, reactor)
         self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._saw)
         self.purger = Purger(self.runner, dialect, compact_batch, on_done=self._purged)
-        #: What the last purge pass of this process did (:class:`.purge.Purged`).
+        #: What the last purge pass of this process did (:class:`~etcdadapter.store.base.Purged`).
         self.last_purge = None
         self.listener = None
         if dialect.can_notify:

@@ -20,6 +20,11 @@ transaction as its deletions.  So a purge interrupted by a crash or a stop resum
 it stopped; a purge running on several instances at once shares the one cursor (the
 counter lock orders their batches); and a compaction recorded while a purge runs simply
 extends it (each batch reads the current C).
+
+Each row a batch walks names the row it superseded: its (prev_revision, prev_sub) is the
+key's version just before it (for a tombstone, the version it deleted).  So superseded
+rows go by primary key, however many versions a key has.  The one row nothing names --
+the put of a txn that puts and then deletes one key -- goes with its tombstone.
 """
 
 import collections

@@ -21,7 +21,8 @@ Tables (version 1, plus etcd_compaction from version 2)::
         ``version`` 0 marks a tombstone (create_revision 0, empty value, lease 0).
         (prev_revision, prev_sub) points at the row holding the key's version at
         ``revision - 1`` -- the event's prev_kv -- or is (0, 0) when there was none (or
-        the event creates the key).  Index (name, revision, sub) serves point and
+        the event creates the key); compaction follows it to the rows a write superseded
+        (:mod:`.purge`).  Index (name, revision, sub) serves point and
         historical reads; the primary key serves the change feed.
 
     etcd_current (name, revision, sub, version, lease)   PRIMARY KEY (name)
