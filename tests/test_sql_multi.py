@@ -258,8 +258,8 @@ def _compactions(server):
 ])
 def test_auto_compaction_once_across_instances(db_url, request, mode, args, target):
     """Two adapters on one database with a short retention: the compaction to the
-    target happens once (on one of them), both then answer reads and watches below it
-    with etcd's compacted error, and no adapter compacted to any revision twice."""
+    target happens once (on one of them), and both then answer reads and watches below
+    it with etcd's compacted errors."""
     url = db_url + ("&" if "?" in db_url else "?") + "initial_revision=1"
     adapters = start_adapters(url, 2, request, extra_args=args)
     with servers.GrpcClient(adapters[0].endpoint) as c:
@@ -306,7 +306,10 @@ def test_auto_compaction_once_across_instances(db_url, request, mode, args, targ
             c.close()
     time.sleep(1.0)                       # later checks find nothing more to do
     made = [_compactions(a) for a in adapters]
+    # One adapter compacted to the target (the other found it done, or skipped its
+    # check having seen it), none went further, none failed.
     assert sum(m.count((mode, target)) for m in made) == 1, made
-    revisions = sorted(rev for m in made for _mode, rev in m)
-    assert len(revisions) == len(set(revisions)), made
-    assert revisions[-1] == target, made
+    assert max(rev for m in made for _mode, rev in m) == target, made
+    for a in adapters:
+        assert "auto compaction (%s) to revision" % mode not in a.log_text(), \
+            a.log_tail()
