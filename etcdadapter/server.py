@@ -33,6 +33,7 @@ from etcdadapter.services.open_streams import OpenStreams
 from etcdadapter.services.rpc import MethodRegistry
 from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import WatchHub
+from etcdadapter.store import compactor
 from etcdadapter.transport.h2_server import H2Settings
 from etcdadapter.store.urls import redact
 from etcdadapter.transport.protocol import EtcdFactory
@@ -66,7 +67,13 @@ class AdapterConfig(object):
                  max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0,
                  watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
                  trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None,
-                 auth_token_ttl=TOKEN_TTL, slow_request_threshold=SLOW_REQUEST):
+                 auth_token_ttl=TOKEN_TTL, slow_request_threshold=SLOW_REQUEST,
+                 auto_compaction_mode=compactor.DEFAULT_MODE,
+                 auto_compaction_retention=compactor.DEFAULT_RETENTION,
+                 auto_compaction_check_interval=None):
+        """``auto_compaction_retention``: text as the flag takes it ("1h", "30m", "0",
+        "1000"; see :func:`etcdadapter.store.compactor.parse_retention`);
+        ``auto_compaction_check_interval``: seconds, None for etcd's."""
         self.listen = list(listen)
         self.store = store
         self.name = name
@@ -83,6 +90,9 @@ class AdapterConfig(object):
         self.client_cert_policy = client_cert_policy
         self.auth_token_ttl = auth_token_ttl
         self.slow_request_threshold = slow_request_threshold
+        self.auto_compaction_mode = auto_compaction_mode
+        self.auto_compaction_retention = auto_compaction_retention
+        self.auto_compaction_check_interval = auto_compaction_check_interval
 
 
 class AdapterService(service.Service):
@@ -109,6 +119,11 @@ class AdapterService(service.Service):
         self.store = store
         self.identity = ServerIdentity(name=config.name,
                                        client_urls=config.advertise_client_urls)
+        self.compactor = compactor.Compactor(
+            store, config.auto_compaction_mode,
+            compactor.parse_retention(config.auto_compaction_mode,
+                                      config.auto_compaction_retention),
+            clock=reactor, check_interval=config.auto_compaction_check_interval)
         if run_in_thread is None:
             from twisted.internet import threads
 
@@ -167,6 +182,7 @@ class AdapterService(service.Service):
         yield self.store.start()
         yield self.auth.start()
         self.lease.start()
+        self.compactor.start()
         factory = self.tls.wrap(self.factory) if self.tls else self.factory
         for description in self.config.listen:
             ep = endpoints.serverFromString(self.reactor, with_backlog(description))
@@ -265,6 +281,7 @@ class AdapterService(service.Service):
         cut = yield self.factory.shutdown(self.config.drain_timeout)
         log.info("etcd-adapter drained in {seconds:.3f}s", event="drained",
                  seconds=round(time.monotonic() - t0, 6), connections_cut=cut or 0)
+        self.compactor.stop()
         yield self.lease.stop()
         self.auth.stop()
         yield self.store.stop()

@@ -12,8 +12,8 @@ import os
 from twisted.python import usage
 
 from etcdadapter import config_file, durations
-
 from etcdadapter.server import AdapterConfig, AdapterService
+from etcdadapter.store import compactor
 
 ENV_PREFIX = "ETCD_ADAPTER_"
 DEFAULT_LISTEN = "tcp:2379:interface=127.0.0.1"
@@ -90,6 +90,17 @@ class Options(usage.Options):
         ["slow-request-threshold", None, 1.0,
          "Log a unary request (method, duration, peer, key) that takes longer than "
          "this (event slow-request, level warn).", _duration],
+        ["auto-compaction-mode", None, compactor.DEFAULT_MODE,
+         "periodic: keep --auto-compaction-retention of history (a duration); "
+         "revision: keep that many revisions (etcd's flag)."],
+        ["auto-compaction-retention", None, compactor.DEFAULT_RETENTION,
+         "History to keep: periodic mode a duration (1h, 30m, 5s; a bare integer is "
+         "hours), revision mode a number of revisions; 0 turns automatic compaction "
+         "off.  Default 1h (etcd's default is 0)."],
+        ["auto-compaction-check-interval", None, None,
+         "How often automatic compaction checks whether it is due (default as etcd: "
+         "a tenth of the retention, at most 6m, in periodic mode; 5m in revision "
+         "mode).", _duration],
     ]
 
     optFlags = [
@@ -179,6 +190,11 @@ class Options(usage.Options):
         if self["client-cert-auth"] and not (self["trusted-ca-file"] and self["cert-file"]):
             raise usage.UsageError(
                 "--client-cert-auth needs --cert-file, --key-file and --trusted-ca-file")
+        try:
+            compactor.parse_retention(self["auto-compaction-mode"],
+                                      self["auto-compaction-retention"])
+        except ValueError as e:
+            raise usage.UsageError("--auto-compaction-retention: %s" % (e,))
         # Loaded here so that bad files are usage errors; the service takes them as is.
         self.tls = self.cert_policy = None
         if self["cert-file"]:
@@ -213,7 +229,10 @@ class Options(usage.Options):
             client_cert_auth=self["client-cert-auth"],
             client_cert_policy=self["client-cert-policy"],
             auth_token_ttl=self["auth-token-ttl"],
-            slow_request_threshold=self["slow-request-threshold"])
+            slow_request_threshold=self["slow-request-threshold"],
+            auto_compaction_mode=self["auto-compaction-mode"],
+            auto_compaction_retention=self["auto-compaction-retention"],
+            auto_compaction_check_interval=self["auto-compaction-check-interval"])
 
 
 def makeService(options):

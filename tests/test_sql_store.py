@@ -169,7 +169,7 @@ def test_rows_after_compaction(make_store):
     put(s, b"hot", b"last")                                        # 10
     log_rows = "SELECT revision, sub, name, version FROM etcd_log ORDER BY revision, sub"
     assert len(rows(s, log_rows)) == 10
-    result(s.compact(8))
+    result(s.compact(8, True))
     assert rows(s, log_rows) == [
         (4, 0, b"hot", 3), (7, 0, b"tomb-after", 1),      # the latest <= 8 of live keys
         (8, 0, b"twice", 1), (8, 1, b"twice", 0),         # at R: its watch history
@@ -178,7 +178,7 @@ def test_rows_after_compaction(make_store):
         == [(b"hot", 10, 0, 4), (b"tomb-after", 9, 0, 0), (b"twice", 8, 1, 0)]
     assert [c.revision for c in result(s.history(8, b"\0", b"\0"))] == [8, 9, 10]
     assert all(e.prev_kv is None for e in result(s.history(8, b"\0", b"\0"))[0].events)
-    result(s.compact(10))
+    result(s.compact(10, True))
     assert rows(s, log_rows) == [(10, 0, b"hot", 4)]
     assert rows(s, "SELECT name FROM etcd_current") == [(b"hot",)]
     assert [kv.value for kv in get(s, b"\0", range_end=b"\0", revision=10).kvs] == \
@@ -624,3 +624,19 @@ def test_auth_blob_is_shared_and_kept(make_store):
     result(b.auth_save(b"\x00" * 5000))
     assert result(a.auth_load()) == b"\x00" * 5000
     assert a.revision == 1 and result(a.status()).revision == 1      # not a KV write
+
+
+def test_compaction_refused_as_compacted_teaches_the_compact_revision(make_store):
+    """An instance whose change feed has not polled since another compacted learns the
+    compact revision from its refused Compact (before the fix it went on reporting -1
+    until the next poll)."""
+    a = make_store()
+    b = make_store(url=make_store.url)
+    for _ in range(10):
+        put(a, b"k")
+    _wait_for(lambda: raw(b).feed.delivered == 11)
+    call(raw(b).feed.stop)                         # no poll from here on
+    result(a.compact(8))
+    assert b.compact_revision == -1
+    assert error_of(b.compact(5)) == errors.ErrCompacted
+    assert b.compact_revision == 8

@@ -84,3 +84,42 @@ def test_progress_notify_interval_reaches_the_watchers():
     finally:
         server.stop()
         server.cleanup()
+
+
+def test_auto_compaction_options(monkeypatch):
+    from etcdadapter.server import AdapterService
+    from etcdadapter.store.memory import MemoryStore
+    # On by default (etcd's default is off): periodic, one hour, checks every 6 minutes.
+    c = parse([]).config()
+    assert (c.auto_compaction_mode, c.auto_compaction_retention,
+            c.auto_compaction_check_interval) == ("periodic", "1h", None)
+    svc = AdapterService(c, store=MemoryStore())
+    assert (svc.compactor.mode, svc.compactor.retention,
+            svc.compactor.check_interval) == ("periodic", 3600.0, 360.0)
+    # etcd's spellings: a bare integer is hours in periodic mode, revisions otherwise.
+    c = parse(["--auto-compaction-retention", "2"]).config()
+    assert AdapterService(c, store=MemoryStore()).compactor.retention == 7200.0
+    c = parse(["--auto-compaction-mode", "revision", "--auto-compaction-retention",
+               "1000", "--auto-compaction-check-interval", "30s"]).config()
+    svc = AdapterService(c, store=MemoryStore())
+    assert (svc.compactor.mode, svc.compactor.retention,
+            svc.compactor.check_interval) == ("revision", 1000, 30.0)
+    assert not AdapterService(parse(["--auto-compaction-retention", "0"]).config(),
+                              store=MemoryStore()).compactor.enabled
+    o = parse([], {"ETCD_ADAPTER_AUTO_COMPACTION_MODE": "revision",
+                   "ETCD_ADAPTER_AUTO_COMPACTION_RETENTION": "50"}, monkeypatch)
+    assert (o.config().auto_compaction_mode, o.config().auto_compaction_retention) == \
+        ("revision", "50")
+
+
+@pytest.mark.parametrize("args", [
+    ["--auto-compaction-mode", "hourly"],
+    ["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"],
+    ["--auto-compaction-retention", "-1"],
+    ["--auto-compaction-retention", "1.5"],
+    ["--auto-compaction-check-interval", "0"],
+])
+def test_bad_auto_compaction_options(args):
+    with pytest.raises(usage.UsageError) as info:
+        parse(args)
+    assert "compaction" in str(info.value) or "must be positive" in str(info.value)

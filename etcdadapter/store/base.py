@@ -41,6 +41,10 @@ Change = namedtuple("Change", "revision events")
 StoreStatus = namedtuple("StoreStatus",
                          "revision compact_revision db_size db_size_in_use")
 
+# What the physical side of a compaction removed: old versions (log rows) and keys
+# forgotten altogether, and how long it took (wall-clock seconds).
+Purged = namedtuple("Purged", "revision versions keys seconds")
+
 # LeaseTimeToLive's answer: ``ttl`` = remaining whole seconds (-1 for an unknown lease),
 # ``granted_ttl`` (0 for an unknown lease), ``keys`` = sorted attached keys (empty unless
 # asked for).
@@ -89,6 +93,9 @@ class Store(object):
     #: The revision compacted to; -1 when nothing has been compacted.
     compact_revision = -1
 
+    #: :class:`Purged`: what this process's last compaction removed (None: none yet).
+    last_purge = None
+
     #: The clock lease expiry is measured on (an IReactorTime: ``clock.seconds()``);
     #: ``twisted.internet.task.Clock`` in tests.
     clock = None
@@ -129,7 +136,10 @@ class Store(object):
         raise NotImplementedError
 
     def compact(self, revision, physical=False):
-        """Compact history below ``revision``.  Deferred[int]: the current revision."""
+        """Compact history below ``revision``.  Deferred[int]: the current revision.
+        Reads and watches below ``revision`` fail with ErrCompacted as soon as it fires;
+        with ``physical`` it fires only once the old versions are gone too (a store may
+        remove them in the background otherwise)."""
         raise NotImplementedError
 
     def status(self):

@@ -31,7 +31,8 @@ from etcdadapter import errors
 from etcdadapter.errors import EtcdError
 from etcdadapter.store import lease as lease_rules
 from etcdadapter.store import mvcc
-from etcdadapter.store.base import Change, LeaseTTL, Store, StoreStatus, Subscribers
+from etcdadapter.store.base import (Change, LeaseTTL, Purged, Store, StoreStatus,
+                                    Subscribers)
 
 log = Logger()
 
@@ -198,6 +199,7 @@ class _View(mvcc.WriteView):
         s._unnotified.append(change)
 
     def compact(self, revision):
+        started = time.monotonic()
         s = self.store
         keys = s._keys
         logl = s._log
@@ -205,6 +207,7 @@ class _View(mvcc.WriteView):
         end = j + 1 if j < len(logl) and logl[j].revision == revision else j
         touched = set()
         freed = 0
+        versions = forgotten = 0
         for i in range(end):
             change = logl[i]
             events = change.events
@@ -221,12 +224,14 @@ class _View(mvcc.WriteView):
                 continue
             for kv in h[:len(h) - len(kept)]:
                 freed += len(kv.value) + VERSION_OVERHEAD
+            versions += len(h) - len(kept)
             if kept:
                 keys[key] = kept
             else:
                 del keys[key]
                 s._dead.remove(key)
                 freed += len(key) + KEY_OVERHEAD
+                forgotten += 1
         del logl[:j]
         if logl and logl[0].revision == revision:
             # etcd reads a watch event's prev_kv at revision - 1: compacted now.
@@ -236,6 +241,12 @@ class _View(mvcc.WriteView):
                                                  for ev in change.events))
         s._bytes -= freed
         s.compact_revision = revision
+        seconds = time.monotonic() - started
+        s.last_purge = Purged(revision, versions, forgotten, seconds)
+        if versions or forgotten:
+            log.info("compaction to revision {revision}: removed {versions} old versions "
+                     "and {keys} keys in {seconds:.3f}s", revision=revision,
+                     versions=versions, keys=forgotten, seconds=seconds)
 
 
 class MemoryStore(Store):

@@ -14,6 +14,8 @@ Query parameters, every store:
 ``pool_size``      database threads, each with one connection (default 4)
 ``initial_revision``  first revision of a database created now (default: the wall clock
                    in ms, like the memory store, so a recreated database never goes back)
+``compact_batch``  log rows a compaction deletes per transaction (default 1000; writers
+                   wait for one such batch at most, see :mod:`.purge`)
 
 SQLite: ``busy_timeout`` (seconds another process may hold the write lock, default 5),
 ``synchronous`` (``FULL`` default, ``NORMAL``, ...).
@@ -169,6 +171,8 @@ def open_sql_store(scheme, parts, query, **store_kw):
         kw["pool_size"] = _int("pool_size", q.pop("pool_size"), 1)
     if "initial_revision" in q:
         kw["initial_revision"] = _int("initial_revision", q.pop("initial_revision"), 1)
+    if "compact_batch" in q:
+        kw["compact_batch"] = _int("compact_batch", q.pop("compact_batch"), 1)
     if scheme == "sqlite":
         dialect = _sqlite(parts, q)
     elif scheme in ("mysql", "tidb"):

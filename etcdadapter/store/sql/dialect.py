@@ -105,14 +105,34 @@ class Dialect(object):
         """Engine-specific statements of the version-1 schema (idempotent)."""
         return []
 
-    # -- compaction -------------------------------------------------------------------------
-    def delete_superseded(self, log):
-        """DELETE of every log row below revision %s (1st parameter) that a later row of
-        the same key at or below revision %s (2nd parameter, the same value) supersedes."""
-        return ("DELETE FROM {log} WHERE revision < %s AND EXISTS ("
-                "SELECT 1 FROM {log} n WHERE n.name = {log}.name AND n.revision <= %s "
-                "AND (n.revision > {log}.revision OR (n.revision = {log}.revision "
-                "AND n.sub > {log}.sub)))").format(log=log)
+    # -- compaction (see :mod:`.purge`) -----------------------------------------------------
+    #
+    # One purge batch covers the log rows of whole revisions lo..hi and, with ``compact``
+    # the compact revision, deletes in this order (each method returns (SQL, parameters)):
+
+    def purge_dead_keys(self, log, current, lo, hi, compact):
+        """etcd_current rows of keys that are deleted as of a revision below ``compact``,
+        for the tombstones in lo..hi."""
+        return ("DELETE FROM {cur} WHERE name IN (SELECT name FROM {log} WHERE "
+                "revision >= %s AND revision <= %s AND version = 0) "
+                "AND version = 0 AND revision < %s").format(log=log, cur=current), \
+            (lo, hi, compact)
+
+    def purge_superseded(self, log, lo, hi):
+        """The rows that the rows of lo..hi superseded: each row's (prev_revision,
+        prev_sub) is its key's previous version, so this is primary-key work only."""
+        return ("DELETE FROM {log} WHERE (revision, sub) IN (SELECT prev_revision, "
+                "prev_sub FROM {log} WHERE revision >= %s AND revision <= %s "
+                "AND prev_revision > 0)").format(log=log), (lo, hi)
+
+    def purge_tombstones(self, log, lo, hi, compact):
+        """The tombstones in lo..hi below ``compact``, with the rows of their key that
+        the same revision wrote before them (a txn may put, then delete, one key)."""
+        return ("DELETE FROM {log} WHERE revision >= %s AND revision <= %s "
+                "AND revision < %s AND EXISTS (SELECT 1 FROM {log} t "
+                "WHERE t.revision = {log}.revision AND t.name = {log}.name "
+                "AND t.sub >= {log}.sub AND t.version = 0)").format(log=log), \
+            (lo, hi, compact)
 
     # -- sizes ----------------------------------------------------------------------------
     def db_size(self, tx, tables):

@@ -4,14 +4,17 @@ Each request is one database transaction in a pool thread (:mod:`.runner`):
 
 * reads (Range, read-only Txn, history, lease queries) run in a consistent snapshot
   through :class:`~etcdadapter.store.sql.views.SQLReadView`;
-* writes (Put, DeleteRange, Txn, Compact, lease revoke/expiry) lock the revision counter
+* writes (Put, DeleteRange, Txn, lease revoke/expiry) lock the revision counter
   row first, run the very same :mod:`etcdadapter.store.mvcc` function as the memory store
   over a :class:`~etcdadapter.store.sql.views.SQLWriteView`, append the new revision's log
   rows, bump the counter and commit -- so revisions are committed in order, one per write
   request, with nothing guessed;
 * the change feed (:mod:`.feed`) hands every committed revision to the subscribers in
   order: this process's writes at once, other processes' writes when the poll loop sees
-  them.
+  them;
+* Compact records the compact revision in one such write transaction, then deletes the
+  rows it made garbage in small batches (:mod:`.purge`), in the background unless the
+  request asked for ``physical``.
 
 Leases are rows (ID, granted TTL, expiry in wall-clock ms); grant and keep-alive touch only
 their row (no revision), revoke and expiry delete the attached keys through the normal
@@ -36,6 +39,7 @@ from etcdadapter.store.sql import schema
 from etcdadapter.store.sql.dialect import DUPLICATE
 from etcdadapter.store.sql.feed import ChangeFeed
 from etcdadapter.store.sql.notify import Listener
+from etcdadapter.store.sql.purge import BATCH, Purger
 from etcdadapter.store.sql.runner import Runner
 from etcdadapter.store.sql.schema import AUTH, CURRENT, LEASE
 from etcdadapter.store.sql.views import (SQLReadView, SQLWriteView, poll_changes,
@@ -51,7 +55,7 @@ POLL_BATCH = 500                  # log rows per poll
 class SQLStore(Store):
     def __init__(self, dialect, poll_interval=DEFAULT_POLL_INTERVAL,
                  pool_size=DEFAULT_POOL_SIZE, initial_revision=None, clock=None,
-                 reactor=None, poll_batch=POLL_BATCH):
+                 reactor=None, poll_batch=POLL_BATCH, compact_batch=BATCH):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -64,6 +68,9 @@ class SQLStore(Store):
         self.poll_batch = poll_batch
         self.runner = Runner(dialect, pool_size, reactor)
         self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._saw)
+        self.purger = Purger(self.runner, dialect, compact_batch, on_done=self._purged)
+        #: What the last purge pass of this process did (:class:`~etcdadapter.store.base.Purged`).
+        self.last_purge = None
         self.listener = None
         if dialect.can_notify:
             self.listener = Listener(dialect, reactor, self.feed, poll_interval)
@@ -97,12 +104,16 @@ class SQLStore(Store):
         self._started = True
         log.info("SQL store {db}: revision {rev}, compacted to {c}",
                  db=self.dialect.describe(), rev=rev, c=compact)
+        # Finish a purge that a crash or a stop interrupted (one short transaction if
+        # there is none).
+        self._purge().addErrback(lambda _: None)
 
     @defer.inlineCallbacks
     def stop(self):
         if not self._started:
             return
         self._started = False
+        self.purger.stopping = True
         if self.listener is not None:
             self.listener.stop()
         yield self.drain()
@@ -207,9 +218,33 @@ class SQLStore(Store):
         # Let this process's feed pass everything committed so far before old rows go:
         # the feed reads the log, and compaction deletes from it.
         yield self._catch_up()
-        current = yield self._write(lambda view: mvcc.compact(view, revision))
+        seen = []
+
+        def compact_in(view):
+            seen.append(view.compact_revision)
+            return mvcc.compact(view, revision)
+        try:
+            current = yield self._write(compact_in)
+        except EtcdError:
+            # ErrCompacted: another instance compacted further than this one knew.
+            self._saw(None, seen[-1] if seen else None)
+            raise
         self._saw(None, revision)
+        purged = self._purge()
+        if physical:
+            yield purged
+        else:
+            purged.addErrback(lambda _: None)        # logged by the purger
         return current
+
+    def _purge(self):
+        """Deferred[Purged] of a purge pass started after now."""
+        if not self._started:
+            return defer.fail(errors.ErrStopped)
+        return self._track(self.purger.request())
+
+    def _purged(self, purged):
+        self.last_purge = purged
 
     def _catch_up(self):
         d = self._tx("read", lambda tx: read_meta(tx)[0])

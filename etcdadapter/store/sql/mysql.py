@@ -82,12 +82,25 @@ class MySQLDialect(Dialect):
                 % (table, ", ".join(columns), ", ".join(["%s"] * len(columns)),
                    ", ".join("%s = VALUES(%s)" % (c, c) for c in rest)))
 
-    def delete_superseded(self, log):
-        # MySQL cannot DELETE from a table its subquery reads: a multi-table DELETE.
-        return ("DELETE l FROM {log} l JOIN {log} n ON n.name = l.name "
-                "AND n.revision <= %s AND (n.revision > l.revision "
-                "OR (n.revision = l.revision AND n.sub > l.sub)) "
-                "WHERE l.revision < %s").format(log=log)
+    # MySQL cannot DELETE from a table that a subquery of the statement reads, and
+    # MariaDB runs a single-table DELETE ... IN (subquery) as a scan of the whole table:
+    # multi-table DELETEs, driven by the batch's rows.
+    def purge_dead_keys(self, log, current, lo, hi, compact):
+        return ("DELETE c FROM {log} t JOIN {cur} c ON c.name = t.name "
+                "WHERE t.revision >= %s AND t.revision <= %s AND t.version = 0 "
+                "AND c.version = 0 AND c.revision < %s").format(log=log, cur=current), \
+            (lo, hi, compact)
+
+    def purge_superseded(self, log, lo, hi):
+        return ("DELETE p FROM {log} n JOIN {log} p ON p.revision = n.prev_revision "
+                "AND p.sub = n.prev_sub WHERE n.revision >= %s AND n.revision <= %s "
+                "AND n.prev_revision > 0").format(log=log), (lo, hi)
+
+    def purge_tombstones(self, log, lo, hi, compact):
+        return ("DELETE l FROM {log} t JOIN {log} l ON l.revision = t.revision "
+                "AND l.name = t.name AND l.sub <= t.sub WHERE t.revision >= %s "
+                "AND t.revision <= %s AND t.revision < %s AND t.version = 0").format(log=log), \
+            (lo, hi, compact)
 
     def classify(self, exc):
         if isinstance(exc, pymysql.err.InterfaceError):

@@ -104,6 +104,26 @@ class PostgresDialect(Dialect):
             "FOR EACH ROW EXECUTE FUNCTION etcd_notify_revision(); END IF; END $$",
         ]
 
+    # DELETE ... USING: joins the planner drives from the batch's primary-key range (an
+    # IN (subquery) form may be planned as a hash join over the whole table).
+    def purge_dead_keys(self, log, current, lo, hi, compact):
+        return ("DELETE FROM {cur} c USING {log} t WHERE t.revision >= %s "
+                "AND t.revision <= %s AND t.version = 0 AND c.name = t.name "
+                "AND c.version = 0 AND c.revision < %s").format(log=log, cur=current), \
+            (lo, hi, compact)
+
+    def purge_superseded(self, log, lo, hi):
+        return ("DELETE FROM {log} p USING {log} n WHERE n.revision >= %s "
+                "AND n.revision <= %s AND n.prev_revision > 0 "
+                "AND p.revision = n.prev_revision AND p.sub = n.prev_sub").format(log=log), \
+            (lo, hi)
+
+    def purge_tombstones(self, log, lo, hi, compact):
+        return ("DELETE FROM {log} l USING {log} t WHERE t.revision >= %s "
+                "AND t.revision <= %s AND t.revision < %s AND t.version = 0 "
+                "AND l.revision = t.revision AND l.name = t.name "
+                "AND l.sub <= t.sub").format(log=log), (lo, hi, compact)
+
     def classify(self, exc):
         state = getattr(exc, "sqlstate", None)
         if state in _RETRY_STATES:

@@ -1,6 +1,6 @@
 """The SQL schema and its migrations.
 
-Tables (version 1)::
+Tables (version 1, plus etcd_compaction from version 2)::
 
     etcd_schema_version (id = 1, version)
         Which migrations have run.  A database written by a newer adapter (higher version)
@@ -21,7 +21,8 @@ Tables (version 1)::
         ``version`` 0 marks a tombstone (create_revision 0, empty value, lease 0).
         (prev_revision, prev_sub) points at the row holding the key's version at
         ``revision - 1`` -- the event's prev_kv -- or is (0, 0) when there was none (or
-        the event creates the key).  Index (name, revision, sub) serves point and
+        the event creates the key); compaction follows it to the rows a write superseded
+        (:mod:`.purge`).  Index (name, revision, sub) serves point and
         historical reads; the primary key serves the change feed.
 
     etcd_current (name, revision, sub, version, lease)   PRIMARY KEY (name)
@@ -37,6 +38,15 @@ Tables (version 1)::
     etcd_auth (id = 1, data)
         etcd's users, roles and auth flags as the opaque blob of
         :mod:`etcdadapter.security.auth_store` (never part of the revision history).
+
+    etcd_compaction (id = 1, purged_revision, purge_cursor)      (version 2)
+        How far the physical side of compaction has got (see :mod:`.purge`): a
+        compaction records its revision in etcd_meta at once, then deletes the rows it
+        made garbage in small batches.  purged_revision is the compact revision whose
+        deletions are complete (-1: none yet, or made by a version-1 adapter); while it
+        is below etcd_meta.compact_revision, purge_cursor is the log revision the next
+        batch starts at.  Every batch moves it in the same transaction as its deletions,
+        so an interrupted purge resumes where it stopped, on any instance.
 
 PostgreSQL also gets a trigger on etcd_meta that sends ``NOTIFY etcd_adapter, '<revision>'``
 with every committed revision (see :mod:`.notify`).
@@ -58,8 +68,9 @@ LOG = "etcd_log"
 CURRENT = "etcd_current"
 LEASE = "etcd_lease"
 AUTH = "etcd_auth"
+COMPACTION = "etcd_compaction"
 
-TABLES = (VERSION_TABLE, META, LOG, CURRENT, LEASE, AUTH)
+TABLES = (VERSION_TABLE, META, LOG, CURRENT, LEASE, AUTH, COMPACTION)
 
 
 class SchemaError(Exception):
@@ -97,9 +108,21 @@ def _v1(d, initial_revision):
     return out
 
 
+def _v2(d, initial_revision):
+    # A database compacted by version 1 has no garbage, but nothing says so: its first
+    # purge walks the whole log once.
+    I, B = d.INT, d.BIGINT
+    out = d.create_table(COMPACTION, ["id %s NOT NULL" % I,
+                                      "purged_revision %s NOT NULL" % B,
+                                      "purge_cursor %s NOT NULL" % B], ["id"])
+    out.append((d.insert_ignore(COMPACTION, ["id", "purged_revision", "purge_cursor"]),
+                (1, -1, -1)))
+    return out
+
+
 #: MIGRATIONS[n - 1](dialect, initial_revision) -> statements bringing version n-1 to n.
 #: A statement is SQL text or (SQL text, parameters).
-MIGRATIONS = [_v1]
+MIGRATIONS = [_v1, _v2]
 
 LATEST = len(MIGRATIONS)
 

@@ -176,16 +176,12 @@ class SQLWriteView(SQLReadView, mvcc.WriteView):
         self.committed = (revision, events)
 
     def compact(self, revision):
-        d = self.dialect
-        tx = self.tx
-        # Versions superseded at or below the compact revision, then tombstones below it
-        # (a tombstone AT it stays: it is that revision's watch event; reads at it find
-        # the key absent either way).  Rows at or above it are the watch history.
-        tx.run(d.delete_superseded(LOG), (revision, revision))
-        tx.run("DELETE FROM " + LOG + " WHERE revision < %s AND version = 0", (revision,))
-        tx.run("DELETE FROM " + CURRENT + " WHERE revision < %s AND version = 0",
-               (revision,))
-        tx.run("UPDATE " + META + " SET compact_revision = %s WHERE id = 1", (revision,))
+        # Only the revision, in this short transaction: every instance answers below it
+        # with ErrCompacted from now on, and reads at or above it never need the rows
+        # below it.  Deleting those rows is garbage collection, done afterwards in
+        # small batches (:mod:`.purge`) so that writers never wait for all of it.
+        self.tx.run("UPDATE " + META + " SET compact_revision = %s WHERE id = 1",
+                    (revision,))
         self.compact_revision = revision
 
 
