@@ -104,9 +104,19 @@ def start_servers(request):
 
 
 @pytest.fixture
-def pair(start_servers):
-    """A fresh reference etcd and a fresh server under test."""
-    return start_servers()
+def pair(target_store, start_servers):
+    """A fresh reference etcd and a fresh server under test (on ``target_store``: the
+    memory store unless the module sets ``TARGET_STORES``)."""
+    return start_servers(target_store)
+
+
+def pytest_generate_tests(metafunc):
+    """A module with ``TARGET_STORES = ("memory", "sqlite", ...)`` runs each of its tests
+    that use ``pair`` once per store kind: the same differential test against etcd, with
+    the adapter on each store."""
+    kinds = getattr(metafunc.module, "TARGET_STORES", None)
+    if kinds and "target_store" in metafunc.fixturenames:
+        metafunc.parametrize("target_store", kinds, indirect=True)
 
 
 @pytest.fixture(scope="module")

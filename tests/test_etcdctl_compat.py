@@ -29,6 +29,9 @@ import servers
 
 pytestmark = pytest.mark.adapter
 
+# Every test here runs with the adapter on each store (tests/conftest.py).
+TARGET_STORES = ("memory", "sqlite", "mariadb", "postgresql")
+
 _REV = re.compile(r"\{rev(?:\+(\d+))?\}")
 
 

@@ -36,6 +36,9 @@ from test_watch_grpc import _etcdctl_watch, _norm_out, _stop
 
 pytestmark = pytest.mark.adapter
 
+# Every test here runs with the adapter on each store (tests/conftest.py).
+TARGET_STORES = ("memory", "sqlite", "mariadb", "postgresql")
+
 _GRANT = re.compile(r"^lease ([0-9a-f]{16}) granted with TTL\(\d+s\)$")
 _REMAINING = re.compile(r"granted with TTL\((\d+)s\), remaining\((-?\d+)s\)")
 _ATTACHED = re.compile(r"attached keys\(\[([^\]]*)\]\)")

@@ -32,6 +32,9 @@ import servers
 
 pytestmark = pytest.mark.adapter
 
+# Every test here runs with the adapter on each store (tests/conftest.py).
+TARGET_STORES = ("memory", "sqlite", "mariadb", "postgresql")
+
 QUIET = 0.35          # etcd is "done" after this long without a response
 TARGET_WAIT = 5.0     # how long our server may take for the responses etcd sent
 
