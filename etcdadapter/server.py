@@ -28,6 +28,7 @@ from etcdadapter.services.rpc import MethodRegistry
 from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import WatchHub
 from etcdadapter.transport.h2_server import H2Settings
+from etcdadapter.transport.limits import ConnectionLimits, default_max_connections
 from etcdadapter.transport.protocol import EtcdFactory
 
 log = Logger()
@@ -59,7 +60,10 @@ class AdapterConfig(object):
                  max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0,
                  watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
                  trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None,
-                 auth_token_ttl=TOKEN_TTL):
+                 auth_token_ttl=TOKEN_TTL, header_timeout=10.0, idle_timeout=300.0,
+                 max_connections=None):
+        """``max_connections`` None: from the open-file limit (see transport/limits.py);
+        0: no limit.  A timeout of 0 turns it off."""
         self.listen = list(listen)
         self.store = store
         self.name = name
@@ -75,6 +79,9 @@ class AdapterConfig(object):
         self.client_cert_auth = client_cert_auth
         self.client_cert_policy = client_cert_policy
         self.auth_token_ttl = auth_token_ttl
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
 
 
 class AdapterService(service.Service):
@@ -111,6 +118,12 @@ class AdapterService(service.Service):
         self.lease = LeaseService(store, self.identity, clock=reactor,
                                   authz=self.authz.for_lease())
         self.auth_service = AuthService(self.auth, self.authz, store, self.identity)
+        max_connections = config.max_connections
+        if max_connections is None:
+            max_connections = default_max_connections()
+        self.limits = ConnectionLimits(header_timeout=config.header_timeout,
+                                       idle_timeout=config.idle_timeout,
+                                       max_connections=max_connections)
         self.metrics = AdapterMetrics(store, self.watch)
         for svc in (self.kv, self.maintenance, self.cluster, self.watch, self.lease,
                     self.auth_service):
@@ -126,7 +139,9 @@ class AdapterService(service.Service):
             self.registry, self.router, clock=reactor,
             h2_settings=H2Settings(
                 max_concurrent_streams=config.max_concurrent_streams,
-                max_receive_message_size=max_receive))
+                max_receive_message_size=max_receive),
+            limits=self.limits)
+        self.metrics.watch_connections(self.factory)
         if tls is None and (config.cert_file or config.key_file):
             from etcdadapter.security.tls import ServerTLS
             tls = ServerTLS(config.cert_file, config.key_file, config.trusted_ca_file,
