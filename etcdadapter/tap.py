@@ -51,8 +51,8 @@ _duration_or_off.coerceDoc = "Seconds, or a duration such as 5m, 10s; 0 turns it
 
 
 def _connection_limit(value):
-    """A number of connections (0: no limit), or 'auto'."""
-    if str(value).strip().lower() == "auto":
+    """A number of connections (0: no limit), or 'auto' (None)."""
+    if value is None or str(value).strip().lower() == "auto":
         return None
     n = int(value)
     if n < 0:
