@@ -7,6 +7,7 @@ large values and never reads).  Short timeouts are set through the options."""
 import base64
 import http.client
 import json
+import signal
 import socket
 import ssl
 import struct
@@ -508,3 +509,46 @@ def test_a_reading_client_gets_every_large_answer(adapter):
         assert base64.b64decode(doc["kvs"][0]["value"]) == b"v" * BIG
     f.close()
     s.close()
+
+
+def test_a_slow_reader_is_closed_once_it_has_read_everything(request):
+    """Shutdown while a client's answers are still in the socket buffer (reading
+    stopped for it): the connection closes when it has read them, and the server exits
+    at once, not after --drain-timeout."""
+    server = _serve("limits-slow-reader")
+    request.node._etcdadapter_servers = [server]
+    try:
+        _put_big(server)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", server.port))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2 ** 31 - 1})
+        conn.increment_flow_control_window(2 ** 31 - 1 - 65535)
+        body = frame_message(rpc.RangeRequest(key=b"big").SerializeToString())
+        for _ in range(3):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                    (":authority", "x"), (":path", "/etcdserverpb.KV/Range"),
+                                    ("content-type", "application/grpc")])
+            conn.send_data(sid, body, end_stream=True)
+        s.sendall(conn.data_to_send())
+        time.sleep(1.0)                     # answered; megabytes wait in the buffers
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        received = 0
+        s.settimeout(10)
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            received += len(chunk)
+        assert received > 3 * BIG
+        server.proc.wait(5)
+        assert time.monotonic() - t0 < 3.0
+        s.close()
+    finally:
+        server._kill()
+        server.cleanup()

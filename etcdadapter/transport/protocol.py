@@ -164,9 +164,13 @@ class EtcdProtocol(protocol.Protocol):
         if self._abort_call is not None:
             return
         self._abort_call = self.factory.clock.callLater(ABORT_AFTER, self._abort)
+        # A registered producer keeps Twisted from closing after the last byte is out
+        # (it is asked to resume instead), so it goes first.
         if self._h2 is None and self._inner is not None and self._inner is not _Discard:
             self._inner.loseConnection()      # twisted.web's: unregisters its producer
         else:
+            if self._h2 is not None:
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     def _abort(self):
