@@ -11,6 +11,7 @@ one process, e.g. embedded or in tests).
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -106,6 +107,10 @@ class AdapterMetrics(object):
                                     "Store size in use as Maintenance.Status reports it.",
                                     registry=r)
 
+    def watch_connections(self, factory):
+        """Export the client port's connection counts (an EtcdFactory's)."""
+        self.registry.register(_ConnectionCollector(factory))
+
     def _watch_streams(self):
         return len(self.watch_service.streams) if self.watch_service else 0
 
@@ -183,3 +188,35 @@ class AdapterMetrics(object):
             d.addErrback(lambda _f: None)      # metrics still render without the store
             d.addCallback(respond)
         router.add("/metrics", serve, methods=("GET",))
+
+
+class _ConnectionCollector(object):
+    """``etcd_adapter_connections*``: read from the factory's counters at scrape time."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def collect(self):
+        f = self.factory
+        stats = f.stats
+        yield GaugeMetricFamily("etcd_adapter_connections",
+                                "Client connections now open.", value=len(f.connections))
+        yield GaugeMetricFamily("etcd_adapter_connections_limit",
+                                "--max-connections (0: no limit).",
+                                value=f.limits.max_connections)
+        yield CounterMetricFamily("etcd_adapter_connections_accepted",
+                                  "Client connections accepted.", value=stats.accepted)
+        yield CounterMetricFamily("etcd_adapter_connections_refused",
+                                  "Connections closed at once: --max-connections reached.",
+                                  value=stats.refused)
+        timed_out = CounterMetricFamily(
+            "etcd_adapter_connections_timed_out",
+            "Connections closed by a timeout: header (--header-timeout, also a stalled "
+            "HTTP/1.1 body), idle (--idle-timeout).", labels=("phase",))
+        for phase, n in sorted(stats.timed_out.items()):
+            timed_out.add_metric((phase,), n)
+        yield timed_out
+        yield CounterMetricFamily(
+            "etcd_adapter_output_paused",
+            "Times a connection's unsent output went over its budget, so its new "
+            "requests waited.", value=stats.paused)

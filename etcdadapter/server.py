@@ -36,6 +36,7 @@ from etcdadapter.services.watch_hub import WatchHub
 from etcdadapter.store import compactor
 from etcdadapter.transport.h2_server import H2Settings
 from etcdadapter.store.urls import redact
+from etcdadapter.transport.limits import ConnectionLimits, default_max_connections
 from etcdadapter.transport.protocol import EtcdFactory
 
 log = Logger()
@@ -70,10 +71,13 @@ class AdapterConfig(object):
                  auth_token_ttl=TOKEN_TTL, slow_request_threshold=SLOW_REQUEST,
                  auto_compaction_mode=compactor.DEFAULT_MODE,
                  auto_compaction_retention=compactor.DEFAULT_RETENTION,
-                 auto_compaction_check_interval=None):
+                 auto_compaction_check_interval=None, header_timeout=10.0,
+                 idle_timeout=300.0, max_connections=None):
         """``auto_compaction_retention``: text as the flag takes it ("1h", "30m", "0",
         "1000"; see :func:`etcdadapter.store.compactor.parse_retention`);
-        ``auto_compaction_check_interval``: seconds, None for etcd's."""
+        ``auto_compaction_check_interval``: seconds, None for etcd's.
+        ``max_connections`` None: from the open-file limit (see transport/limits.py);
+        0: no limit.  A timeout of 0 turns it off."""
         self.listen = list(listen)
         self.store = store
         self.name = name
@@ -93,6 +97,9 @@ class AdapterConfig(object):
         self.auto_compaction_mode = auto_compaction_mode
         self.auto_compaction_retention = auto_compaction_retention
         self.auto_compaction_check_interval = auto_compaction_check_interval
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
 
 
 class AdapterService(service.Service):
@@ -151,6 +158,12 @@ class AdapterService(service.Service):
         self.lease = LeaseService(store, self.identity, clock=reactor,
                                   authz=self.authz.for_lease())
         self.auth_service = AuthService(self.auth, self.authz, store, self.identity)
+        max_connections = config.max_connections
+        if max_connections is None:
+            max_connections = default_max_connections()
+        self.limits = ConnectionLimits(header_timeout=config.header_timeout,
+                                       idle_timeout=config.idle_timeout,
+                                       max_connections=max_connections)
         self.metrics = AdapterMetrics(store, self.watch,
                                       slow_request=config.slow_request_threshold)
         self.open_streams = OpenStreams()
@@ -169,7 +182,9 @@ class AdapterService(service.Service):
             self.registry, self.router, clock=reactor,
             h2_settings=H2Settings(
                 max_concurrent_streams=config.max_concurrent_streams,
-                max_receive_message_size=max_receive))
+                max_receive_message_size=max_receive),
+            limits=self.limits)
+        self.metrics.watch_connections(self.factory)
         if tls is None and (config.cert_file or config.key_file):
             from etcdadapter.security.tls import ServerTLS
             tls = ServerTLS(config.cert_file, config.key_file, config.trusted_ca_file,

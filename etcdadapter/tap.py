@@ -41,6 +41,31 @@ def _duration(value):
 _duration.coerceDoc = "Seconds, or a duration such as 10m, 30s, 500ms."
 
 
+def _duration_or_off(value):
+    """Like :func:`_duration`, and 0 turns the timeout off."""
+    seconds = durations.seconds(value)
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+_duration_or_off.coerceDoc = "Seconds, or a duration such as 5m, 10s; 0 turns it off."
+
+
+def _connection_limit(value):
+    """A number of connections (0: no limit), or 'auto' (None)."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    n = int(value)
+    if n < 0:
+        raise ValueError("must be 0 (no limit), a positive number or auto")
+    return n
+
+
+_connection_limit.coerceDoc = ("A number, 0 for no limit, or auto (the open-file limit "
+                               "minus 256).")
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Serve etcd's v3 API (gRPC and the HTTP/JSON gateway, one port) from the "
@@ -101,6 +126,18 @@ class Options(usage.Options):
          "How often automatic compaction checks whether it is due (default as etcd: "
          "a tenth of the retention, at most 6m, in periodic mode; 5m in revision "
          "mode).", _duration],
+        ["header-timeout", None, 10.0,
+         "A new connection must deliver a complete request head (HTTP/1.1 request line "
+         "and headers, or HTTP/2 preface and SETTINGS; the TLS handshake included) "
+         "within this time, and an HTTP/1.1 request body must not stall for longer, "
+         "or the connection is closed (slow-loris).", _duration_or_off],
+        ["idle-timeout", None, 300.0,
+         "Close an HTTP/1.1 keep-alive connection with no request in progress, or an "
+         "HTTP/2 connection with no open stream (GOAWAY first), after this long.",
+         _duration_or_off],
+        ["max-connections", None, "auto",
+         "Most client connections open at once; more are closed at once (counted in "
+         "/metrics).", _connection_limit],
     ]
 
     optFlags = [
@@ -232,7 +269,9 @@ class Options(usage.Options):
             slow_request_threshold=self["slow-request-threshold"],
             auto_compaction_mode=self["auto-compaction-mode"],
             auto_compaction_retention=self["auto-compaction-retention"],
-            auto_compaction_check_interval=self["auto-compaction-check-interval"])
+            auto_compaction_check_interval=self["auto-compaction-check-interval"],
+            header_timeout=self["header-timeout"], idle_timeout=self["idle-timeout"],
+            max_connections=_connection_limit(self["max-connections"]))
 
 
 def makeService(options):

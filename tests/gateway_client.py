@@ -538,7 +538,10 @@ def raw_exchange(endpoint, payload, timeout=2.0, pace=None, until_reply=False):
                 sock.sendall(payload[i:i + 1])
                 time.sleep(pace)
         else:
-            sock.sendall(payload)
+            try:
+                sock.sendall(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass    # the server refused early (e.g. 431 to a huge header): read it
         while True:
             try:
                 data = sock.recv(1 << 16)

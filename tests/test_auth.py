@@ -20,6 +20,7 @@ from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import auth_store as auth_store_module
 from etcdadapter.security import permissions as perm
+from etcdadapter.security import tokens as auth_tokens
 from etcdadapter.security.auth_store import AuthStore, check_password, hash_password
 from etcdadapter.security.authorizer import Authorizer, token_of
 from etcdadapter.security.cert_policy import CertPolicy
@@ -357,7 +358,7 @@ def test_state_is_shared_through_the_store_without_plain_passwords():
     assert two.auth.enabled
     token = two.login("alice", "apw")
     assert two.auth.user_of_token(token) == "alice"
-    assert one.auth.user_of_token(token) is None      # tokens stay in their process
+    assert one.auth.user_of_token(token) == "alice"   # signed: every adapter knows it
     blob = result(store.auth_load())
     assert b"apw" not in blob and b"pw\"" not in blob
     doc = json.loads(blob)
@@ -368,6 +369,71 @@ def test_state_is_shared_through_the_store_without_plain_passwords():
     one.call("UserAdd", rpc.AuthUserAddRequest(name="dave", password="d"), root)
     result(two.auth.refresh())
     assert "dave" in two.auth.state.users
+
+
+def test_tokens_from_another_adapter():
+    """A token is accepted by an adapter that has not seen it if it is genuine and was
+    issued within the TTL; from then on it slides there on its own.  Password changes,
+    user deletion and AuthDisable reach every adapter."""
+    clock = task.Clock()
+    clock.advance(1.8e9)                               # tokens carry wall-clock times
+    store = MemoryStore(initial_revision=1, clock=clock)
+    a = World(store=store, clock=clock, ttl=300)
+    root, alice = a.setup()
+    b = World(store=store, clock=clock, ttl=300)
+    get = rpc.RangeRequest(key=b"/a/x")
+    invalid = (C.UNAUTHENTICATED, "etcdserver: invalid auth token")
+
+    def on(world, token):
+        failed = []
+        defer.maybeDeferred(world.kv.Range, get, world.ctx(token)).addErrback(
+            failed.append)
+        return _err(failed[0].value) if failed else "ok"
+
+    clock.advance(299)
+    assert on(b, alice) == "ok"                        # 299 s old: first seen, accepted
+    clock.advance(299)
+    assert on(b, alice) == "ok"                        # and sliding on b
+    assert on(a, alice) == invalid                     # a: unused for 598 s
+    late = a.login("alice", "apw")
+    clock.advance(301)
+    assert on(b, late) == invalid                      # never seen by b, 301 s old
+    # Forged, garbled, truncated, someone else's name under alice's MAC.
+    fresh = a.login("alice", "apw")
+    head, _, digits = fresh.partition(".")
+    payload = int(digits).to_bytes((int(digits).bit_length() + 7) // 8, "big")
+    as_root = int.from_bytes(payload.replace(b"alice", b"root"), "big")
+    forged = auth_tokens.issue(b"k" * 32, "root", a.auth.state.password_of("root"),
+                               int(clock.seconds() * 1000), 1)
+    for bad in (head.swapcase() + "." + digits, head + "." + digits[:-1] + "0",
+                "%s.%d" % (head, as_root), forged, head + ".1", "garbage", head,
+                "\u00e9" * 16 + "." + digits, "x" * 1000):
+        assert on(b, bad) == invalid, bad
+    assert on(b, fresh) == "ok"
+    # A password change on a: the token no longer verifies, on b as well, even where
+    # it was never seen.
+    unseen = a.login("alice", "apw")
+    root = a.login("root", "pw")
+    a.call("UserChangePassword", rpc.AuthUserChangePasswordRequest(
+        name="alice", password="new"), root)
+    result(b.auth.refresh())
+    assert on(b, fresh) == invalid and on(b, unseen) == invalid
+    # Disabled and enabled again on a: b forgets every token it had.
+    alice = a.login("alice", "new")
+    assert on(b, alice) == "ok"
+    a.call("AuthDisable", rpc.AuthDisableRequest(), root)
+    a.call("AuthEnable", rpc.AuthEnableRequest())
+    result(b.auth.refresh())
+    assert b.auth.enabled and on(b, alice) == invalid
+    # A state saved without a secret (an older adapter): Authenticate makes one.
+    doc = json.loads(result(store.auth_load()))
+    doc["token_secret"] = None
+    result(store.auth_save(json.dumps(doc).encode()))
+    alice = b.login("alice", "new")
+    assert on(b, alice) == "ok"
+    assert on(a, alice) == invalid                     # until a reads the new secret
+    result(a.auth.refresh())
+    assert on(a, alice) == "ok"
 
 
 def test_auth_token_ttl_option():
@@ -762,3 +828,61 @@ def test_client_certificate_cn_is_the_user(cn_server, pki):
         "key": base64.b64encode(b"/other").decode()}})
     assert doc["result"]["canceled"] and doc["result"]["cancel_reason"] == \
         perm.WATCH_PERMISSION_DENIED
+
+
+# ---------------------------------------------------------------------------------------
+# Two adapters on one database: tokens work on both, each slides them on its own
+
+@pytest.mark.adapter
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_a_token_from_one_adapter_works_on_another(request, tmp_path, kind):
+    import time
+    from stores import store_url
+    url, drop = store_url(kind, tmp_path)
+    ttl = 2.0
+    a, b = (servers.AdapterServer("auth-%s-%s" % (kind, n), store=url,
+                                  extra_args=["--auth-token-ttl", str(ttl)]) for n in "ab")
+    request.node._etcdadapter_servers = [a, b]
+    try:
+        servers.start_all([a, b])
+        for method, req, _ in _setup_steps():
+            _grpc(a, "Auth", method, req, None)
+        get = rpc.RangeRequest(key=b"/a/x")
+        put = rpc.PutRequest(key=b"/a/x", value=b"from-b")
+        invalid = ("error", "UNAUTHENTICATED", "etcdserver: invalid auth token")
+        # b re-reads the auth state every 2 s: until then it does not know auth is on
+        # (nor the signing secret made by AuthEnable).
+        time.sleep(auth_store_module.REFRESH_INTERVAL + 0.2)
+        http_invalid = (401, {"error": "etcdserver: invalid auth token", "code": 16,
+                              "message": "etcdserver: invalid auth token"})
+        t0 = time.monotonic()
+        token, idle = _tokens(a)["alice"], _tokens(a)["alice"]
+        assert token.partition(".")[0].isalpha() and token.partition(".")[2].isdigit()
+        # b never saw it: accepted (issued within the TTL), on gRPC and HTTP alike.
+        assert _grpc(b, "KV", "Put", put, token)[0] == "ok"
+        assert _http(b, "/v3/kv/range", {"key": "L2EveA=="}, token)[0] == 200
+        assert _grpc(b, "KV", "Put", rpc.PutRequest(key=b"/b", value=b"x"), token) == (
+            "error", "PERMISSION_DENIED", "etcdserver: permission denied")
+        # Used on b every 1.2 s, it slides there past its TTL; a, where it was last
+        # used at issue, has let it expire.
+        for _ in range(2):
+            time.sleep(1.2)
+            assert _grpc(b, "KV", "Range", get, token)[0] == "ok"
+        assert time.monotonic() - t0 > ttl
+        assert _grpc(a, "KV", "Range", get, token) == invalid
+        # Unused for longer than the TTL: refused where it was never seen.
+        assert _grpc(b, "KV", "Range", get, idle) == invalid
+        assert _http(b, "/v3/kv/range", {"key": "L2EveA=="}, idle) == http_invalid
+        # Garbled: etcd's errors.
+        garbled = token[:-1] + ("1" if token[-1] != "1" else "2")
+        assert _grpc(b, "KV", "Range", get, garbled) == invalid
+        assert _http(b, "/v3/kv/range", {"key": "L2EveA=="}, "Bearer x" + token) == \
+            http_invalid
+        # A fresh root token from b runs admin calls on a.
+        root = _tokens(b)["root"]
+        assert _grpc(a, "Auth", "UserList", rpc.AuthUserListRequest(), root)[0] == "ok"
+    finally:
+        for server in (b, a):
+            server.stop()
+            server.cleanup()
+        drop()

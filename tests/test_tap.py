@@ -123,3 +123,26 @@ def test_bad_auto_compaction_options(args):
     with pytest.raises(usage.UsageError) as info:
         parse(args)
     assert "compaction" in str(info.value) or "must be positive" in str(info.value)
+
+
+def test_connection_limit_options(monkeypatch):
+    import resource
+    from etcdadapter.server import AdapterService
+    c = parse([]).config()
+    assert (c.header_timeout, c.idle_timeout, c.max_connections) == (10.0, 300.0, None)
+    c = parse(["--header-timeout", "2s", "--idle-timeout", "0", "--max-connections",
+               "0"]).config()
+    assert (c.header_timeout, c.idle_timeout, c.max_connections) == (2.0, 0.0, 0)
+    o = parse([], {"ETCD_ADAPTER_IDLE_TIMEOUT": "1m", "ETCD_ADAPTER_MAX_CONNECTIONS": "50",
+                   "ETCD_ADAPTER_HEADER_TIMEOUT": "500ms"}, monkeypatch)
+    c = o.config()
+    assert (c.header_timeout, c.idle_timeout, c.max_connections) == (0.5, 60.0, 50)
+    for bad in (["--max-connections", "-1"], ["--max-connections", "many"],
+                ["--idle-timeout", "-1s"], ["--header-timeout", "soon"]):
+        with pytest.raises(usage.UsageError):
+            parse(bad)
+    # auto: the soft open-file limit minus the 256 kept for the store and logs.
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    service = AdapterService(parse(["--max-connections", "auto"]).config())
+    assert service.limits.max_connections == soft - 256
+    assert AdapterService(c).limits.max_connections == 50

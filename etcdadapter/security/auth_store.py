@@ -6,11 +6,13 @@ blob through the store's ``auth_load()`` / ``auth_save(blob)``, so adapters shar
 database share users and roles: every mutation re-reads the blob first, and a running
 adapter re-reads it every ``refresh_interval`` seconds and before each Authenticate.
 
-Tokens live in this process only (etcd's ``--auth-token=simple``): ``<16 random
-letters>.<index>``, valid for ``token_ttl`` seconds after their last use (sliding TTL).
-An adapter therefore does not accept tokens another adapter issued -- a client behind a
-load balancer must stick to one instance (or re-authenticate, which Go clientv3 does on
-"invalid auth token").
+Tokens (etcd's ``--auth-token=simple`` shape) are signed with a secret kept in the shared
+state (:mod:`etcdadapter.security.tokens`), so every adapter on the database accepts
+them, as every etcd member knows a token Authenticate put through raft.  Each adapter
+keeps its own sliding TTL, as each etcd member does: a token is valid for ``token_ttl``
+seconds after its last use here; one this adapter has not seen yet is accepted if it was
+issued less than ``token_ttl`` seconds ago (by the wall clock; adapters' clocks should
+agree), and slides from then on.
 
 Passwords are hashed with scrypt (stdlib ``hashlib.scrypt``, random salt) in a thread
 (``twisted.internet.threads.deferToThread``) so the reactor never waits for the KDF.
@@ -23,7 +25,6 @@ import hmac
 import json
 import os
 import random
-import string
 
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
@@ -31,6 +32,7 @@ from twisted.logger import Logger
 from etcdadapter import errors
 from etcdadapter.logs import background_failure
 from etcdadapter.pb.authpb import auth_pb2 as authpb
+from etcdadapter.security import tokens
 from etcdadapter.security.permissions import ALL, Permission, PermissionSet
 
 log = Logger()
@@ -41,7 +43,6 @@ REFRESH_INTERVAL = 2.0
 
 # scrypt parameters: about 16 MiB and a few tens of milliseconds per hash.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2 ** 14, 8, 1
-_LETTERS = string.ascii_letters
 _NONE = PermissionSet()
 _READ, _WRITE, _READWRITE = (authpb.Permission.READ, authpb.Permission.WRITE,
                              authpb.Permission.READWRITE)
@@ -95,17 +96,24 @@ def _b64(data):
 
 
 class AuthState(object):
-    """Users, roles, the enabled flag and the auth revision; (de)serialised as JSON."""
+    """Users, roles, the enabled flag, the auth revision and the token-signing secret
+    (set while auth is enabled); (de)serialised as JSON."""
 
     def __init__(self):
         self.enabled = False
         self.revision = 1               # etcd starts its auth revision at 1
         self.users = {}                 # name -> User
         self.roles = {}                 # name -> [authpb.Permission], sorted by key
+        self.token_secret = None        # bytes
+
+    def password_of(self, name):
+        user = self.users.get(name)
+        return None if user is None or user.password is None else user.password
 
     def to_blob(self):
         doc = {
             "version": 1, "enabled": self.enabled, "revision": self.revision,
+            "token_secret": _b64(self.token_secret) if self.token_secret else None,
             "users": {u.name: {"password": u.password, "roles": u.roles,
                                "no_password": u.no_password}
                       for u in self.users.values()},
@@ -123,6 +131,8 @@ class AuthState(object):
         doc = json.loads(blob.decode("utf-8"))
         st.enabled = bool(doc.get("enabled"))
         st.revision = int(doc.get("revision", 1))
+        secret = doc.get("token_secret")
+        st.token_secret = base64.b64decode(secret) if secret else None
         for name, u in doc.get("users", {}).items():
             st.users[name] = User(name, u.get("password"), u.get("roles", ()),
                                   bool(u.get("no_password")))
@@ -137,8 +147,9 @@ class AuthState(object):
 class AuthStore(object):
     """etcd's authStore over a :class:`~etcdadapter.store.base.Store`.
 
-    ``clock`` (IReactorTime) measures token lifetimes; ``run_in_thread(fn, *args)`` ->
-    Deferred runs the password KDF (default: the reactor's thread pool).
+    ``clock`` (IReactorTime) measures token lifetimes and dates new tokens (its
+    ``seconds()`` is the wall clock under a real reactor); ``run_in_thread(fn, *args)``
+    -> Deferred runs the password KDF (default: the reactor's thread pool).
     """
 
     def __init__(self, store, clock=None, token_ttl=TOKEN_TTL, run_in_thread=_in_thread,
@@ -154,7 +165,6 @@ class AuthStore(object):
         self.state = AuthState()
         self._blob = None
         self._tokens = {}               # token -> [user name, deadline]
-        self._index = 0
         self._perm_cache = {}
         self._lock = defer.DeferredLock()
         self._loop = None
@@ -193,8 +203,8 @@ class AuthStore(object):
         old = self.state
         self.state = state
         self._perm_cache.clear()
-        if not state.enabled:
-            self._tokens.clear()
+        if not state.enabled or state.token_secret != old.token_secret:
+            self._tokens.clear()        # disabled (maybe enabled again meanwhile)
             return
         for token, (name, _deadline) in list(self._tokens.items()):
             user, before = state.users.get(name), old.users.get(name)
@@ -243,25 +253,56 @@ class AuthStore(object):
         return self.run_in_thread(check_password, password, stored)
 
     # -- tokens ------------------------------------------------------------------------
+    def ensure_token_secret(self):
+        """Deferred: the state has a signing secret if auth is enabled (a state saved
+        by an older adapter may have none)."""
+        if self.state.token_secret or not self.state.enabled:
+            return defer.succeed(None)
+
+        def change(state):
+            if state.token_secret or not state.enabled:
+                return UNCHANGED
+            state.token_secret = tokens.new_secret()
+        return self.mutate(change, bump=False)
+
     def assign_token(self, name):
+        """A new token for user ``name`` (auth enabled, secret present)."""
         self._sweep()
-        self._index += 1
-        token = "%s.%d" % ("".join(self.rand.choice(_LETTERS) for _ in range(16)),
-                           self._index)
-        self._tokens[token] = [name, self.clock.seconds() + self.token_ttl]
+        now = self.clock.seconds()
+        token = tokens.issue(self.state.token_secret, name, self.state.password_of(name),
+                             int(now * 1000), self.rand.getrandbits(32))
+        self._tokens[token] = [name, now + self.token_ttl]
         return token
 
     def user_of_token(self, token):
         """The user name of a live token (its TTL restarts), or None."""
+        now = self.clock.seconds()
         entry = self._tokens.get(token)
         if entry is None:
-            return None
-        now = self.clock.seconds()
-        if now > entry[1]:
+            entry = self._first_seen(token, now)
+            if entry is None:
+                return None
+        elif now > entry[1]:
             del self._tokens[token]
             return None
         entry[1] = now + self.token_ttl
         return entry[0]
+
+    def _first_seen(self, token, now):
+        """A token issued by another adapter (or before a restart): genuine and issued
+        within the TTL, it starts sliding here."""
+        state = self.state
+        if not state.enabled:
+            return None
+        found = tokens.verify(state.token_secret, token, state.password_of)
+        if found is None:
+            return None
+        name, issued_ms = found
+        if abs(now - issued_ms / 1000.0) > self.token_ttl:
+            return None
+        self._sweep()
+        entry = self._tokens[token] = [name, now + self.token_ttl]
+        return entry
 
     def _sweep(self):
         now = self.clock.seconds()

@@ -24,6 +24,7 @@ from etcdadapter import errors
 from etcdadapter.errors import StatusCode, error_kind
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.security import tokens
 from etcdadapter.security.auth_store import ROOT, UNCHANGED, User
 from etcdadapter.services.rpc import Method, UNARY
 
@@ -62,6 +63,7 @@ class AuthService(object):
             if ROOT not in root.roles:
                 raise errors.ErrRootRoleNotExist
             state.enabled = True
+            state.token_secret = tokens.new_secret()
         return self.auth.mutate(change, bump=False).addCallback(
             self._done(rpc.AuthEnableResponse))
 
@@ -72,6 +74,7 @@ class AuthService(object):
             if not state.enabled:
                 return UNCHANGED
             state.enabled = False
+            state.token_secret = None       # every token issued so far stops verifying
         return self.auth.mutate(change).addCallback(self._done(rpc.AuthDisableResponse))
 
     def AuthStatus(self, request, context):
@@ -94,6 +97,10 @@ class AuthService(object):
         state = self.auth.state
         user = state.users.get(request.name)
         if not ok or not state.enabled or user is None or user.password != stored:
+            raise errors.ErrAuthFailed
+        yield self.auth.ensure_token_secret()
+        state = self.auth.state
+        if not state.enabled or state.password_of(request.name) != stored:
             raise errors.ErrAuthFailed
         response = rpc.AuthenticateResponse(token=self.auth.assign_token(request.name))
         return self._answer(response)

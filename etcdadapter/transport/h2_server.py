@@ -9,6 +9,8 @@ Streams whose content-type is ``application/grpc*`` are gRPC calls dispatched th
 handed to the HTTP router (the JSON gateway), exactly as HTTP/1.1 requests are.
 """
 
+from collections import deque
+
 import h2.config
 import h2.connection
 import h2.errors
@@ -23,8 +25,10 @@ from etcdadapter.errors import EtcdError, StatusCode, ErrStopped
 from etcdadapter.services.rpc import CallContext, ServerStream, UNARY, as_etcd_error
 from etcdadapter.transport import grpc_codec
 from etcdadapter.transport.proto_decode import decode
+from etcdadapter.transport.h2_frame_guard import FrameGuard, FrameLimitExceeded
 from etcdadapter.transport.hpack_cache import CachingEncoder
 from etcdadapter.transport.http_exchange import HttpExchange
+from etcdadapter.transport.output_budget import OutputBudget, Outbox
 
 log = Logger()
 
@@ -35,6 +39,8 @@ _TRAILERS_ONLY_OK = _RESPONSE_HEADERS[:2] + _OK_TRAILERS
 _CONSTANT_HEADER_SETS = (_RESPONSE_HEADERS, _OK_TRAILERS, _TRAILERS_ONLY_OK)
 _STREAM_WINDOW = 1 << 20       # per-stream receive window we advertise
 _CONNECTION_WINDOW = 16 << 20  # connection receive window
+IDLE_LINGER = 1.0              # after an idle GOAWAY, time for the client to see it (Go: 1 s)
+MAX_HELD_STREAMS = 1024        # new streams waiting for output to drain; more are refused
 
 
 class H2Settings(object):
@@ -45,6 +51,11 @@ class H2Settings(object):
         self.max_concurrent_streams = max_concurrent_streams
         self.max_receive_message_size = max_receive_message_size
         self.max_header_list_size = max_header_list_size
+
+
+# Events that belong to one stream's request (held with it while it waits).
+_STREAM_INPUT_EVENTS = (h2.events.DataReceived, h2.events.StreamEnded,
+                        h2.events.TrailersReceived)
 
 
 def _error_trailers(error):
@@ -65,7 +76,7 @@ class GrpcCall(ServerStream):
         self.decoder = decoder
         self.request_payloads = []      # unary: collected until END_STREAM
         self.headers_sent = False
-        self.pending = bytearray()      # response bytes waiting for flow-control window
+        self.pending = Outbox(server.budget)   # response bytes waiting for window
         self.trailers = None            # sent once pending is drained
         self.deferred = None            # unary handler's Deferred (for cancellation)
         self.timer = None
@@ -78,9 +89,9 @@ class GrpcCall(ServerStream):
         self.server._send_grpc_data(self, grpc_codec.frame_message(payload))
 
     def pending_bytes(self):
-        """Response bytes queued behind HTTP/2 flow control (the watch hub's
-        slow-consumer signal)."""
-        return len(self.pending)
+        """Response bytes queued behind HTTP/2 flow control or in the socket's buffer
+        (the watch hub's slow-consumer signal; the socket is shared by the streams)."""
+        return len(self.pending) + self.server.budget.transport_unsent()
 
     def _window_opened(self):
         if self.pending:
@@ -96,8 +107,15 @@ class GrpcCall(ServerStream):
 
 
 class H2Server(object):
+    """``budget`` (OutputBudget): the connection's unsent output; while it is over, new
+    streams wait (their events are held, in order, and their DATA is not acknowledged,
+    so the client's window bounds them).  ``deadlines`` (Deadlines): told when the
+    client's preface and SETTINGS are in and whether any stream is open (idle timeout).
+    ``stats`` (ConnectionStats): counts the pauses."""
+
     def __init__(self, write, lose_connection, registry, router, clock,
-                 settings=None, peer=None, peer_identity=None):
+                 settings=None, peer=None, peer_identity=None, budget=None,
+                 deadlines=None, stats=None):
         self._write = write
         self._lose_connection = lose_connection
         self.registry = registry
@@ -106,6 +124,9 @@ class H2Server(object):
         self.settings = settings or H2Settings()
         self.peer = peer
         self.peer_identity = peer_identity
+        self.budget = budget or OutputBudget()
+        self.deadlines = deadlines
+        self.stats = stats
         config = h2.config.H2Configuration(
             client_side=False, header_encoding="utf-8",
             validate_outbound_headers=False, normalize_outbound_headers=False,
@@ -119,9 +140,18 @@ class H2Server(object):
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.settings.max_header_list_size,
         })
         # Frames larger than the SETTINGS_MAX_FRAME_SIZE we advertise are a FRAME_SIZE
-        # error at once (h2 would otherwise wait for up to 16 MiB of body).
+        # error.  h2 checks that only once the whole frame is in (up to 16 MiB later);
+        # the FrameGuard checks each frame header as it arrives, and bounds header blocks.
         self.conn.max_inbound_frame_size = self.conn.local_settings.max_frame_size
+        self._guard = FrameGuard(self.conn.max_inbound_frame_size,
+                                 self.settings.max_header_list_size +
+                                 self.conn.max_inbound_frame_size)
         self.streams = {}          # stream_id -> GrpcCall or HttpExchange
+        self._settled = False      # the client's preface and SETTINGS are in
+        self._held = deque()       # events of streams not dispatched yet (over budget)
+        self._held_streams = {}    # stream_id -> number of its events in _held
+        self._releasing = False
+        self._linger_call = None
         self._in_receive = False
         self._closed = False
         self._draining = None      # Deferred fired when the last stream ends after GOAWAY
@@ -140,18 +170,25 @@ class H2Server(object):
         self._in_receive = True
         try:
             try:
+                self._guard.feed(data)
                 events = self.conn.receive_data(data)
-            except h2.exceptions.ProtocolError as e:
+            except (h2.exceptions.ProtocolError, FrameLimitExceeded) as e:
                 self._protocol_error(e)
                 return
             for event in events:
-                self._handle_event(event)
+                self._route_event(event)
         finally:
             self._in_receive = False
         self._flush()
+        self._release_held()
+        self._update_activity()
 
     def connection_lost(self):
         self._closed = True
+        if self._linger_call is not None and self._linger_call.active():
+            self._linger_call.cancel()
+        self._held.clear()
+        self._held_streams.clear()
         if self._dirty_call is not None and self._dirty_call.active():
             self._dirty_call.cancel()
         self._dirty_call = None
@@ -162,13 +199,19 @@ class H2Server(object):
         if self._draining is not None and not self._draining.called:
             self._draining.callback(None)
 
-    def shutdown(self, grace=None):
+    def shutdown(self, linger=0):
         """Send GOAWAY, let in-flight unary calls finish, end streaming calls with
-        'server stopped', then close.  Returns a Deferred fired when closed."""
+        'server stopped', then close (``linger`` seconds after the last stream ended).
+        Returns a Deferred fired when closed."""
         if self._closed:
             return defer.succeed(None)
         if self._draining is None:
             self._draining = defer.Deferred()
+            self._linger = linger
+            self._held.clear()      # never dispatched: refused like any stream after GOAWAY
+            for stream_id in list(self._held_streams):
+                self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._held_streams.clear()
             # h2's close_connection() would close the state machine and drop the calls
             # still running, so the GOAWAY frame is written by hand: in-flight streams
             # finish normally, new ones are refused.
@@ -184,10 +227,35 @@ class H2Server(object):
             self._maybe_close_drained()
         return self._draining
 
+    def close_idle(self):
+        """The idle timeout: GOAWAY with NO_ERROR, so gRPC clients open a new connection
+        for their next call (a stream racing the GOAWAY is refused and retried)."""
+        return self.shutdown(linger=IDLE_LINGER)
+
     def _maybe_close_drained(self):
         if self._draining is not None and not self.streams and not self._closed:
             self._flush()
+            if not self._linger:
+                self._lose_connection()
+            elif self._linger_call is None:
+                self._linger_call = self.clock.callLater(self._linger, self._linger_over)
+
+    def _linger_over(self):
+        if not self._closed:
             self._lose_connection()
+
+    def output_drained(self):
+        """The transport's write buffer emptied: dispatch the streams held meanwhile."""
+        self._release_held()
+        self._update_activity()
+
+    def _update_activity(self):
+        if self.deadlines is None or not self._settled or self._closed:
+            return
+        if self.streams or self._held_streams:
+            self.deadlines.busy()
+        elif self._draining is None:
+            self.deadlines.idle()
 
     def _protocol_error(self, exc):
         log.debug("HTTP/2 protocol error from {peer}: {exc}", peer=self.peer, exc=exc)
@@ -199,6 +267,8 @@ class H2Server(object):
         self._in_receive = False
         self._flush()
         self._closed = True
+        self._held.clear()
+        self._held_streams.clear()
         for stream in list(self.streams.values()):
             self._cancel_stream(stream)
         self.streams.clear()
@@ -210,6 +280,61 @@ class H2Server(object):
         data = self.conn.data_to_send()
         if data:
             self._write(data)
+
+    def _over_budget(self):
+        # What h2 has framed counts too: hand it to the transport first (Twisted's
+        # write() only appends to a list; the socket write happens later).
+        data = self.conn.data_to_send()
+        if data:
+            self._write(data)
+        return self.budget.over()
+
+    # -- holding new streams while the output is over budget --------------------------
+    def _route_event(self, event):
+        t = type(event)
+        if t is h2.events.RequestReceived:
+            if self._held or (self._draining is None and self._over_budget()):
+                self._hold(event)
+                return
+        elif t in _STREAM_INPUT_EVENTS and event.stream_id in self._held_streams:
+            self._hold(event)
+            return
+        elif t is h2.events.StreamReset and event.stream_id in self._held_streams:
+            del self._held_streams[event.stream_id]
+            self._held = deque(e for e in self._held if e.stream_id != event.stream_id)
+            return
+        self._handle_event(event)
+
+    def _hold(self, event):
+        sid = event.stream_id
+        if type(event) is h2.events.RequestReceived:
+            if len(self._held_streams) >= MAX_HELD_STREAMS:
+                self._reset(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return
+            if not self._held and self.stats is not None:
+                self.stats.paused += 1
+        self._held.append(event)
+        self._held_streams[sid] = self._held_streams.get(sid, 0) + 1
+
+    def _release_held(self):
+        if not self._held or self._releasing or self._closed:
+            return
+        self._releasing = True
+        self._in_receive = True
+        try:
+            while self._held and not self._over_budget():
+                event = self._held.popleft()
+                sid = event.stream_id
+                left = self._held_streams[sid] - 1
+                if left:
+                    self._held_streams[sid] = left
+                else:
+                    del self._held_streams[sid]
+                self._handle_event(event)
+        finally:
+            self._releasing = False
+            self._in_receive = False
+        self._flush()
 
     # -- events --------------------------------------------------------------------
     def _handle_event(self, event):
@@ -225,6 +350,7 @@ class H2Server(object):
             if stream is not None:
                 self._cancel_stream(stream)
                 self._maybe_close_drained()
+                self._update_activity()
         elif t is h2.events.WindowUpdated:
             if event.stream_id:
                 stream = self.streams.get(event.stream_id)
@@ -234,10 +360,13 @@ class H2Server(object):
                 for stream in list(self.streams.values()):
                     stream._window_opened()
         elif t is h2.events.RemoteSettingsChanged:
+            self._settled = True        # the client's first SETTINGS: its head is in
             for stream in list(self.streams.values()):
                 stream._window_opened()
         elif t is h2.events.ConnectionTerminated:
             self._closed = True
+            self._held.clear()
+            self._held_streams.clear()
             for stream in list(self.streams.values()):
                 self._cancel_stream(stream)
             self.streams.clear()
@@ -408,8 +537,10 @@ class H2Server(object):
 
     def _cancel_stream(self, stream):
         if isinstance(stream, HttpExchange):
+            stream._pending.clear()
             stream._connection_lost()
             return
+        stream.pending.clear()
         if stream.closed:
             return
         stream.closed = True
@@ -428,7 +559,7 @@ class H2Server(object):
         if not call.headers_sent:
             call.headers_sent = True
             self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
-        call.pending += data
+        call.pending.add(data)
         if call.method.kind == UNARY:
             self._flush_stream(call)
             return
@@ -475,8 +606,7 @@ class H2Server(object):
                 if window <= 0:
                     break
                 size = min(window, conn.max_outbound_frame_size, len(pending))
-                conn.send_data(sid, bytes(pending[:size]))
-                del pending[:size]
+                conn.send_data(sid, pending.take(size))
             if not pending and call.trailers is not None:
                 conn.send_headers(sid, call.trailers, end_stream=True)
                 call.trailers = None
@@ -497,6 +627,7 @@ class H2Server(object):
             if state is not None and state.open:
                 self._reset(stream_id, h2.errors.ErrorCodes.NO_ERROR)
         self._maybe_close_drained()
+        self._update_activity()
 
     def _reset(self, stream_id, code):
         self._safe(self.conn.reset_stream, stream_id, code)
@@ -522,7 +653,7 @@ class H2HttpExchange(HttpExchange):
         self.stream_id = stream_id
         self._chunks = []
         self._received = 0
-        self._pending = bytearray()
+        self._pending = Outbox(server.budget)
         self._end_after = False
 
     def _body_received(self, data):
@@ -546,7 +677,7 @@ class H2HttpExchange(HttpExchange):
         self.server._flush()
 
     def _send_body(self, data, end):
-        self._pending += data
+        self._pending.add(data)
         self._end_after = self._end_after or end
         self._drain()
 
@@ -555,7 +686,7 @@ class H2HttpExchange(HttpExchange):
             self._drain()
 
     def pending_bytes(self):
-        return len(self._pending)
+        return len(self._pending) + self.server.budget.transport_unsent()
 
     def _drain(self):
         server = self.server
@@ -567,14 +698,15 @@ class H2HttpExchange(HttpExchange):
                 if window <= 0:
                     return
                 size = min(window, conn.max_outbound_frame_size, len(self._pending))
-                conn.send_data(sid, bytes(self._pending[:size]))
-                del self._pending[:size]
+                conn.send_data(sid, self._pending.take(size))
             if self._end_after:
                 conn.end_stream(sid)
                 server.streams.pop(sid, None)
                 server._maybe_close_drained()
+                server._update_activity()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._pending.clear()
             server.streams.pop(sid, None)
+            server._update_activity()
         finally:
             server._flush()

@@ -2,6 +2,13 @@
 
 twisted.web parses; every request becomes an :class:`HttpExchange` for the same router the
 HTTP/2 side uses.
+
+Limits: twisted.web's own timeout is off (it would cut a quiet watch); the connection's
+:class:`~etcdadapter.transport.deadlines.Deadlines` follow the request cycle instead
+(head, body, busy, idle).  twisted.web answers pipelined requests one at a time, but
+replays every request already read as soon as the previous one is done, however full
+the socket is; so a request waits for dispatch while the connection's unsent output is
+over its budget, until the transport drains (``resumeProducing``).
 """
 
 import re
@@ -10,7 +17,9 @@ from twisted.web import http, resource, server
 
 from etcdadapter.security.peer import peer_identity
 from etcdadapter.services.rpc import CallContext
+from etcdadapter.transport import deadlines as phases
 from etcdadapter.transport.http_exchange import HttpExchange
+from etcdadapter.transport.output_budget import unsent_bytes
 
 
 class TwistedWebExchange(HttpExchange):
@@ -55,21 +64,6 @@ def _peer_identity(request):
         return ident
 
 
-def unsent_bytes(transport):
-    """Bytes a Twisted transport holds that the kernel has not taken yet (through TLS
-    wrappers too): twisted.internet.abstract.FileDescriptor's write buffers."""
-    total = 0
-    for _ in range(4):
-        if transport is None:
-            break
-        buf = getattr(transport, "dataBuffer", None)
-        if buf is not None:
-            total += (len(buf) - getattr(transport, "offset", 0)
-                      + getattr(transport, "_tempDataLen", 0))
-        transport = getattr(transport, "transport", None)
-    return total
-
-
 class _RouterResource(resource.Resource):
     isLeaf = True
 
@@ -89,7 +83,11 @@ class _RouterResource(resource.Resource):
         request.responseHeaders.removeHeader(b"server")
         exchange = TwistedWebExchange(request, peer_identity=_peer_identity(request))
         exchange.body_too_large = request.body_too_large
-        self.router.dispatch(exchange)
+        channel = request.channel
+        if channel.output_over_budget():
+            channel.hold(lambda: self.router.dispatch(exchange))
+        else:
+            self.router.dispatch(exchange)
         return server.NOT_DONE_YET
 
 
@@ -123,6 +121,55 @@ class _Channel(http.HTTPChannel):
     it on spaces only, so APISIX's CLI ``Connection: close, TE`` kept the connection open
     where etcd closes it."""
 
+    deadlines = None        # set by EtcdProtocol, with budget and stats
+    budget = None
+    stats = None
+    _held = None            # the dispatch of a request waiting for the output to drain
+
+    # -- deadlines ----------------------------------------------------------------------
+    def dataReceived(self, data):
+        d = self.deadlines
+        if d is not None:
+            if d.phase == phases.IDLE:
+                d.head()            # the next request begins
+            elif d.phase == phases.BODY:
+                d.body()            # the body is still coming
+        http.HTTPChannel.dataReceived(self, data)
+
+    def allHeadersReceived(self):
+        http.HTTPChannel.allHeadersReceived(self)
+        if self.deadlines is not None:
+            self.deadlines.body()
+
+    def allContentReceived(self):
+        if self.deadlines is not None:
+            self.deadlines.busy()
+        http.HTTPChannel.allContentReceived(self)
+
+    def requestDone(self, request):
+        if self.deadlines is not None:
+            if self._dataBuffer and self.persistent:
+                self.deadlines.head()   # the next request has begun already
+            else:
+                self.deadlines.idle()
+        http.HTTPChannel.requestDone(self, request)
+
+    # -- output budget --------------------------------------------------------------
+    def output_over_budget(self):
+        return self.budget is not None and self.budget.over()
+
+    def hold(self, dispatch):
+        self._held = dispatch
+        if self.stats is not None:
+            self.stats.paused += 1
+
+    def resumeProducing(self):
+        # The transport's write buffer is empty.
+        http.HTTPChannel.resumeProducing(self)
+        held, self._held = self._held, None
+        if held is not None:
+            held()
+
     def checkPersistence(self, request, version):
         values = request.requestHeaders.getRawHeaders(b"Connection") or []
         tokens = set(t.lower() for v in values for t in _TOKENS.split(v) if t)
@@ -140,4 +187,5 @@ def make_site(router):
     site.requestFactory = _Request
     site.displayTracebacks = False
     site.noisy = False
+    site.timeOut = None     # the connection's Deadlines do it (see above)
     return site
