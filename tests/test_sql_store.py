@@ -626,6 +626,19 @@ def test_auth_blob_is_shared_and_kept(make_store):
     assert a.revision == 1 and result(a.status()).revision == 1      # not a KV write
 
 
+def test_auth_blob_compare_and_save(make_store):
+    """Saved only over the blob the saver read; the other instance's save wins a race."""
+    a = make_store()
+    b = make_store(url=make_store.url)
+    assert result(a.auth_save(b"one", expected=None)) is True
+    assert result(b.auth_save(b"two", expected=None)) is False       # not the first now
+    assert result(b.auth_save(b"two", expected=b"one")) is True
+    assert result(a.auth_save(b"three", expected=b"one")) is False   # b saved since
+    assert result(a.auth_load()) == b"two"
+    assert result(a.auth_save(b"four")) is True                      # unconditional
+    assert result(b.auth_load()) == b"four"
+
+
 def test_compaction_refused_as_compacted_teaches_the_compact_revision(make_store):
     """An instance whose change feed has not polled since another compacted learns the
     compact revision from its refused Compact (before the fix it went on reporting -1

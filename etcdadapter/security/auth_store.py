@@ -40,6 +40,9 @@ log = Logger()
 ROOT = "root"                 # etcd's root user and root role
 TOKEN_TTL = 300.0             # etcd's --auth-token-ttl default
 REFRESH_INTERVAL = 2.0
+# Compare-and-save attempts of one auth change racing other adapters before giving up
+# with "request timed out" (Unavailable: clients retry).
+MUTATE_ATTEMPTS = 20
 
 # scrypt parameters: about 16 MiB and a few tens of milliseconds per hash.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2 ** 14, 8, 1
@@ -222,8 +225,10 @@ class AuthStore(object):
     # -- mutations ---------------------------------------------------------------------
     def mutate(self, change, bump=True):
         """Run ``change(state)`` (may raise EtcdError) on the freshly read state, then
-        bump the auth revision and persist it -- one mutation at a time."""
-        def run():
+        bump the auth revision and persist it -- one mutation at a time in this process,
+        and compare-and-save against other adapters on the same store: if another saved
+        in between, read again and re-apply (etcd serialises these through raft)."""
+        def run(attempt=1):
             d = self.store.auth_load()
 
             def apply(blob):
@@ -238,11 +243,15 @@ class AuthStore(object):
                     state.revision += 1
                 new_blob = state.to_blob()
 
-                def saved(_):
+                def saved(ok):
+                    if not ok:
+                        if attempt >= MUTATE_ATTEMPTS:
+                            raise errors.ErrTimeout()
+                        return run(attempt + 1)
                     self._blob = new_blob
                     self._install(state)
                     return result
-                return self.store.auth_save(new_blob).addCallback(saved)
+                return self.store.auth_save(new_blob, expected=blob).addCallback(saved)
             return d.addCallback(apply)
         return self._lock.run(run)
 

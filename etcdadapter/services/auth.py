@@ -49,6 +49,12 @@ class AuthService(object):
     def _admin(self, context):
         self.authz.check_admin(context)
 
+    def _after_refresh(self, answer):
+        """Answer a read from the stored auth state, not this process's copy (another
+        adapter on the same store may have changed it since the last refresh): etcd
+        serves these reads linearizably."""
+        return self.auth.refresh().addCallback(lambda _: answer())
+
     # -- enable / disable / status --------------------------------------------------------
     def AuthEnable(self, request, context):
         # Auth off: only a stale token (or a client-certificate policy) can refuse it.
@@ -78,9 +84,11 @@ class AuthService(object):
         return self.auth.mutate(change).addCallback(self._done(rpc.AuthDisableResponse))
 
     def AuthStatus(self, request, context):
-        self._admin(context)
-        return self._answer(rpc.AuthStatusResponse(enabled=self.auth.enabled,
-                                                   authRevision=self.auth.revision))
+        def answer():
+            self._admin(context)
+            return self._answer(rpc.AuthStatusResponse(enabled=self.auth.enabled,
+                                                       authRevision=self.auth.revision))
+        return self._after_refresh(answer)
 
     # -- authenticate ---------------------------------------------------------------------
     @defer.inlineCallbacks
@@ -128,18 +136,22 @@ class AuthService(object):
         return hashed.addCallback(add).addCallback(self._done(rpc.AuthUserAddResponse))
 
     def UserGet(self, request, context):
-        caller = self.authz.caller(context)
-        error = self.authz.admin_error(context, caller)
-        if error is not None and request.name != (caller or ""):
-            raise error
-        user = self.auth.state.users.get(request.name)
-        if user is None:
-            raise errors.ErrUserNotFound
-        return self._answer(rpc.AuthUserGetResponse(roles=user.roles))
+        def answer():
+            caller = self.authz.caller(context)
+            error = self.authz.admin_error(context, caller)
+            if error is not None and request.name != (caller or ""):
+                raise error
+            user = self.auth.state.users.get(request.name)
+            if user is None:
+                raise errors.ErrUserNotFound
+            return self._answer(rpc.AuthUserGetResponse(roles=user.roles))
+        return self._after_refresh(answer)
 
     def UserList(self, request, context):
-        self._admin(context)
-        return self._answer(rpc.AuthUserListResponse(users=sorted(self.auth.state.users)))
+        def answer():
+            self._admin(context)
+            return self._answer(rpc.AuthUserListResponse(users=sorted(self.auth.state.users)))
+        return self._after_refresh(answer)
 
     def UserDelete(self, request, context):
         self._admin(context)
@@ -215,18 +227,22 @@ class AuthService(object):
         return self.auth.mutate(change).addCallback(self._done(rpc.AuthRoleAddResponse))
 
     def RoleGet(self, request, context):
-        caller = self.authz.caller(context)
-        error = self.authz.admin_error(context, caller)
-        if error is not None and not self.auth.has_role(caller, request.role):
-            raise error
-        perms = self.auth.state.roles.get(request.role)
-        if perms is None:
-            raise errors.ErrRoleNotFound
-        return self._answer(rpc.AuthRoleGetResponse(perm=perms))
+        def answer():
+            caller = self.authz.caller(context)
+            error = self.authz.admin_error(context, caller)
+            if error is not None and not self.auth.has_role(caller, request.role):
+                raise error
+            perms = self.auth.state.roles.get(request.role)
+            if perms is None:
+                raise errors.ErrRoleNotFound
+            return self._answer(rpc.AuthRoleGetResponse(perm=perms))
+        return self._after_refresh(answer)
 
     def RoleList(self, request, context):
-        self._admin(context)
-        return self._answer(rpc.AuthRoleListResponse(roles=sorted(self.auth.state.roles)))
+        def answer():
+            self._admin(context)
+            return self._answer(rpc.AuthRoleListResponse(roles=sorted(self.auth.state.roles)))
+        return self._after_refresh(answer)
 
     def RoleDelete(self, request, context):
         self._admin(context)

@@ -1,4 +1,4 @@
-"""The store contract every backend implements (memory now; SQLite/MySQL/TiDB/PostgreSQL later).
+"""The store contract every backend implements (memory, SQLite, MySQL/TiDB, PostgreSQL).
 
 Layering, borrowed from etcd (v3rpc -> mvcc -> backend) and kine (one generic store, small
 per-backend pieces):
@@ -49,6 +49,10 @@ Purged = namedtuple("Purged", "revision versions keys seconds")
 # ``granted_ttl`` (0 for an unknown lease), ``keys`` = sorted attached keys (empty unless
 # asked for).
 LeaseTTL = namedtuple("LeaseTTL", "ttl granted_ttl keys")
+
+
+#: ``auth_save``'s ``expected`` when the save is unconditional.
+ANY = object()
 
 
 class Subscribers(object):
@@ -219,7 +223,10 @@ class Store(object):
         None if none ever was."""
         raise NotImplementedError
 
-    def auth_save(self, blob):
-        """Deferred[None]: replace the blob (durably, atomically: a reader sees the old
-        or the new blob, never a mix)."""
+    def auth_save(self, blob, expected=ANY):
+        """Deferred[bool]: replace the blob (durably, atomically: a reader sees the old
+        or the new blob, never a mix) -- only if the stored blob is still ``expected``
+        (bytes, or None for none yet), so that two adapters changing users at once
+        cannot lose one change: False (nothing saved) when another saved first.
+        ``expected`` left out: unconditionally."""
         raise NotImplementedError

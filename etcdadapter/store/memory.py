@@ -31,7 +31,7 @@ from etcdadapter import errors
 from etcdadapter.errors import EtcdError
 from etcdadapter.store import lease as lease_rules
 from etcdadapter.store import mvcc
-from etcdadapter.store.base import (Change, LeaseTTL, Purged, Store, StoreStatus,
+from etcdadapter.store.base import (ANY, Change, LeaseTTL, Purged, Store, StoreStatus,
                                     Subscribers)
 
 log = Logger()
@@ -284,9 +284,11 @@ class MemoryStore(Store):
     def auth_load(self):
         return succeed(self._auth_blob)
 
-    def auth_save(self, blob):
+    def auth_save(self, blob, expected=ANY):
+        if expected is not ANY and expected != self._auth_blob:
+            return succeed(False)
         self._auth_blob = bytes(blob)
-        return succeed(None)
+        return succeed(True)
 
     # -- KV -------------------------------------------------------------------------------
     def range(self, request):

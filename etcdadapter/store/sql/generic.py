@@ -34,7 +34,7 @@ from etcdadapter import errors
 from etcdadapter.errors import EtcdError
 from etcdadapter.store import lease as lease_rules
 from etcdadapter.store import mvcc
-from etcdadapter.store.base import LeaseTTL, Store, StoreStatus
+from etcdadapter.store.base import ANY, LeaseTTL, Store, StoreStatus
 from etcdadapter.store.sql import schema
 from etcdadapter.store.sql.dialect import DUPLICATE
 from etcdadapter.store.sql.feed import ChangeFeed
@@ -50,6 +50,10 @@ log = Logger()
 DEFAULT_POLL_INTERVAL = 0.04      # seconds between polls for other instances' writes
 DEFAULT_POOL_SIZE = 4             # database threads (= connections)
 POLL_BATCH = 500                  # log rows per poll
+
+
+class _AuthSaveConflict(EtcdError):
+    """Another adapter saved the first auth state at the same moment."""
 
 
 class SQLStore(Store):
@@ -285,10 +289,33 @@ class SQLStore(Store):
             return bytes(row[0]) if row is not None else None
         return self._tx("read", body)
 
-    def auth_save(self, blob):
-        sql = self.dialect.upsert(AUTH, ["id", "data"], "id")
-        return self._tx("write", lambda tx: tx.run(sql, (1, bytes(blob)))).addCallback(
-            lambda _: None)
+    def auth_save(self, blob, expected=ANY):
+        d = self.dialect
+        blob = bytes(blob)
+
+        def body(tx):
+            if expected is ANY:
+                tx.run(d.upsert(AUTH, ["id", "data"], "id"), (1, blob))
+                return True
+            row = tx.one("SELECT data FROM " + AUTH + " WHERE id = 1" + d.for_update)
+            if (bytes(row[0]) if row is not None else None) != expected:
+                return False
+            if row is not None:
+                tx.run("UPDATE " + AUTH + " SET data = %s WHERE id = 1", (blob,))
+                return True
+            try:
+                # No row to lock: of two first saves, the second INSERT fails.
+                tx.run("INSERT INTO " + AUTH + " (id, data) VALUES (1, %s)", (blob,))
+            except Exception as e:
+                if d.classify(e) == DUPLICATE:
+                    raise _AuthSaveConflict()        # rolls back; answered False below
+                raise
+            return True
+
+        def conflict(failure):
+            failure.trap(_AuthSaveConflict)
+            return False
+        return self._tx("write", body).addErrback(conflict)
 
     # -- leases ---------------------------------------------------------------------------
     def lease_grant(self, lease_id, ttl):
