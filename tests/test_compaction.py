@@ -102,6 +102,7 @@ def test_periodic_samples_like_etcd(retention, first, then):
     c.stop()
     assert not clock.getDelayedCalls()
     done = [e for e in events if "compacted to revision" in e["log_format"]]
+    assert {e["event"] for e in done} == {"compaction"}     # structured-log name
     assert [(e["mode"], e["revision"]) for e in done] == [
         ("periodic", 1), ("periodic", 10), ("periodic", 20), ("periodic", 30)]
     # The event says what went: "k" was written at revisions 2, 3, ...: compacting to 10

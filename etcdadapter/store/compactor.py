@@ -202,7 +202,8 @@ class Compactor(object):
         removed = purged.versions if purged is not None and purged.revision >= target \
             else None
         log.info("auto compaction ({mode}): compacted to revision {revision} in "
-                 "{duration:.3f}s, {removed} old versions removed", mode=self.mode,
+                 "{duration:.3f}s, {removed} old versions removed", event="compaction",
+                 mode=self.mode,
                  revision=target, duration=time.monotonic() - started, removed=removed,
                  retention=self.retention)
 
@@ -217,8 +218,9 @@ class Compactor(object):
         if self._loop is None:
             return                   # stopped meanwhile: the store stopping ended it
         log.warn("auto compaction ({mode}) to revision {revision} failed, retrying in "
-                 "{interval}s: {error}", mode=self.mode, revision=target,
-                 interval=self.check_interval, error=failure.getErrorMessage())
+                 "{interval}s: {error}", event="compaction-failed", mode=self.mode,
+                 revision=target, interval=self.check_interval,
+                 error=failure.getErrorMessage())
 
     def _finished(self, _):
         self._running = None
