@@ -55,7 +55,7 @@ class EtcdError(Exception):
     (code, message), instances and these classes alike.
     """
 
-    code = 2            # StatusCode.UNKNOWN
+    code = StatusCode.UNKNOWN
     message = ""
 
     def __init__(self, code=None, message=None):

@@ -95,13 +95,13 @@ class Session(object):
         if self.conn is None:
             runner = self.runner
             if time.monotonic() < runner.connect_blocked_until:
-                raise _fresh(errors.ErrNoLeader)
+                raise errors.ErrNoLeader()
             try:
                 conn = self.dialect.connect()
             except Exception as e:
                 runner.connect_blocked_until = time.monotonic() + CONNECT_BACKOFF
                 runner.unavailable("cannot connect", e)
-                raise _fresh(errors.ErrNoLeader)
+                raise errors.ErrNoLeader()
             runner.connect_blocked_until = 0.0
             runner.available()
             self.conn = conn
@@ -155,7 +155,7 @@ class Session(object):
                     if reused and attempt == 0:
                         continue                 # a stale pooled connection: once more
                     self.runner.unavailable("connection lost", e)
-                    raise _fresh(errors.ErrNoLeader)
+                    raise errors.ErrNoLeader()
                 if mode != "ddl":
                     self._rollback(conn)
                 if kind == RETRY:
@@ -175,7 +175,7 @@ class Session(object):
                     log.warn("database {db}: connection lost during COMMIT: {err}",
                              db=d.describe(), err=_text(e))
                     self.runner.unavailable("connection lost during COMMIT", e)
-                    raise _fresh(errors.ErrTimeout)
+                    raise errors.ErrTimeout()
                 self._rollback(conn)
                 if kind == RETRY:
                     _pause_or_give_up(d, e, attempt)
@@ -193,11 +193,6 @@ def _pause_or_give_up(dialect, error, attempt):
     time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
 
 
-def _fresh(error):
-    # A new exception per raise (see errors.EtcdError).
-    return error()
-
-
 def _text(e):
     return "%s: %s" % (e.__class__.__name__, e)
 
@@ -207,7 +202,7 @@ def _gave_up(dialect, e):
     # clients retry.
     log.warn("database {db}: giving up after {n} conflicting attempts: {err}",
              db=dialect.describe(), n=MAX_ATTEMPTS, err=_text(e))
-    return _fresh(errors.ErrTimeout)
+    return errors.ErrTimeout()
 
 
 class Runner(object):
