@@ -869,13 +869,3 @@ def watch_body(key, range_end=None, **fields):
         create["range_end"] = b64(range_end)
     create.update(fields)
     return {"create_request": create}
-
-
-def wait_until(predicate, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()

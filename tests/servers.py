@@ -27,6 +27,7 @@ Also here: a small gRPC client (:class:`GrpcClient`) built on grpcio generic cal
 
 import errno
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -37,6 +38,8 @@ import threading
 import time
 
 import grpc
+
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -501,6 +504,71 @@ class GrpcClient(object):
             return RpcResult(code=exc.code(), details=exc.details())
 
 
+class GrpcWatch(object):
+    """One Watch stream over grpcio, read by a thread into a queue."""
+
+    def __init__(self, channel):
+        self.requests = queue.Queue()
+        self.responses = queue.Queue()
+        method = channel.stream_stream(
+            "/etcdserverpb.Watch/Watch", request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=rpc.WatchResponse.FromString)
+        self.call = method(iter(self.requests.get, None))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            for r in self.call:
+                self.responses.put(r)
+        except grpc.RpcError:
+            pass
+
+    def create(self, **kw):
+        """Create a watcher; returns the created response."""
+        self.requests.put(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(**kw)))
+        r = self.next()
+        assert r.created, r
+        return r
+
+    def next(self, timeout=10):
+        """The next WatchResponse (queue.Empty if none comes)."""
+        return self.responses.get(timeout=timeout)
+
+    def events(self, n, timeout=20):
+        """The next ``n`` events (mvccpb.Event), failing if they do not come."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            r = self.responses.get(timeout=max(0.01, deadline - time.monotonic()))
+            out.extend(r.events)
+        assert len(out) == n, out
+        return out
+
+    def quiet(self, seconds):
+        """True if nothing arrives within ``seconds``."""
+        try:
+            r = self.responses.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        self.responses.queue.appendleft(r)
+        return False
+
+    def close(self):
+        self.call.cancel()
+
+
+def wait_until(predicate, timeout=10.0, what="condition", interval=0.02):
+    """Poll ``predicate`` until it gives a true value, and return it; AssertionError
+    ("timed out waiting for <what>") after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(interval)
+
+
 def http_request(server, method, path, body=None, headers=None, conn=None, timeout=5):
     """One plain HTTP/1.1 request to ``server``: (http.client response, body bytes).
     Pass ``conn`` to reuse a keep-alive connection."""
@@ -643,7 +711,6 @@ def spawn_etcdctl(server, args, **popen_kw):
 
 def lease_ttl(client, lease_id):
     """LeaseTimeToLive's TTL for ``lease_id`` on ``client``'s server (-1: no such lease)."""
-    from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
     r = client.call("/etcdserverpb.Lease/LeaseTimeToLive",
                     rpc.LeaseTimeToLiveRequest(ID=lease_id), rpc.LeaseTimeToLiveResponse)
     assert r.ok, r
@@ -652,7 +719,6 @@ def lease_ttl(client, lease_id):
 
 def store_revision(client):
     """The current revision of ``client``'s server (header of a count-only Range)."""
-    from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
     r = client.call("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"\0", count_only=True),
                     rpc.RangeResponse)
     assert r.ok, r

@@ -29,6 +29,7 @@ import pytest
 import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from gateway_client import GatewayClient
+from servers import wait_until
 from logged import JsonLoggedAdapter
 from stores import create_database
 
@@ -249,13 +250,6 @@ def two_adapters(request):
     request.addfinalizer(stop)
     servers.start_all(started)
     return kind, url, a, b
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.05)
 
 
 def test_sigterm_with_500_watches(two_adapters):

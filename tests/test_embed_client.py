@@ -22,7 +22,8 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 import servers
 import stores
 from embedding import embedded  # noqa: F401 (the fixture)
-from embedding import GrpcWatch, endpoint, event_tuple, kv_tuple, wait_for
+from embedding import endpoint, event_tuple, kv_tuple
+from servers import GrpcWatch, wait_until
 from stores import call
 
 KV = "/etcdserverpb.KV/"
@@ -109,7 +110,7 @@ def test_same_revisions_reads_and_events_as_grpc(embedded):
             (DELETE, b"/apisix/routes/1", 6), (DELETE, b"/apisix/routes/2", 6),
             (DELETE, b"/apisix/upstreams/1", 7), (PUT, b"/apisix/routes/3", 9)]
         theirs = [event_tuple(e) for e in remote.events(len(expected))]
-        assert wait_for(lambda: len(seen) == len(expected)), seen
+        wait_until(lambda: len(seen) == len(expected), 20, "%d events" % len(expected))
         mine = [event_tuple(e) for e in seen]
         assert mine == theirs
         assert [(e.type, e.kv.key, e.revision) for e in seen] == expected

@@ -46,15 +46,6 @@ def metric(adapter, name, **labels):
     return 0.0
 
 
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
-
-
 class H2Client(object):
     """A blocking HTTP/2 (h2c, prior knowledge) client for JSON requests."""
 
@@ -143,7 +134,7 @@ def test_json_over_http2_next_to_grpc(adapter):
         assert metric(adapter, "etcd_debugging_mvcc_watcher_total") == 1
         # Resetting the stream releases its watcher.
         c.reset(sid)
-        wait_for(lambda: metric(adapter, "etcd_debugging_mvcc_watcher_total") == 0,
+        servers.wait_until(lambda: metric(adapter, "etcd_debugging_mvcc_watcher_total") == 0,
                  what="the h2 watcher to be released")
     finally:
         c.close()
@@ -176,7 +167,7 @@ def test_http1_watch_is_chunked_and_released_when_the_client_goes_away(adapter):
     assert metric(adapter, "etcd_adapter_open_streams", grpc_method="Watch") >= 20
     for s in socks:
         s.close()
-    wait_for(lambda: metric(adapter, "etcd_debugging_mvcc_watcher_total") == before,
+    servers.wait_until(lambda: metric(adapter, "etcd_debugging_mvcc_watcher_total") == before,
              what="closed HTTP watches to release their watchers")
     # The server is unaffected.
     status, _ = post(adapter, "/v3/kv/range", {"key": b64(b"gone/0")})

@@ -17,7 +17,8 @@ from gateway_client import GatewayClient, prefix_end, unb64, watch_body
 
 import servers
 from embedding import embedded  # noqa: F401 (the fixture)
-from embedding import GrpcWatch, endpoint, event_tuple, wait_for
+from embedding import endpoint, event_tuple
+from servers import GrpcWatch, wait_until
 from stores import call, settle
 
 
@@ -126,7 +127,7 @@ def test_resync_of_5000_keys_emits_exactly_the_10_differences(embedded):
     assert [_json_event(e) for e in msg["events"]] == [
         (t, key, e.kv.value, rev) for (t, key), e in zip(want, response.events)]
     # In-process: the same as gRPC.
-    assert wait_for(lambda: len(seen) == 10)
+    wait_until(lambda: len(seen) == 10, 20, "10 events")
     assert [event_tuple(e) for e in seen] == [event_tuple(e) for e in response.events]
 
     # An identical resync: no event, no revision.
@@ -141,7 +142,8 @@ def test_resync_of_5000_keys_emits_exactly_the_10_differences(embedded):
         ((prefix + "99999").encode(), rev + 1)]
     assert [_json_event(e)[1] for e in http.next(timeout=20)["result"]["events"]] == [
         (prefix + "99999").encode()]
-    assert wait_for(lambda: len(seen) == 11) and seen[-1].revision == rev + 1
+    wait_until(lambda: len(seen) == 11, 20, "11 events")
+    assert seen[-1].revision == rev + 1
     remote.close()
     http.close()
     g.close()

@@ -255,22 +255,16 @@ def test_database_restart_under_load(db, request):
 # One instance cut off from the database (a TCP proxy in front of it) while another goes
 # on writing.
 
-def _through_proxy(url, proxy):
-    from urllib.parse import urlsplit
-    port = urlsplit(url).port
-    return url.replace(":%d/" % port, ":%d/" % proxy.port), port
-
-
 @pytest.fixture
 def partitioned(db, request):
     """(kind, a: an adapter reaching the database through a proxy, b: one reaching it
     directly, proxy)."""
-    from test_sql_store import Proxy
+    from db_proxy import DatabaseProxy
     from urllib.parse import urlsplit
     kind, url = db
-    proxy = Proxy(urlsplit(url).port)
-    request.addfinalizer(proxy.cut)
-    a_url, _ = _through_proxy(url, proxy)
+    proxy = DatabaseProxy(urlsplit(url).port)
+    request.addfinalizer(proxy.close)
+    a_url = proxy.url_for(url)
     a, b = start_adapters([a_url, url], None, request)
     return kind, a, b, proxy
 

@@ -3,10 +3,6 @@ gRPC -- KV, a watch stream, a lease -- then restarted on the same database; and 
 differential sequence (test_differential.py) against a real etcd with the adapter on each
 SQL store."""
 
-import queue
-import threading
-
-import grpc
 import pytest
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
@@ -29,45 +25,10 @@ def sql_url(request, tmp_path):
     cleanup()
 
 
-class Watch(object):
-    """One Watch stream, read by a thread into a queue."""
-
-    def __init__(self, channel):
-        self.requests = queue.Queue()
-        self.responses = queue.Queue()
-        call = channel.stream_stream(
-            "/etcdserverpb.Watch/Watch", request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=rpc.WatchResponse.FromString)
-        self.call = call(iter(self.requests.get, None))
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        try:
-            for r in self.call:
-                self.responses.put(r)
-        except grpc.RpcError:
-            pass
-
-    def create(self, **kw):
-        self.requests.put(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(**kw)))
-        r = self.next()
-        assert r.created, r
-        return r
-
-    def next(self, timeout=10):
-        return self.responses.get(timeout=timeout)
-
-    def events(self, n):
-        """The next ``n`` events as (type, key, value, mod_revision, prev value)."""
-        out = []
-        while len(out) < n:
-            for e in self.next().events:
-                out.append((e.type, e.kv.key, e.kv.value, e.kv.mod_revision,
-                            e.prev_kv.value if e.HasField("prev_kv") else None))
-        return out
-
-    def close(self):
-        self.call.cancel()
+def _events(watch, n):
+    """The next ``n`` events of ``watch`` as (type, key, value, mod_revision, prev value)."""
+    return [(e.type, e.kv.key, e.kv.value, e.kv.mod_revision,
+             e.prev_kv.value if e.HasField("prev_kv") else None) for e in watch.events(n)]
 
 
 def _start(url):
@@ -90,7 +51,7 @@ def test_server_on_sql_store(sql_url):
         with servers.GrpcClient(server.endpoint) as c:
             base = _call(c, KV + "Range", rpc.RangeRequest(key=b"x"),
                          rpc.RangeResponse).header.revision
-            w = Watch(c.channel)
+            w = servers.GrpcWatch(c.channel)
             created = w.create(key=b"/apisix/", range_end=b"/apisix0", prev_kv=True)
             assert created.header.revision == base
             r = _call(c, KV + "Put", rpc.PutRequest(key=b"/apisix/routes/1", value=b"a"),
@@ -106,16 +67,16 @@ def test_server_on_sql_store(sql_url):
             _call(c, LEASE + "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease),
                   rpc.LeaseRevokeResponse)
             PUT, DEL = 0, 1
-            assert w.events(4) == [
+            assert _events(w, 4) == [
                 (PUT, b"/apisix/routes/1", b"a", base + 1, None),
                 (PUT, b"/apisix/routes/1", b"b", base + 2, b"a"),
                 (PUT, b"/apisix/upstreams/1", b"u", base + 3, None),
                 (DEL, b"/apisix/upstreams/1", b"", base + 5, b"u"),
             ]
             # A watch replaying history from the first write.
-            w2 = Watch(c.channel)
+            w2 = servers.GrpcWatch(c.channel)
             w2.create(key=b"/apisix/routes/1", start_revision=base + 1)
-            assert [e[3] for e in w2.events(2)] == [base + 1, base + 2]
+            assert [e[3] for e in _events(w2, 2)] == [base + 1, base + 2]
             w.close()
             w2.close()
             r = _call(c, KV + "Range", rpc.RangeRequest(key=b"/", range_end=b"0"),

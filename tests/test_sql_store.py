@@ -7,8 +7,6 @@ store by test_mvcc_store.py and test_lease.py.  Each test here runs on sqlite, m
 postgresql (see tests/stores.py for the databases and the blocking wrapper).
 """
 
-import socket
-import threading
 import time
 
 import pytest
@@ -24,6 +22,8 @@ from etcdadapter.store.sql.sqlite import SQLiteDialect
 from etcdadapter.store.urls import StoreURLError, open_store
 
 import stores
+from db_proxy import DatabaseProxy
+from servers import wait_until
 from fired import error_of, result
 from stores import SQL_KINDS, call, raw, settle
 
@@ -262,67 +262,6 @@ def test_killed_connections_are_replaced(make_store):
         assert get(s, b"k%d" % i).kvs[0].mod_revision == 12 + i
 
 
-class Proxy(object):
-    """A TCP proxy to the database that can be cut (connections closed, new ones
-    refused) and restored, on a fixed local port."""
-
-    def __init__(self, port):
-        self.target = port
-        self.conns = []
-        self.listener = None
-        self.port = None
-        self.restore()
-
-    def restore(self):
-        ls = socket.socket()
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("127.0.0.1", self.port or 0))
-        ls.listen(16)
-        self.port = ls.getsockname()[1]
-        self.listener = ls
-        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
-
-    def _accept(self, ls):
-        while True:
-            try:
-                a, _ = ls.accept()
-            except OSError:
-                return
-            b = socket.create_connection(("127.0.0.1", self.target))
-            self.conns += [a, b]
-            for x, y in ((a, b), (b, a)):
-                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
-
-    def _pipe(self, x, y):
-        try:
-            while True:
-                data = x.recv(65536)
-                if not data:
-                    break
-                y.sendall(data)
-        except OSError:
-            pass
-        for z in (x, y):
-            try:
-                z.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self):
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accepting thread
-        except OSError:
-            pass
-        self.listener.close()
-        for c in self.conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-                c.close()
-            except OSError:
-                pass
-        self.conns = []
-
-
 @SERVER_KINDS
 def test_outage_unavailable_then_recovers(make_store):
     """The database goes away under a running store: requests fail fast with
@@ -331,8 +270,8 @@ def test_outage_unavailable_then_recovers(make_store):
     kind = raw(s).dialect.name
     server = stores.MYSQL_URL if kind == "mysql" else stores.POSTGRES_URL
     from urllib.parse import urlsplit
-    proxy = Proxy(urlsplit(server).port)
-    url = make_store.url.replace(":%d/" % urlsplit(server).port, ":%d/" % proxy.port)
+    proxy = DatabaseProxy(urlsplit(server).port)
+    url = proxy.url_for(make_store.url)
     p = make_store(url=url, initial_revision=None)
     seen = []
     p.subscribe(seen.append)
@@ -377,19 +316,12 @@ def test_poll_batches_split_only_between_revisions(make_store):
     for i in range(7):
         put(a, b"s%d" % i)                                         # 3..9
     delete(a, b"t", range_end=b"u", prev_kv=True)                  # 10: ten deletes
-    _wait_for(lambda: raw(b).feed.delivered == 10)
+    wait_until(lambda: raw(b).feed.delivered == 10)
     settle(b)
     assert seen_b == seen_a
     assert [c.revision for c in seen_b] == list(range(2, 11))
     assert len(seen_b[0].events) == 10 and len(seen_b[-1].events) == 10
     assert seen_b[-1].events[0].prev_kv == KV(b"t00", 2, 2, 1, b"x", 0)
-
-
-def _wait_for(cond, timeout=10):
-    deadline = time.time() + timeout
-    while not cond():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_other_instance_writes_arrive_in_order_exactly_once(make_store):
@@ -413,7 +345,7 @@ def test_other_instance_writes_arrive_in_order_exactly_once(make_store):
     # Both instances write concurrently, each with many requests in flight.
     call(lambda: defer.gatherResults([writes(raw(a), b"a", 60), writes(raw(b), b"b", 60)]))
     final = max(a.revision, b.revision)
-    _wait_for(lambda: raw(a).feed.delivered == raw(b).feed.delivered == final)
+    wait_until(lambda: raw(a).feed.delivered == raw(b).feed.delivered == final)
     settle(a)
     settle(b)
     assert [c.revision for c in seen_a] == list(range(2, final + 1))
@@ -500,7 +432,7 @@ def test_feed_events_match_local_events(make_store):
         rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
             key=b"e", range_end=b"\0"))])))
     result(a.lease_revoke(9))                                      # no keys left: no rev
-    _wait_for(lambda: raw(b).feed.delivered == 4)
+    wait_until(lambda: raw(b).feed.delivered == 4)
     settle(b)
     old = KV(b"e", 2, 2, 1, b"old", 9)
     new = KV(b"e", 3, 3, 1, b"new", 0)
@@ -523,10 +455,10 @@ def test_postgresql_notify_wakes_other_instances(make_store):
     seen_b, seen_c = [], []
     b.subscribe(seen_b.append)
     c.subscribe(seen_c.append)
-    _wait_for(lambda: raw(b).listener.up)
+    wait_until(lambda: raw(b).listener.up)
     for i in range(3):
         put(a, b"k", b"%d" % i)
-        _wait_for(lambda: len(seen_b) == i + 1, timeout=2)
+        wait_until(lambda: len(seen_b) == i + 1, timeout=2)
     assert [ch.revision for ch in seen_b] == [2, 3, 4]
     assert seen_c == []
     # b's own commits do not make it poll (the feed has them already)
@@ -647,7 +579,7 @@ def test_compaction_refused_as_compacted_teaches_the_compact_revision(make_store
     b = make_store(url=make_store.url)
     for _ in range(10):
         put(a, b"k")
-    _wait_for(lambda: raw(b).feed.delivered == 11)
+    wait_until(lambda: raw(b).feed.delivered == 11)
     call(raw(b).feed.stop)                         # no poll from here on
     result(a.compact(8))
     assert b.compact_revision == -1
