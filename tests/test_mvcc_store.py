@@ -14,7 +14,7 @@ import pytest
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.pb.mvccpb import kv_pb2
-from etcdadapter.store import memory, mvcc
+from etcdadapter.store import keyspace, mvcc
 from etcdadapter.store.base import DELETE, KV, PUT, Change, Event, StoreStatus
 from etcdadapter.store.memory import MemoryStore
 from fired import error_of, result
@@ -747,8 +747,8 @@ def test_compaction_reads_and_memory(s):
     assert before.db_size >= before.db_size_in_use > 0
     if is_memory(s):
         assert before.db_size == before.db_size_in_use
-        assert len(s._log) == 16
-        assert len(s._keys[b"hot"]) == 11
+        assert len(s.keyspace.log) == 16
+        assert len(s.keyspace.keys[b"hot"]) == 11
 
     assert result(s.compact(14)) == 17
     assert s.compact_revision == 14
@@ -766,11 +766,11 @@ def test_compaction_reads_and_memory(s):
     if is_memory(s):
         # what is kept: the latest version <= 14 of live keys and everything after it
         # (the SQL stores' rows are checked in test_sql_store.py)
-        assert s._keys[b"hot"] == [KV(b"hot", 2, 11, 10, b"v9", 0),
+        assert s.keyspace.keys[b"hot"] == [KV(b"hot", 2, 11, 10, b"v9", 0),
                                    KV(b"hot", 2, 17, 11, b"last", 0)]
-        assert b"dead" not in s._keys                   # tombstone <= R: key forgotten
-        assert len(s._keys[b"tomb-after"]) == 2         # its tombstone is after R
-        assert [c.revision for c in s._log] == [14, 15, 16, 17]
+        assert b"dead" not in s.keyspace.keys                   # tombstone <= R: key forgotten
+        assert len(s.keyspace.keys[b"tomb-after"]) == 2         # its tombstone is after R
+        assert [c.revision for c in s.keyspace.log] == [14, 15, 16, 17]
     after = result(s.status())
     if is_memory(s):
         assert after.db_size < before.db_size
@@ -778,9 +778,9 @@ def test_compaction_reads_and_memory(s):
 
     assert result(s.compact(17)) == 17
     if is_memory(s):
-        assert list(s._keys.keys()) == [b"cold", b"hot"]
-        assert s._keys[b"hot"] == [KV(b"hot", 2, 17, 11, b"last", 0)]
-        assert [c.revision for c in s._log] == [17]
+        assert list(s.keyspace.keys.keys()) == [b"cold", b"hot"]
+        assert s.keyspace.keys[b"hot"] == [KV(b"hot", 2, 17, 11, b"last", 0)]
+        assert [c.revision for c in s.keyspace.log] == [17]
     assert result(s.history(17, b"\0", b"\0"))[0].events[0].prev_kv is None
     assert [c.revision for c in result(s.history(17, b"\0", b"\0"))] == [17]
     assert keys(get(s, b"\0", range_end=b"\0", revision=17)) == [b"cold", b"hot"]
@@ -802,7 +802,7 @@ def test_compaction_tombstone_at_r(s):
     put(s, b"j", b"1")                                             # 4
     result(s.compact(3))
     if is_memory(s):
-        assert b"k" not in s._keys
+        assert b"k" not in s.keyspace.keys
     assert get(s, b"k", revision=3).count == 0
     assert keys(get(s, b"\0", range_end=b"\0", revision=3)) == []
     assert keys(get(s, b"\0", range_end=b"\0", revision=4)) == [b"j"]
@@ -814,20 +814,20 @@ def test_compaction_tombstone_at_r(s):
 def test_compaction_frees_everything_deleted(mem):
     s = mem
     empty = result(s.status()).db_size
-    assert empty == memory._BASE_BYTES        # never zero, like etcd's bbolt file
+    assert empty == keyspace.BASE_BYTES        # never zero, like etcd's bbolt file
     for i in range(50):
         put(s, b"k%d" % i, b"v" * 100)
         put(s, b"k%d" % i, b"w" * 100)
     full = result(s.status()).db_size
     assert full > 100 * 100
     delete(s, b"k", range_end=b"l")
-    assert len(s._dead) == 50
+    assert len(s.keyspace.dead) == 50
     assert get(s, b"k", range_end=b"l", count_only=True).count == 0
     result(s.compact(s.revision))
-    assert len(s._keys) == 0 and len(s._dead) == 0 and len(s._log) == 1
+    assert len(s.keyspace.keys) == 0 and len(s.keyspace.dead) == 0 and len(s.keyspace.log) == 1
     # just the last change (50 delete events), kept for watchers
-    assert result(s.status()).db_size == (memory._BASE_BYTES + memory.CHANGE_OVERHEAD
-                                          + 50 * memory.EVENT_OVERHEAD)
+    assert result(s.status()).db_size == (keyspace.BASE_BYTES + keyspace.CHANGE_OVERHEAD
+                                          + 50 * keyspace.EVENT_OVERHEAD)
 
 
 def test_compact_versions_helper():
@@ -888,7 +888,7 @@ def test_random_against_snapshot_model(s):
         assert [mvcc.kv_from_pb(m) for m in latest.kvs] == sorted(
             snaps[s.revision].values(), key=lambda kv: kv.key)
         if memory_store:
-            assert set(s._dead) == {k for k, h in s._keys.items() if h[-1].version == 0}
+            assert set(s.keyspace.dead) == {k for k, h in s.keyspace.keys.items() if h[-1].version == 0}
     first = max(s.compact_revision, 1)
     for rev in range(first, s.revision + 1):
         snap = snaps[rev]

@@ -1,18 +1,9 @@
 """The embedded in-memory store (the default backend).
 
-Data structures:
-
-* ``_keys``: a :class:`sortedcontainers.SortedDict` mapping each key to its history, a list
-  of :class:`~etcdadapter.store.base.KV` ordered by mod_revision, tombstones included.  A
-  point read at the latest revision is one dict lookup; a range walks only the keys in it.
-* ``_dead``: the keys of ``_keys`` whose latest version is a tombstone, so that counting
-  the live keys of a range at the latest revision is four bisections.
-* ``_log``: every committed :class:`~etcdadapter.store.base.Change`, in revision order, for
-  watch replay (:meth:`MemoryStore.history`).
-
-Compaction really drops superseded versions, tombstones and log entries (only the keys
-written since the previous compaction are visited).  Everything runs synchronously on the
-calling (reactor) thread; the request methods return already-fired Deferreds.
+Its data is a :class:`~etcdadapter.store.keyspace.Keyspace` (every key's versions, the
+change log, the lease index; the same structures a SQL adapter's replica keeps), written
+through :mod:`etcdadapter.store.mvcc` on the calling (reactor) thread; the request methods
+return already-fired Deferreds.  Leases (granted TTL, expiry) live here too.
 
 Revisions survive restarts only in the sense that they never go down: the first revision
 is seeded from the wall clock in milliseconds (APISIX ignores "older" revisions), unless
@@ -23,7 +14,6 @@ import heapq
 import time
 from collections import deque
 
-from sortedcontainers import SortedDict, SortedList
 from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 
@@ -31,222 +21,22 @@ from etcdadapter import errors
 from etcdadapter.errors import EtcdError
 from etcdadapter.store import lease as lease_rules
 from etcdadapter.store import mvcc
-from etcdadapter.store.base import (ANY, Change, LeaseTTL, Purged, Store, StoreStatus,
-                                    Subscribers)
+from etcdadapter.store.base import ANY, LeaseTTL, Store, StoreStatus, Subscribers
+from etcdadapter.store.keyspace import Keyspace
 
 log = Logger()
 
-# Bytes an entry costs beyond its key and value bytes (CPython 3.11, 64-bit, measured with
-# tracemalloc): a version (KV tuple, its ints, the value's bytes header, the history list
-# slot); an Event in the log; a Change in the log; a key (its bytes header, SortedDict and
-# SortedList slots, the history list).  The key's bytes are shared by all its versions.
-VERSION_OVERHEAD = 260
-EVENT_OVERHEAD = 72
-CHANGE_OVERHEAD = 84
-KEY_OVERHEAD = 80
-
-
-# Rough footprint of an empty store's maps and lists (measured with tracemalloc).
-_BASE_BYTES = 4096
-
 
 class Lease(object):
-    """One granted lease: granted TTL, expiry (seconds on the store's clock) and the set
-    of attached keys (kept up to date by every commit)."""
+    """One granted lease: granted TTL and expiry (seconds on the store's clock); its
+    attached keys are in the keyspace's lease index."""
 
-    __slots__ = ("id", "ttl", "expiry", "keys")
+    __slots__ = ("id", "ttl", "expiry")
 
     def __init__(self, lease_id, ttl, expiry):
         self.id = lease_id
         self.ttl = ttl
         self.expiry = expiry
-        self.keys = set()
-
-
-def _bisect_rev(seq, revision, index):
-    """First position in ``seq`` (tuples ordered by field ``index``) whose field is >=
-    ``revision``."""
-    lo, hi = 0, len(seq)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if seq[mid][index] < revision:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-def _at(history, revision):
-    """The live KV of a key's history at ``revision``, or None."""
-    kv = history[-1]
-    if kv.mod_revision > revision:
-        lo, hi = 0, len(history) - 1                 # history[hi] is past revision
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if history[mid].mod_revision <= revision:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == 0:
-            return None
-        kv = history[lo - 1]
-    return kv if kv.version else None
-
-
-class _View(mvcc.WriteView):
-    """The mvcc view over a MemoryStore.  Always current: the store is single-threaded and
-    mvcc functions run to completion before anything else touches it."""
-
-    __slots__ = ("store",)
-
-    def __init__(self, store):
-        self.store = store
-
-    @property
-    def revision(self):
-        return self.store.revision
-
-    @property
-    def compact_revision(self):
-        return self.store.compact_revision
-
-    def get(self, key, revision):
-        h = self.store._keys.get(key)
-        if h is None:
-            return None
-        return _at(h, revision)
-
-    def _iter_keys(self, key, range_end):
-        keys = self.store._keys
-        if range_end == mvcc.ALL_KEYS:
-            return keys.irange(key)
-        if range_end <= key:
-            return ()
-        return keys.irange(key, range_end, inclusive=(True, False))
-
-    def range(self, key, range_end, revision, limit=0):
-        if not range_end:
-            kv = self.get(key, revision)
-            return [kv] if kv is not None else []
-        keys = self.store._keys
-        out = []
-        for k in self._iter_keys(key, range_end):
-            kv = _at(keys[k], revision)
-            if kv is not None:
-                out.append(kv)
-                if len(out) == limit:
-                    break
-        return out
-
-    def count(self, key, range_end, revision):
-        if not range_end:
-            return 1 if self.get(key, revision) is not None else 0
-        s = self.store
-        keys = s._keys
-        if revision >= s.revision:
-            # Latest: keys in range minus the deleted ones, two bisections each.
-            dead = s._dead
-            if range_end == mvcc.ALL_KEYS:
-                return ((len(keys) - keys.bisect_left(key))
-                        - (len(dead) - dead.bisect_left(key)))
-            if range_end <= key:
-                return 0
-            return ((keys.bisect_left(range_end) - keys.bisect_left(key))
-                    - (dead.bisect_left(range_end) - dead.bisect_left(key)))
-        n = 0
-        for k in self._iter_keys(key, range_end):
-            if _at(keys[k], revision) is not None:
-                n += 1
-        return n
-
-    def lease_exists(self, lease_id):
-        return lease_id in self.store.leases
-
-    def commit(self, revision, events):
-        s = self.store
-        keys = s._keys
-        leases = s.leases
-        size = CHANGE_OVERHEAD
-        for ev in events:
-            kv = ev.kv
-            h = keys.get(kv.key)
-            # Lease attachment follows the key's latest version.
-            if h is not None and h[-1].lease:
-                old = leases.get(h[-1].lease)
-                if old is not None:
-                    old.keys.discard(kv.key)
-            if kv.lease and kv.version:
-                new = leases.get(kv.lease)
-                if new is not None:
-                    new.keys.add(kv.key)
-            if h is None:
-                keys[kv.key] = [kv]
-                size += len(kv.key) + KEY_OVERHEAD
-                if not kv.version:
-                    s._dead.add(kv.key)
-            else:
-                if not h[-1].version:
-                    if kv.version:
-                        s._dead.remove(kv.key)
-                elif not kv.version:
-                    s._dead.add(kv.key)
-                h.append(kv)
-            size += len(kv.value) + VERSION_OVERHEAD + EVENT_OVERHEAD
-        change = Change(revision, tuple(events))
-        s._log.append(change)
-        s._bytes += size
-        s.revision = revision
-        s._unnotified.append(change)
-
-    def compact(self, revision):
-        started = time.monotonic()
-        s = self.store
-        keys = s._keys
-        logl = s._log
-        j = _bisect_rev(logl, revision, 0)           # first change at >= revision
-        end = j + 1 if j < len(logl) and logl[j].revision == revision else j
-        touched = set()
-        freed = 0
-        versions = forgotten = 0
-        for i in range(end):
-            change = logl[i]
-            events = change.events
-            if i < j:
-                freed += CHANGE_OVERHEAD + EVENT_OVERHEAD * len(events)
-            for ev in events:
-                touched.add(ev.kv.key)
-        for key in touched:
-            h = keys.get(key)
-            if h is None:
-                continue
-            kept = mvcc.compact_versions(h, revision)
-            if kept is h:
-                continue
-            for kv in h[:len(h) - len(kept)]:
-                freed += len(kv.value) + VERSION_OVERHEAD
-            versions += len(h) - len(kept)
-            if kept:
-                keys[key] = kept
-            else:
-                del keys[key]
-                s._dead.remove(key)
-                freed += len(key) + KEY_OVERHEAD
-                forgotten += 1
-        del logl[:j]
-        if logl and logl[0].revision == revision:
-            # etcd reads a watch event's prev_kv at revision - 1: compacted now.
-            change = logl[0]
-            if any(ev.prev_kv is not None for ev in change.events):
-                logl[0] = Change(revision, tuple(ev._replace(prev_kv=None)
-                                                 for ev in change.events))
-        s._bytes -= freed
-        s.compact_revision = revision
-        seconds = time.monotonic() - started
-        s.last_purge = Purged(revision, versions, forgotten, seconds)
-        if versions or forgotten:
-            log.info("compaction to revision {revision}: removed {versions} old versions "
-                     "and {keys} keys in {seconds:.3f}s", revision=revision,
-                     versions=versions, keys=forgotten, seconds=seconds)
 
 
 class MemoryStore(Store):
@@ -258,20 +48,28 @@ class MemoryStore(Store):
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
-        self.revision = initial_revision
-        self.compact_revision = -1
         #: lease ID -> :class:`Lease` (``lease_id in leases`` tells whether it exists).
         self.leases = {}
         self._expiries = []              # heap of (expiry, lease_id); stale entries skipped
-        self._keys = SortedDict()
-        self._dead = SortedList()        # keys whose latest version is a tombstone
-        self._log = []
-        self._bytes = 0
         self._subscribers = Subscribers()
         self._unnotified = deque()
         self._notifying = False
-        self._view = _View(self)
+        self.keyspace = Keyspace(initial_revision, lease_exists=self.leases.__contains__,
+                                 on_commit=self._unnotified.append)
+        self._view = self.keyspace.view
         self._auth_blob = None
+
+    @property
+    def revision(self):
+        return self.keyspace.revision
+
+    @property
+    def compact_revision(self):
+        return self.keyspace.compact_revision
+
+    @property
+    def last_purge(self):
+        return self.keyspace.last_purge
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self):
@@ -327,7 +125,7 @@ class MemoryStore(Store):
     def status(self):
         # The empty structures themselves take memory too; etcd never reports a zero
         # size either (an empty bbolt file is 32-36 KiB), and etcdctl hides zero fields.
-        size = self._bytes + _BASE_BYTES
+        size = self.keyspace.size()
         return succeed(StoreStatus(self.revision, self.compact_revision, size, size))
 
     # -- change feed ----------------------------------------------------------------------
@@ -348,14 +146,11 @@ class MemoryStore(Store):
             self._notifying = False
 
     def history(self, start_revision, key, range_end, limit_revisions=1000):
-        # Negative start revisions (old etcd accepted them) fail only once something has
-        # been compacted, as etcd did.
-        if self.compact_revision >= 0 and start_revision < self.compact_revision:
-            return fail(errors.ErrCompacted())
-        logl = self._log
-        i = _bisect_rev(logl, start_revision, 0)
-        return succeed(mvcc.select_history(
-            (logl[n] for n in range(i, len(logl))), key, range_end, limit_revisions))
+        try:
+            return succeed(self.keyspace.history(start_revision, key, range_end,
+                                                 limit_revisions))
+        except EtcdError as e:
+            return fail(e)
 
     # -- leases ---------------------------------------------------------------------------
     def lease_grant(self, lease_id, ttl):
@@ -374,7 +169,8 @@ class MemoryStore(Store):
 
     def _revoke(self, lease):
         try:
-            revision = lease_rules.revoke_events(self._view, lease.keys)
+            revision = lease_rules.revoke_events(
+                self._view, self.keyspace.lease_keys.get(lease.id, ()))
         finally:
             del self.leases[lease.id]
         self._notify()
@@ -400,7 +196,8 @@ class MemoryStore(Store):
         if lease is None:
             return succeed(LeaseTTL(-1, 0, ()))
         ttl = lease_rules.remaining_ttl(lease.expiry, self.clock.seconds())
-        return succeed(LeaseTTL(ttl, lease.ttl, tuple(sorted(lease.keys)) if keys else ()))
+        attached = self.keyspace.lease_keys.get(lease_id, ()) if keys else ()
+        return succeed(LeaseTTL(ttl, lease.ttl, tuple(sorted(attached))))
 
     def lease_list(self):
         return succeed(sorted(self.leases))
