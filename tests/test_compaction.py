@@ -57,6 +57,10 @@ def put(s, key, value=b"v", **kw):
     return result(s.put(rpc.PutRequest(key=key, value=value, **kw)))
 
 
+def get(s, key, **kw):
+    return result(s.range(rpc.RangeRequest(key=key, **kw)))
+
+
 def memory(clock):
     return MemoryStore(initial_revision=1, clock=clock)
 
@@ -200,9 +204,9 @@ def test_err_compacted_from_an_instance_that_had_not_seen_it(make_store):
     clock = task.Clock()
     c = Compactor(raw(b), REVISION, 10, clock=clock, check_interval=1)
     call(c.start)
+    assert get(b, b"k").header.revision == 31      # B's replica is current ...
     result(a.compact(25))
-    assert b.compact_revision == -1 and b.revision == 1   # B has not polled
-    raw(b).revision = 31                           # ... but knows the revision (a read)
+    assert b.compact_revision == -1 and b.revision == 31  # ... but has not seen that
     with compactor_events() as events:
         call(clock.advance, 1)
         call(lambda: c._running)

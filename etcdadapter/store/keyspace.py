@@ -15,6 +15,9 @@ Data structures:
 * ``log``: every committed :class:`~etcdadapter.store.base.Change`, in revision order, for
   watch replay (:meth:`Keyspace.history`).
 * ``lease_keys``: lease ID -> the keys whose latest version is attached to it.
+* ``latest_sub``: key -> the position among its revision's events of the key's latest
+  version, for the keys where it is not 0 (a SQL store's log rows point at the row they
+  supersede by (revision, sub)).
 
 Compaction really drops superseded versions, tombstones and log entries (only the keys
 written since the previous compaction are visited).  Everything runs synchronously on the
@@ -91,6 +94,7 @@ class Keyspace(object):
         self.dead = SortedList()
         self.log = []
         self.lease_keys = {}
+        self.latest_sub = {}
         self.bytes = 0
         #: :class:`Purged`: what the last compaction removed (None: none yet).
         self.last_purge = None
@@ -98,16 +102,23 @@ class Keyspace(object):
         self.view = KeyspaceView(self, lease_exists)
 
     # -- applying changes ---------------------------------------------------------------
-    def apply(self, change):
+    def apply(self, change, subs=None):
         """Append one committed :class:`Change` (its revision is the next one; events in
-        execution order, prev_kv filled in)."""
+        execution order, prev_kv filled in).  ``subs``: each event's position in its
+        revision when not simply 0, 1, 2, ... (rows the purge left of an old revision)."""
         keys = self.keys
         lease_keys = self.lease_keys
+        latest_sub = self.latest_sub
         dead = self.dead
         size = CHANGE_OVERHEAD
-        for ev in change.events:
+        for i, ev in enumerate(change.events):
             kv = ev.kv
             key = kv.key
+            sub = i if subs is None else subs[i]
+            if sub:
+                latest_sub[key] = sub
+            elif latest_sub:
+                latest_sub.pop(key, None)
             h = keys.get(key)
             # Lease attachment follows the key's latest version.
             if h is not None and h[-1].lease:
@@ -139,7 +150,7 @@ class Keyspace(object):
         self.revision = change.revision
 
     def complete(self, revision, rows):
-        """The :class:`Change` of ``revision`` from its log rows (``(name,
+        """The :class:`Change` of ``revision`` from its log rows (``(sub, name,
         create_revision, version, value, lease)`` in event order), with each event's
         prev_kv -- the key at ``revision - 1``, none for a creation -- read from this
         keyspace, which must hold every revision below ``revision``.  A key's versions
@@ -147,7 +158,7 @@ class Keyspace(object):
         keys = self.keys
         events = []
         below = revision - 1
-        for name, create_revision, version, value, lease in rows:
+        for _sub, name, create_revision, version, value, lease in rows:
             h = keys.get(name)
             prev = None
             if h is not None:
@@ -177,9 +188,10 @@ class Keyspace(object):
         return self.bytes + BASE_BYTES
 
     # -- compaction -------------------------------------------------------------------------
-    def compact(self, revision):
+    def compact(self, revision, quiet=False):
         """Drop what reads at or above ``revision`` never need (see
-        :meth:`mvcc.WriteView.compact`); returns what went as :class:`Purged`."""
+        :meth:`mvcc.WriteView.compact`); returns what went as :class:`Purged` (logged
+        unless ``quiet``)."""
         started = time.monotonic()
         keys = self.keys
         logl = self.log
@@ -210,6 +222,7 @@ class Keyspace(object):
             else:
                 del keys[key]
                 self.dead.remove(key)
+                self.latest_sub.pop(key, None)
                 freed += len(key) + KEY_OVERHEAD
                 forgotten += 1
         del logl[:j]
@@ -223,7 +236,7 @@ class Keyspace(object):
         self.compact_revision = revision
         seconds = time.monotonic() - started
         self.last_purge = Purged(revision, versions, forgotten, seconds)
-        if versions or forgotten:
+        if (versions or forgotten) and not quiet:
             log.info("compaction to revision {revision}: removed {versions} old versions "
                      "and {keys} keys in {seconds:.3f}s", revision=revision,
                      versions=versions, keys=forgotten, seconds=seconds)
@@ -315,14 +328,16 @@ class PendingView(mvcc.WriteView):
     """A keyspace plus revisions committed in this view only (a batch of writes whose
     database transaction is still open).  The keyspace must not change while the view is
     in use; :attr:`changes` holds the view's commits, to apply to the keyspace once the
-    database has them.  ``lease_exists(id)`` answers for the view's moment."""
+    database has them.  ``lease_exists(id)`` answers for the view's moment;
+    ``validate(events)``, if given, may refuse a commit by raising."""
 
-    def __init__(self, keyspace, lease_exists):
+    def __init__(self, keyspace, lease_exists, validate=None):
         self.base = keyspace.view
         self.base_revision = keyspace.revision
         self.revision = keyspace.revision
         self.compact_revision = keyspace.compact_revision
         self._lease_exists = lease_exists
+        self._validate = validate
         self.pending = SortedDict()      # key -> its versions written in this view
         self.changes = []
 
@@ -398,6 +413,8 @@ class PendingView(mvcc.WriteView):
         return keys
 
     def commit(self, revision, events):
+        if self._validate is not None:
+            self._validate(events)
         pending = self.pending
         for ev in events:
             kv = ev.kv

@@ -1,28 +1,34 @@
 """The SQL store: one implementation of the Store contract for every SQL engine.
 
-Each request is one database transaction in a pool thread (:mod:`.runner`):
+Every adapter is an etcd-like member of the database: the database's log is the
+replicated log, and each adapter keeps a replica of it in memory -- the same
+:class:`~etcdadapter.store.keyspace.Keyspace` the memory store uses -- kept current by the
+change feed (:mod:`.feed`).
 
-* reads (Range, read-only Txn, history, lease queries) run in a consistent snapshot
-  through :class:`~etcdadapter.store.sql.views.SQLReadView`;
-* writes (Put, DeleteRange, Txn, lease revoke/expiry) lock the revision counter
-  row first, run the very same :mod:`etcdadapter.store.mvcc` function as the memory store
-  over a :class:`~etcdadapter.store.sql.views.SQLWriteView`, append the new revision's log
-  rows, bump the counter and commit -- so revisions are committed in order, one per write
-  request, with nothing guessed;
-* the change feed (:mod:`.feed`) hands every committed revision to the subscribers in
-  order: this process's writes at once, other processes' writes when the poll loop sees
-  them;
-* Compact records the compact revision in one such write transaction, then deletes the
-  rows it made garbage in small batches (:mod:`.purge`), in the background unless the
-  request asked for ``physical``.
+* Reads (Range, read-only Txn, lease key lists) first pass the read barrier
+  (:mod:`.barrier`): the database's current revision, read by one cheap query shared by
+  every read that arrived while the previous one was in flight; once the replica has
+  applied that revision the read is answered from memory with
+  :mod:`etcdadapter.store.mvcc`.  So a read sees every write acknowledged before it
+  arrived, by any adapter.  ``serializable`` Ranges skip the barrier (etcd's
+  member-local reads).  Watch history is the replica's log.
+* Writes (Put, DeleteRange, Txn, lease revoke and expiry, Compact) are group-committed
+  (:mod:`.group_commit`): the requests that arrive while a write transaction is in flight
+  go together into the next one, which locks the revision counter row once, evaluates
+  each request with the very same mvcc code against the replica, writes all their rows
+  with multi-row statements and commits; only then do they reach the replica and the
+  watchers.  Revisions are committed in order, one per write request, with nothing
+  guessed.
+* Compact records the compact revision in such a transaction (every adapter's reads below
+  it fail with ErrCompacted from then on), then deletes the rows it made garbage in small
+  batches (:mod:`.purge`), in the background unless the request asked for ``physical``.
 
 Leases are rows (ID, granted TTL, expiry in wall-clock ms); grant and keep-alive touch only
-their row (no revision), revoke and expiry delete the attached keys through the normal
-write path, after re-checking the lease under a row lock so that with several instances
-each lease is revoked exactly once.
+their row (no revision); revoke and expiry delete the attached keys (the replica's lease
+index) in a write batch, after re-reading the lease under a row lock so that with several
+adapters each lease is revoked exactly once.
 
-The store's Deferreds fire on the reactor thread; ``revision`` and ``compact_revision``
-are updated there too.
+The store's Deferreds fire on the reactor thread; the replica lives there too.
 """
 
 import time
@@ -35,20 +41,20 @@ from etcdadapter.errors import EtcdError
 from etcdadapter.store import lease as lease_rules
 from etcdadapter.store import mvcc
 from etcdadapter.store.base import ANY, LeaseTTL, Store, StoreStatus
-from etcdadapter.store.sql import schema
+from etcdadapter.store.sql import replica, schema
+from etcdadapter.store.sql.barrier import ReadBarrier
 from etcdadapter.store.sql.dialect import DUPLICATE
 from etcdadapter.store.sql.feed import ChangeFeed
+from etcdadapter.store.sql.group_commit import MAX_BYTES, MAX_ITEMS, GroupCommitter, Item
 from etcdadapter.store.sql.notify import Listener
 from etcdadapter.store.sql.purge import BATCH, Purger
 from etcdadapter.store.sql.runner import Runner
-from etcdadapter.store.sql.schema import AUTH, CURRENT, LEASE
-from etcdadapter.store.sql.views import (SQLReadView, SQLWriteView, poll_changes,
-                                         read_history, read_meta)
+from etcdadapter.store.sql.schema import AUTH, LEASE
 
 log = Logger()
 
 DEFAULT_POLL_INTERVAL = 0.04      # seconds between polls for other instances' writes
-DEFAULT_POOL_SIZE = 4             # database threads (= connections)
+DEFAULT_POOL_SIZE = 4             # database threads (= connections) for reads and leases
 POLL_BATCH = 500                  # log rows per poll
 
 
@@ -56,10 +62,23 @@ class _AuthSaveConflict(EtcdError):
     """Another adapter saved the first auth state at the same moment."""
 
 
+def _txn_leases(request, out):
+    for ops in (request.success, request.failure):
+        for op in ops:
+            which = op.WhichOneof("request")
+            if which == "request_put":
+                if op.request_put.lease:
+                    out.add(op.request_put.lease)
+            elif which == "request_txn":
+                _txn_leases(op.request_txn, out)
+    return out
+
+
 class SQLStore(Store):
     def __init__(self, dialect, poll_interval=DEFAULT_POLL_INTERVAL,
                  pool_size=DEFAULT_POOL_SIZE, initial_revision=None, clock=None,
-                 reactor=None, poll_batch=POLL_BATCH, compact_batch=BATCH):
+                 reactor=None, poll_batch=POLL_BATCH, compact_batch=BATCH,
+                 max_batch=MAX_ITEMS, max_batch_bytes=MAX_BYTES):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -70,44 +89,66 @@ class SQLStore(Store):
         #: recreated database never hands out revisions lower than clients have seen.
         self.initial_revision = initial_revision
         self.poll_batch = poll_batch
+        #: Reads, polls, leases, auth: never waits for the revision counter's lock.
         self.runner = Runner(dialect, pool_size, reactor)
-        self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._saw)
-        self.purger = Purger(self.runner, dialect, compact_batch, on_done=self._purged)
+        #: The write batches (one at a time, on a connection of their own).
+        self.write_runner = Runner(dialect, 1, reactor, name="write")
+        self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._load)
+        self.barrier = ReadBarrier(self._database_revision)
+        self.committer = GroupCommitter(self.write_runner, dialect, self.feed, self.clock,
+                                        max_batch, max_batch_bytes)
+        self.purger = Purger(self.committer, dialect, compact_batch, on_done=self._purged)
         #: What the last purge pass of this process did (:class:`~etcdadapter.store.base.Purged`).
         self.last_purge = None
         self.listener = None
         if dialect.can_notify:
             self.listener = Listener(dialect, reactor, self.feed, poll_interval)
-        self.revision = 0
-        self.compact_revision = -1
         self._inflight = set()
         self._started = False
 
     def __repr__(self):
         return "<SQLStore %s>" % (self.dialect.describe(),)
 
+    @property
+    def keyspace(self):
+        """The replica (None before start)."""
+        return self.feed.keyspace
+
+    @property
+    def revision(self):
+        ks = self.feed.keyspace
+        return ks.revision if ks is not None else 0
+
+    @property
+    def compact_revision(self):
+        ks = self.feed.keyspace
+        return ks.compact_revision if ks is not None else -1
+
     # -- lifecycle ------------------------------------------------------------------------
     @defer.inlineCallbacks
     def start(self):
         self.runner.start()
+        self.write_runner.start()
         initial = self.initial_revision
         if initial is None:
             initial = int(time.time() * 1000)
+        started = time.monotonic()
         try:
             yield self.runner.call(schema.migrate, self.dialect, initial)
-            rev, compact = yield self.runner.call(
-                lambda s: s.transaction("read", read_meta))
+            keyspace = yield self._load()
         except BaseException:
             self.runner.stop()
+            self.write_runner.stop()
             raise
-        self.revision = rev
-        self.compact_revision = compact
-        self.feed.start(rev)
+        self.feed.start(keyspace)
         if self.listener is not None:
             self.listener.start()
         self._started = True
-        log.info("SQL store {db}: revision {rev}, compacted to {c}",
-                 db=self.dialect.describe(), rev=rev, c=compact)
+        log.info("SQL store {db}: revision {rev}, compacted to {c}; replica of {keys} keys "
+                 "({size} bytes) loaded in {s:.3f}s", db=self.dialect.describe(),
+                 rev=keyspace.revision, c=keyspace.compact_revision,
+                 keys=len(keyspace.keys), size=keyspace.size(),
+                 s=round(time.monotonic() - started, 3))
         # Finish a purge that a crash or a stop interrupted (one short transaction if
         # there is none).
         self._purge().addErrback(lambda _: None)
@@ -121,8 +162,10 @@ class SQLStore(Store):
         if self.listener is not None:
             self.listener.stop()
         yield self.drain()
+        yield self.committer.stop()
         yield self.feed.stop()
         self.runner.stop()
+        self.write_runner.stop()
 
     def drain(self):
         """Deferred firing once every operation started so far has finished (tests use it
@@ -145,12 +188,9 @@ class SQLStore(Store):
         d.addBoth(done)
         return d
 
-    def _saw(self, revision, compact_revision):
-        # What the feed (or a local commit) has seen committed; never goes down.
-        if revision is not None and revision > self.revision:
-            self.revision = revision
-        if compact_revision is not None and compact_revision > self.compact_revision:
-            self.compact_revision = compact_revision
+    def _load(self):
+        """Deferred[Keyspace]: the database, read in one snapshot (a pool thread)."""
+        return self.runner.call(lambda s: s.transaction("read", replica.load))
 
     # -- plumbing -------------------------------------------------------------------------
     def _call(self, mode, fn):
@@ -162,78 +202,77 @@ class SQLStore(Store):
         """Deferred[fn(tx)] in one transaction of the given mode."""
         return self._track(self._call(mode, fn))
 
-    def _read(self, fn):
-        """Run ``fn(view)`` over a read view.  The revision it read becomes this store's
-        revision if higher (another instance wrote it), so that headers this process
-        sends later never go below one a client has already seen."""
-        d = self.dialect
+    def _database_revision(self):
+        # One statement, no transaction: it sees every commit made before it.
+        return self.runner.call(lambda s: s.transaction("ddl", replica.read_meta))
 
-        def body(tx):
-            view = SQLReadView(tx, d)
-            return fn(view), view.revision, view.compact_revision
+    def _linearized(self):
+        """Deferred firing once the replica holds every revision committed (by any
+        adapter) before this call."""
+        if not self._started:
+            return defer.fail(errors.ErrStopped())
 
-        def done(result):
-            out, revision, compact = result
-            self._saw(revision, compact)
-            return out
-        return self._track(self._call("read", body).addCallback(done))
+        def reached(result):
+            revision, compact = result
+            feed = self.feed
+            feed.learn(revision, compact)
+            return feed.wait(revision)
+        return self.barrier.wait().addCallback(reached)
 
-    def _write(self, fn):
-        """Run ``fn(view)`` over a write view; the result fires once the revision it
-        committed (if any) went through the change feed."""
-        d = self.dialect
+    def _read(self, fn, serializable=False):
+        """Deferred[fn(replica view)] once the replica is current (at once if
+        ``serializable``)."""
+        if serializable:
+            if not self._started:
+                return defer.fail(errors.ErrStopped())
+            try:
+                return defer.succeed(fn(self.feed.keyspace.view))
+            except EtcdError as e:
+                return defer.fail(e)
+        return self._linearized().addCallback(lambda _: fn(self.feed.keyspace.view))
 
-        def body(tx):
-            view = SQLWriteView(tx, d)
-            out = fn(view)
-            return out, view.committed, view.revision
-        return self._track(self._call("write", body).addCallback(self._after_write))
-
-    def _after_write(self, result):
-        out, committed, revision = result
-        if committed is None:
-            self._saw(revision, None)
-            return out
-        return self.feed.committed(*committed).addCallback(lambda _: out)
+    def _write(self, evaluate, size=0, leases=()):
+        """Deferred[evaluate(view, batch)] once its batch committed."""
+        if not self._started:
+            return defer.fail(errors.ErrStopped())
+        return self._track(self.committer.submit(Item(evaluate, size, leases)))
 
     def _now_ms(self):
         return int(round(self.clock.seconds() * 1000))
 
     # -- KV -------------------------------------------------------------------------------
     def range(self, request):
-        return self._read(lambda view: mvcc.range_(view, request))
+        return self._read(lambda view: mvcc.range_(view, request), request.serializable)
 
     def put(self, request):
-        return self._write(lambda view: mvcc.put(view, request)[0])
+        return self._write(lambda view, batch: mvcc.put(view, request)[0],
+                           len(request.key) + len(request.value),
+                           (request.lease,) if request.lease else ())
 
     def delete_range(self, request):
-        return self._write(lambda view: mvcc.delete_range(view, request)[0])
+        return self._write(lambda view, batch: mvcc.delete_range(view, request)[0],
+                           len(request.key) + len(request.range_end))
 
     def txn(self, request):
         if mvcc.txn_is_read_only(request):
             return self._read(lambda view: mvcc.txn(view, request)[0])
-        return self._write(lambda view: mvcc.txn(view, request)[0])
+        return self._write(lambda view, batch: mvcc.txn(view, request)[0],
+                           request.ByteSize(), sorted(_txn_leases(request, set())))
 
     def replace_prefix(self, prefix, items):
-        return self._write(lambda view: mvcc.replace_prefix(view, prefix, items))
+        size = sum(len(k) + len(v) for k, v in items.items())
+        return self._write(lambda view, batch: mvcc.replace_prefix(view, prefix, items),
+                           size)
 
     @defer.inlineCallbacks
     def compact(self, revision, physical=False):
-        # Let this process's feed pass everything committed so far before old rows go:
-        # the feed reads the log, and compaction deletes from it.
-        yield self._catch_up()
-        seen = []
-
-        def compact_in(view):
-            seen.append(view.compact_revision)
-            return mvcc.compact(view, revision)
-        try:
-            current = yield self._write(compact_in)
-        except EtcdError:
-            # ErrCompacted: another instance compacted further than this one knew.
-            self._saw(None, seen[-1] if seen else None)
-            raise
-        self._saw(None, revision)
+        def evaluate(view, batch):
+            if batch.compact is not None and revision <= batch.compact:
+                raise errors.ErrCompacted()
+            mvcc.check_compact(view, revision)
+            batch.compact = revision
+            return view.revision
+        current = yield self._write(evaluate)
         purged = self._purge()
         if physical:
             yield purged
@@ -244,25 +283,17 @@ class SQLStore(Store):
     def _purge(self):
         """Deferred[Purged] of a purge pass started after now."""
         if not self._started:
-            return defer.fail(errors.ErrStopped)
+            return defer.fail(errors.ErrStopped())
         return self._track(self.purger.request())
 
     def _purged(self, purged):
         self.last_purge = purged
 
-    def _catch_up(self):
-        d = self._tx("read", lambda tx: read_meta(tx)[0])
-
-        def wait(rev):
-            self.feed.poll_now()
-            return self.feed.wait(rev)
-        return d.addCallback(wait)
-
     def status(self):
         d = self.dialect
 
         def body(tx):
-            rev, compact = read_meta(tx)
+            rev, compact = replica.read_meta(tx)
             size, in_use = d.db_size(tx, schema.TABLES)
             return StoreStatus(rev, compact, size, in_use)
         return self._tx("read", body)
@@ -276,11 +307,16 @@ class SQLStore(Store):
     def _poll(self, after):
         batch = self.poll_batch
         return self.runner.call(
-            lambda s: s.transaction("read", lambda tx: poll_changes(tx, after, batch)))
+            lambda s: s.transaction("read", lambda tx: replica.poll(tx, after, batch)))
 
     def history(self, start_revision, key, range_end, limit_revisions=1000):
-        return self._tx("read", lambda tx: read_history(tx, start_revision, key, range_end,
-                                                        limit_revisions))
+        if not self._started:
+            return defer.fail(errors.ErrStopped())
+        try:
+            return defer.succeed(self.feed.keyspace.history(
+                start_revision, key, range_end, limit_revisions))
+        except EtcdError as e:
+            return defer.fail(e)
 
     # -- auth state (opaque; no revision) ----------------------------------------------------
     def auth_load(self):
@@ -341,28 +377,19 @@ class SQLStore(Store):
             return lid, ttl
         return self._tx("write", body)
 
-    def _revoke_in(self, tx, lease_id, expired_at=None):
-        """Revoke inside a write transaction: (revoked?, revision, view.committed).  With
-        ``expired_at`` only if the lease is (still) expired then."""
-        view = SQLWriteView(tx, self.dialect)
-        row = tx.one("SELECT expiry FROM " + LEASE + " WHERE id = %s"
-                     + self.dialect.for_update, (lease_id,))
-        if row is None or (expired_at is not None and row[0] > expired_at):
-            return False, view.revision, None
-        keys = [bytes(r[0]) for r in tx.all(
-            "SELECT name FROM " + CURRENT + " WHERE lease = %s AND version > 0",
-            (lease_id,))]
-        revision = lease_rules.revoke_events(view, keys)
-        tx.run("DELETE FROM " + LEASE + " WHERE id = %s", (lease_id,))
-        return True, revision, view.committed
+    @staticmethod
+    def _revoke(view, batch, lease_id):
+        """Delete the keys attached to ``lease_id`` and the lease (in a write batch)."""
+        revision = lease_rules.revoke_events(view, view.lease_keys(lease_id))
+        batch.revoked.add(lease_id)
+        return revision
 
     def lease_revoke(self, lease_id):
-        def body(tx):
-            found, revision, committed = self._revoke_in(tx, lease_id)
-            if not found:
+        def evaluate(view, batch):
+            if not batch.lease_exists(lease_id):
                 raise errors.ErrLeaseNotFound
-            return revision, committed, revision
-        return self._track(self._call("write", body).addCallback(self._after_write))
+            return self._revoke(view, batch, lease_id)
+        return self._write(evaluate, leases=(lease_id,))
 
     def lease_keepalive(self, lease_id):
         now = self._now_ms()
@@ -380,42 +407,43 @@ class SQLStore(Store):
 
         def body(tx):
             row = tx.one("SELECT ttl, expiry FROM " + LEASE + " WHERE id = %s", (lease_id,))
+            revision = replica.read_meta(tx)[0] if keys and row is not None else None
+            return row, revision
+
+        def answer(result):
+            row, revision = result
             if row is None:
                 return LeaseTTL(-1, 0, ())
             ttl = lease_rules.remaining_ttl((row[1] - now) / 1000.0, 0)
-            names = ()
-            if keys:
-                names = tuple(bytes(r[0]) for r in tx.all(
-                    "SELECT name FROM " + CURRENT + " WHERE lease = %s AND version > 0 "
-                    "ORDER BY name", (lease_id,)))
-            return LeaseTTL(ttl, row[0], names)
-        return self._tx("read", body)
+            if revision is None:
+                return LeaseTTL(ttl, row[0], ())
+            # The attached keys as of that snapshot or later: the replica's lease index.
+            d = self.feed.wait(revision)
+            d.addCallback(lambda _: LeaseTTL(ttl, row[0], tuple(sorted(
+                self.feed.keyspace.lease_keys.get(lease_id, ())))))
+            return d
+        return self._tx("read", body).addCallback(answer)
 
     def lease_list(self):
         return self._tx("read", lambda tx: [r[0] for r in tx.all(
             "SELECT id FROM " + LEASE + " ORDER BY id")])
 
+    @defer.inlineCallbacks
     def lease_expire(self, limit=lease_rules.MAX_REVOKES_PER_PASS):
         now = self._now_ms()
+        due = yield self._tx("read", lambda tx: [r[0] for r in tx.all(
+            "SELECT id FROM " + LEASE + " WHERE expiry <= %s ORDER BY expiry, id "
+            "LIMIT %s", (now, limit))])
 
-        def work(session):
-            due = session.transaction("read", lambda tx: [r[0] for r in tx.all(
-                "SELECT id FROM " + LEASE + " WHERE expiry <= %s ORDER BY expiry, id "
-                "LIMIT %s", (now, limit))])
-            out = []
-            for lease_id in due:
-                # Each in its own transaction and revision; another instance may have
-                # revoked it or a keep-alive renewed it since: checked under the lock.
-                found, _rev, committed = session.transaction(
-                    "write", lambda tx, i=lease_id: self._revoke_in(tx, i, now))
-                if found:
-                    out.append((lease_id, committed))
-            return out
-
-        def delivered(revoked):
-            waits = [self.feed.committed(*c) for _i, c in revoked if c is not None]
-            d = defer.gatherResults(waits) if waits else defer.succeed(None)
-            return d.addCallback(lambda _: [i for i, _c in revoked])
-        if not self._started:
-            return defer.fail(errors.ErrStopped())
-        return self._track(self.runner.call(work).addCallback(delivered))
+        def expire(lease_id):
+            # Another adapter may have revoked it, or a keep-alive renewed it, since
+            # the query: re-checked under the lease row's lock.
+            def evaluate(view, batch):
+                expiry = batch.leases.get(lease_id)
+                if expiry is None or lease_id in batch.revoked or expiry > now:
+                    return None
+                self._revoke(view, batch, lease_id)
+                return lease_id
+            return self._write(evaluate, leases=(lease_id,))
+        results = yield defer.gatherResults([expire(i) for i in due], consumeErrors=True)
+        return [i for i in results if i is not None]

@@ -36,12 +36,11 @@ from twisted.python.failure import Failure
 
 from etcdadapter.store.base import Purged
 from etcdadapter.store.sql.schema import COMPACTION, CURRENT, LOG
-from etcdadapter.store.sql.views import read_meta
+from etcdadapter.store.sql.replica import read_meta
 
 log = Logger()
 
 BATCH = 1000          # log rows per batch (whole revisions: a bigger one is taken whole)
-PAUSE = 0.001         # seconds between batches: queued writers get the lock first
 
 #: What one batch did: the compact revision it worked for, log rows and keys deleted,
 #: and whether the purge is complete.
@@ -83,18 +82,19 @@ def purge_batch(tx, dialect, batch=BATCH):
 
 
 class Purger(object):
-    """Runs purge passes in the store's thread pool, one at a time per process.
+    """Runs purge passes, one at a time per process, each batch an exclusive job of the
+    store's write batches (:meth:`.group_commit.GroupCommitter.exclusive`): write requests
+    queued meanwhile go first.
 
     :meth:`request` after recording a compaction: the Deferred fires with a
     :class:`~etcdadapter.store.base.Purged` once a pass that started after the request
     has finished (requests made while a pass runs share the next one); ``on_done`` gets
     it too, on the reactor thread."""
 
-    def __init__(self, runner, dialect, batch=BATCH, pause=PAUSE, on_done=None):
-        self.runner = runner
+    def __init__(self, committer, dialect, batch=BATCH, on_done=None):
+        self.committer = committer
         self.dialect = dialect
         self.batch = batch
-        self.pause = pause
         self.on_done = on_done
         #: Set by the store when it stops: the running pass ends after its batch (the
         #: cursor is in the database: the next pass resumes there).
@@ -113,24 +113,23 @@ class Purger(object):
         waiters, self._next = self._next, []
         self._running = True
         started = time.monotonic()
-        d = self.runner.call(self._work)
+        d = self._work()
         d.addBoth(self._finished, waiters, started)
 
-    def _work(self, session):
-        """A pool thread: batches until the purge is complete (or the store stops)."""
+    @defer.inlineCallbacks
+    def _work(self):
+        """Batches until the purge is complete (or the store stops)."""
         d, size = self.dialect, self.batch
         rows = keys = batches = 0
         compact = None
         while not self.stopping:
-            b = session.transaction("write", lambda tx: purge_batch(tx, d, size))
+            b = yield self.committer.exclusive(lambda tx: purge_batch(tx, d, size))
             batches += 1
             rows += b.rows
             keys += b.keys
             compact = b.compact
             if b.done:
                 break
-            if self.pause:
-                time.sleep(self.pause)
         return compact, rows, keys, batches
 
     def _finished(self, result, waiters, started):

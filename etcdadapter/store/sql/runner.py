@@ -208,11 +208,12 @@ def _gave_up(dialect, e):
 class Runner(object):
     """A bounded pool of threads, each with its own connection."""
 
-    def __init__(self, dialect, size, reactor):
+    def __init__(self, dialect, size, reactor, name=None):
         self.dialect = dialect
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=size,
-                               name="etcd-adapter-%s" % dialect.name)
+                               name="etcd-adapter-%s%s" % (dialect.name,
+                                                           "-" + name if name else ""))
         self._local = threading.local()
         self._conns = set()
         self._lock = threading.Lock()

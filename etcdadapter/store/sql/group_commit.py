@@ -1,0 +1,487 @@
+"""Group commit: the write requests that arrive while a write transaction is in flight
+are committed together in the next one.
+
+Every write of a SQL store -- Put, DeleteRange, Txn, the embedding API's replace, lease
+revokes and expiries, Compact -- is an :class:`Item` queued here.  One batch at a time
+runs, on a connection of its own:
+
+1. in a pool thread: BEGIN, lock the revision counter row (so nothing else commits until
+   this transaction ends), read the revisions other adapters committed since the
+   replica's revision (usually none), and the lease rows the batch's requests name;
+2. on the reactor thread: apply those revisions to the replica, then evaluate each
+   request in order with :mod:`etcdadapter.store.mvcc` over a
+   :class:`~etcdadapter.store.keyspace.PendingView` of the replica -- each request gets its
+   own revision, events and result; one that fails (a missing lease, a too-long key) gets
+   its error and leaves nothing behind, the others go on;
+3. in the pool thread again: write every new revision's log rows and the keys' latest
+   rows with multi-row statements, move the counter, COMMIT;
+4. on the reactor thread: apply the new revisions to the replica (and so to the
+   watchers), answer each request.
+
+If the transaction fails, nothing of it reaches the replica: a deadlock or serialization
+failure reruns the whole batch (a few times, then Unavailable); a connection lost before
+COMMIT answers Unavailable ("no leader"); a connection lost during COMMIT answers
+"request timed out" (the outcome is unknown; if it did commit, the change feed brings the
+revisions in like any other adapter's).  A batch is bounded by count and bytes, so it
+never holds the counter lock for long.  Requests that need the lock for something else
+(the purge's batches) run as :meth:`GroupCommitter.exclusive` jobs between batches.
+"""
+
+import random
+import time
+from collections import deque
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from etcdadapter import errors
+from etcdadapter.errors import EtcdError
+from etcdadapter.store.keyspace import PendingView
+from etcdadapter.store.sql.dialect import DISCONNECT, RETRY
+from etcdadapter.store.sql.replica import purged_through, read_meta, read_revisions
+from etcdadapter.store.sql.runner import MAX_ATTEMPTS, Session, Tx
+from etcdadapter.store.sql.schema import CURRENT, LEASE, LOG, META
+
+log = Logger()
+
+MAX_ITEMS = 256                  # requests per batch
+MAX_BYTES = 4 * 1024 * 1024      # request bytes per batch (one larger request goes alone)
+CATCH_UP_ROWS = 2000             # more rows than this behind: let the feed catch up first
+ROWS_PER_STATEMENT = 500         # rows of one multi-row INSERT
+MAX_AGAIN = 10                   # attempts of one batch (conflicts, catching up)
+
+_LOG_COLUMNS = ["revision", "sub", "name", "create_revision", "version", "value", "lease",
+                "prev_revision", "prev_sub"]
+_CURRENT_COLUMNS = ["name", "revision", "sub", "version", "lease"]
+
+
+class Item(object):
+    """One queued write: ``evaluate(view, batch)`` runs it over the batch's view (writing
+    through ``view.commit``) and returns its result; ``size`` bounds the batch; ``leases``:
+    the lease IDs it may need to know about."""
+
+    __slots__ = ("evaluate", "size", "leases", "deferred")
+
+    def __init__(self, evaluate, size=0, leases=()):
+        self.evaluate = evaluate
+        self.size = size
+        self.leases = leases
+        self.deferred = defer.Deferred()
+
+
+class Batch(object):
+    """What a batch's items share while they are evaluated: the lease rows read under
+    the lock (``leases``: id -> expiry in ms), the leases revoked so far, a compaction."""
+
+    __slots__ = ("leases", "revoked", "compact")
+
+    def __init__(self, leases):
+        self.leases = leases
+        self.revoked = set()
+        self.compact = None
+
+    def lease_exists(self, lease_id):
+        return lease_id in self.leases and lease_id not in self.revoked
+
+
+class _Again(Exception):
+    """Run the batch again from the start (after ``wait`` fires, if set)."""
+
+    def __init__(self, wait=None, pause=0.0):
+        Exception.__init__(self)
+        self.wait = wait
+        self.pause = pause
+
+
+class _Exclusive(object):
+    __slots__ = ("fn", "deferred")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.deferred = defer.Deferred()
+
+
+class GroupCommitter(object):
+    def __init__(self, runner, dialect, feed, clock, max_items=MAX_ITEMS,
+                 max_bytes=MAX_BYTES):
+        """``runner``: the pool the batches' database work runs in (on a connection of
+        the committer's own); ``feed``: the change feed holding the replica."""
+        self.runner = runner
+        self.dialect = dialect
+        self.feed = feed
+        self.clock = clock
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.session = Session(runner)
+        self._queue = deque()
+        self._busy = None            # the Deferred of the batch or job in flight
+        self._stopping = False
+        #: Counters for /metrics: batches committed, requests in them, the last size.
+        self.batches = 0
+        self.items = 0
+        self.last_batch = 0
+
+    # -- queueing --------------------------------------------------------------------------
+    def submit(self, item):
+        """Deferred[item's result]."""
+        if self._stopping:
+            return defer.fail(errors.ErrStopped())
+        self._queue.append(item)
+        if self._busy is None:
+            self._next()
+        return item.deferred
+
+    def exclusive(self, fn):
+        """Deferred[fn(tx)], run alone in a write transaction (retried like any) on the
+        committer's connection, between batches."""
+        if self._stopping:
+            return defer.fail(errors.ErrStopped())
+        job = _Exclusive(fn)
+        self._queue.append(job)
+        if self._busy is None:
+            self._next()
+        return job.deferred
+
+    def stop(self):
+        """Fail what is queued; Deferred firing when the batch in flight is done."""
+        self._stopping = True
+        queue, self._queue = self._queue, deque()
+        for item in queue:
+            item.deferred.errback(errors.ErrStopped())
+        if self._busy is None:
+            return defer.succeed(None)
+        done = defer.Deferred()
+        self._busy.addBoth(lambda r: done.callback(None) or r)
+        return done
+
+    def _next(self):
+        if self._busy is not None or not self._queue:
+            return
+        if isinstance(self._queue[0], _Exclusive):
+            job = self._queue.popleft()
+            d = self.runner.call(lambda _s: self.session.transaction("write", job.fn))
+            d.addBoth(self._fire, job)
+        else:
+            items = [self._queue.popleft()]
+            size = items[0].size
+            queue = self._queue
+            while (queue and len(items) < self.max_items
+                   and not isinstance(queue[0], _Exclusive)
+                   and size + queue[0].size <= self.max_bytes):
+                item = queue.popleft()
+                size += item.size
+                items.append(item)
+            d = self._run(items)
+        self._busy = d
+        d.addBoth(self._done)
+
+    @staticmethod
+    def _fire(result, job):
+        if isinstance(result, Failure):
+            job.deferred.errback(result)
+        else:
+            job.deferred.callback(result)
+
+    def _done(self, _):
+        self._busy = None
+        if self._queue:
+            self._next()
+
+    # -- one batch -----------------------------------------------------------------------
+    @defer.inlineCallbacks
+    def _run(self, items):
+        attempt = 0
+        while True:
+            try:
+                yield self._attempt(items, attempt)
+                return
+            except _Again as again:
+                attempt += 1
+                if attempt >= MAX_AGAIN:
+                    log.warn("database {db}: a write batch could not run after {n} "
+                             "attempts", db=self.dialect.describe(), n=attempt)
+                    _fail_all(items, errors.ErrTimeout())
+                    return
+                if again.wait is not None:
+                    try:
+                        yield again.wait
+                    except Exception:
+                        pass
+                if again.pause:
+                    yield _sleep(self.clock, again.pause)
+                if self._stopping:
+                    _fail_all(items, errors.ErrStopped())
+                    return
+            except Exception:
+                _fail_all(items, _as_error(Failure()))
+                return
+
+    @defer.inlineCallbacks
+    def _attempt(self, items, attempt):
+        lease_ids = set()
+        for item in items:
+            lease_ids.update(item.leases)
+        known = self.feed.delivered
+        try:
+            begun = yield self.runner.call(
+                lambda _s: self._begin(known, sorted(lease_ids), attempt))
+        except _Behind:
+            raise _Again(wait=self.feed.reload())
+        except _FarBehind as e:
+            raise _Again(wait=self.feed.wait(e.revision))
+        except _Retry as e:
+            raise _Again(pause=e.pause)
+        tx, revision, compact, revisions, lease_rows = begun
+        try:
+            feed = self.feed
+            feed.caught_up(revisions)
+            feed.learn(revision, compact)
+            if feed.delivered != revision:
+                raise AssertionError("replica at %d after catching up to %d"
+                                     % (feed.delivered, revision))
+            batch = Batch(lease_rows)
+            view = PendingView(feed.keyspace, batch.lease_exists, self._check_keys)
+            results = []
+            for item in items:
+                try:
+                    results.append((True, item.evaluate(view, batch)))
+                except EtcdError as e:
+                    results.append((False, e))
+                except Exception:
+                    f = Failure()
+                    log.failure("write request failed", f)
+                    results.append((False, _as_error(f)))
+            statements = self._statements(view, batch)
+        except BaseException:
+            yield self.runner.call(lambda _s: self._abort(tx))
+            raise
+        try:
+            yield self.runner.call(lambda _s: self._finish(tx, statements, attempt))
+        except _Retry as e:
+            raise _Again(pause=e.pause)
+        self.batches += 1
+        self.items += len(items)
+        self.last_batch = len(items)
+        self.feed.committed(view.changes)
+        if batch.compact is not None:
+            self.feed.learn(self.feed.delivered, batch.compact)
+        for item, (ok, value) in zip(items, results):
+            if ok:
+                item.deferred.callback(value)
+            else:
+                item.deferred.errback(value)
+
+    def _check_keys(self, events):
+        limit = self.dialect.max_key_bytes
+        if limit is not None:
+            for ev in events:
+                if len(ev.kv.key) > limit:
+                    raise errors.ErrRequestTooLarge()
+
+    # -- database work (pool thread) --------------------------------------------------------
+    def _begin(self, known, lease_ids, attempt):
+        """BEGIN, lock the counter, read what the replica misses and the lease rows.
+        Returns (tx, revision, compact, revisions, lease rows); the transaction stays
+        open (and SQLite's process write lock held) for :meth:`_finish`/:meth:`_abort`."""
+        d = self.dialect
+        s = self.session
+        lock = d.write_lock
+        if lock is not None:
+            lock.acquire()
+        reused = s.conn is not None
+        try:
+            conn = s._connection()
+            tx = Tx(conn, d)
+            try:
+                for stmt in d.begin_write:
+                    tx.run(stmt)
+                revision, compact = read_meta(tx, d.for_update)
+                revisions = []
+                if revision > known:
+                    if compact > known and purged_through(tx) > known:
+                        raise _Behind()
+                    revisions, more = read_revisions(tx, known, revision, CATCH_UP_ROWS)
+                    if more:
+                        raise _FarBehind(revision)
+                leases = {}
+                if lease_ids:
+                    rows = tx.all("SELECT id, expiry FROM " + LEASE + " WHERE id IN (%s)"
+                                  % ", ".join(["%s"] * len(lease_ids)) + d.for_update,
+                                  lease_ids)
+                    leases = {r[0]: r[1] for r in rows}
+            except (_Behind, _FarBehind):
+                s._rollback(conn)
+                raise
+            except Exception as e:
+                self._failed(conn, e, reused, attempt)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return tx, revision, compact, revisions, leases
+
+    def _failed(self, conn, e, reused, attempt):
+        """A statement failed (pool thread): roll back and raise what the batch does."""
+        d = self.dialect
+        s = self.session
+        kind = d.classify(e)
+        if kind == DISCONNECT:
+            s.drop()
+            if reused and attempt == 0:
+                raise _Retry(0.0)                 # a stale pooled connection: once more
+            self.runner.unavailable("connection lost", e)
+            raise errors.ErrNoLeader()
+        s._rollback(conn)
+        if kind == RETRY:
+            if attempt + 1 >= MAX_ATTEMPTS:
+                log.warn("database {db}: giving up after {n} conflicting attempts: {err}",
+                         db=d.describe(), n=MAX_ATTEMPTS, err="%s: %s"
+                         % (e.__class__.__name__, e))
+                raise errors.ErrTimeout()
+            raise _Retry(random.uniform(0.001, 0.01) * (attempt + 1))
+        raise e
+
+    def _finish(self, tx, statements, attempt):
+        d = self.dialect
+        s = self.session
+        conn = s.conn
+        try:
+            try:
+                for sql, params in statements:
+                    tx.run(sql, params)
+            except Exception as e:
+                self._failed(conn, e, False, attempt)
+            try:
+                tx.run(d.commit)
+            except Exception as e:
+                if d.classify(e) == DISCONNECT:
+                    s.drop()
+                    log.warn("database {db}: connection lost during COMMIT: {err}",
+                             db=d.describe(), err="%s: %s" % (e.__class__.__name__, e))
+                    self.runner.unavailable("connection lost during COMMIT", e)
+                    raise errors.ErrTimeout()
+                self._failed(conn, e, False, attempt)
+        finally:
+            if d.write_lock is not None:
+                d.write_lock.release()
+
+    def _abort(self, tx):
+        d = self.dialect
+        try:
+            if self.session.conn is not None:
+                self.session._rollback(self.session.conn)
+        finally:
+            if d.write_lock is not None:
+                d.write_lock.release()
+
+    # -- statements ------------------------------------------------------------------------
+    def _statements(self, view, batch):
+        """The statements writing a batch's revisions (log rows, the keys' latest rows,
+        the counter), the leases it revoked and a compaction."""
+        out = []
+        changes = view.changes
+        if changes:
+            latest_sub = view.base.ks.latest_sub
+            written = {}              # key -> (revision, sub) of its latest row so far
+            log_rows = []
+            current = {}
+            for change in changes:
+                rev = change.revision
+                mine = {}
+                for sub, ev in enumerate(change.events):
+                    kv = ev.kv
+                    key = kv.key
+                    prev = ev.prev_kv
+                    if prev is None:
+                        prev_rev = prev_sub = 0
+                    else:
+                        # prev_kv is the key at rev - 1: its latest row before this
+                        # revision, written by this batch or already in the replica.
+                        prev_rev = prev.mod_revision
+                        w = written.get(key)
+                        if w is not None and w[0] == prev_rev:
+                            prev_sub = w[1]
+                        else:
+                            prev_sub = latest_sub.get(key, 0)
+                    log_rows.append((rev, sub, key, kv.create_revision, kv.version,
+                                     kv.value, kv.lease, prev_rev, prev_sub))
+                    mine[key] = sub
+                    current[key] = (key, rev, sub, kv.version, kv.lease)
+                for key, sub in mine.items():
+                    written[key] = (rev, sub)
+            d = self.dialect
+            out.extend(_multi_row(
+                "INSERT INTO %s (%s) VALUES %%s" % (LOG, ", ".join(_LOG_COLUMNS)),
+                len(_LOG_COLUMNS), log_rows))
+            upsert = d.upsert(CURRENT, _CURRENT_COLUMNS, "name")
+            out.extend(_multi_row(_values_slot(upsert, len(_CURRENT_COLUMNS)),
+                                  len(_CURRENT_COLUMNS), list(current.values())))
+            out.append(("UPDATE " + META + " SET revision = %s WHERE id = 1",
+                        (changes[-1].revision,)))
+        if batch.revoked:
+            ids = sorted(batch.revoked)
+            out.append(("DELETE FROM " + LEASE + " WHERE id IN (%s)"
+                        % ", ".join(["%s"] * len(ids)), ids))
+        if batch.compact is not None:
+            out.append(("UPDATE " + META + " SET compact_revision = %s WHERE id = 1",
+                        (batch.compact,)))
+        return out
+
+
+class _Behind(Exception):
+    """The purge walked past the replica: it must be loaded afresh."""
+
+
+class _FarBehind(Exception):
+    """Many revisions behind: the feed catches up before the batch takes the lock."""
+
+    def __init__(self, revision):
+        Exception.__init__(self, revision)
+        self.revision = revision
+
+
+class _Retry(Exception):
+    def __init__(self, pause):
+        Exception.__init__(self, pause)
+        self.pause = pause
+
+
+def _values_slot(sql, ncols):
+    """``sql`` (a one-row INSERT) with its VALUES group replaced by ``%s``."""
+    group = "(" + ", ".join(["%s"] * ncols) + ")"
+    i = sql.index("VALUES " + group)
+    return sql[:i] + "VALUES %s" + sql[i + len("VALUES " + group):].replace("%", "%%")
+
+
+def _multi_row(template, ncols, rows):
+    """(SQL, parameters) statements inserting ``rows`` through ``template``, whose
+    ``%s`` (the only %-slot left; others are %%-escaped) takes the VALUES groups."""
+    group = "(" + ", ".join(["%s"] * ncols) + ")"
+    out = []
+    for i in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[i:i + ROWS_PER_STATEMENT]
+        params = []
+        for row in chunk:
+            params.extend(row)
+        out.append((template % ", ".join([group] * len(chunk)), params))
+    return out
+
+
+def _fail_all(items, error):
+    for item in items:
+        if not item.deferred.called:
+            item.deferred.errback(error)
+
+
+def _as_error(failure):
+    e = failure.value
+    if isinstance(e, EtcdError):
+        return e
+    return errors.ErrTimeout() if isinstance(e, AssertionError) else errors.ErrNoLeader()
+
+
+def _sleep(clock, seconds):
+    d = defer.Deferred()
+    clock.callLater(seconds, d.callback, None)
+    return d
