@@ -18,8 +18,11 @@ Workloads:
   watch-idle-rss  --idle-watchers idle watchers (10000, one key each) over --idle-streams
                   streams (100); server RSS growth per watcher
 
-Prints ops/s, p50 and p99 latency (ms) per workload for both servers, the ratio
-adapter/etcd of throughput, and the servers' resident memory at the end; for the watch
+Prints ops/s, p50 and p99 latency (ms) and the server's CPU time per operation (servers
+we started) per workload for both servers, the ratio adapter/etcd of throughput, with a
+SQL store the adapter's SQL statements per operation (its own count) and the database's
+(MariaDB/MySQL: statements, server-wide; PostgreSQL: commits), and the servers' resident
+memory at the end; for the watch
 workloads p50/p99/max event latency, events delivered, the client's CPU use (near 100 %:
 the figures are the client's, not the server's) and RSS bytes per watcher.
 
@@ -141,6 +144,21 @@ class Server(object):
             return None
         return None
 
+    def cpu_seconds(self):
+        """User + system CPU time of the process we started, or None."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            with open("/proc/%d/stat" % self.proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def counters(self):
+        """Counters to report per operation: {name: value} (none by default)."""
+        return {}
+
     def stop(self):
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
@@ -208,11 +226,58 @@ class Adapter(Server):
     def cwd(self):
         return REPO_ROOT
 
+    def counters(self):
+        """The adapter's own count of SQL statements, and the database's count of
+        statements (MariaDB/MySQL: Questions, server-wide) or commits (PostgreSQL)."""
+        out = {}
+        try:
+            import urllib.request
+            with urllib.request.urlopen("http://%s/metrics" % self.endpoint, timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("etcd_adapter_sql_statements_total "):
+                        out["stmts"] = float(line.split()[1])
+        except OSError:
+            pass
+        store = self.store or ""
+        try:
+            if store.startswith(("mysql://", "tidb://")):
+                out["db stmts"] = _mysql_questions(store)
+            elif store.startswith(("postgresql://", "postgres://")):
+                out["db xacts"] = _pg_commits(store)
+        except Exception as exc:  # noqa: BLE001  -- the figures are optional
+            print("(database counters unavailable: %s)" % exc, file=sys.stderr)
+        return out
+
     def env(self):
         env = dict(os.environ)
         old = env.get("PYTHONPATH")
         env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + old if old else "")
         return env
+
+
+def _mysql_questions(url):
+    import pymysql
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    conn = pymysql.connect(host=u.hostname or "127.0.0.1", port=u.port or 3306,
+                           user=u.username or "root", password=u.password or "")
+    try:
+        cur = conn.cursor()
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Questions'")
+        return float(cur.fetchone()[1]) - 1          # not counting this one
+    finally:
+        conn.close()
+
+
+def _pg_commits(url):
+    import psycopg
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    with psycopg.connect(host=u.hostname or "127.0.0.1", port=u.port or 5432,
+                         user=u.username or "postgres", dbname=u.path.lstrip("/") or
+                         "postgres", autocommit=True) as conn:
+        return float(conn.execute("SELECT xact_commit FROM pg_stat_database "
+                                  "WHERE datname = current_database()").fetchone()[0])
 
 
 def _ser(msg):
@@ -360,6 +425,7 @@ async def run_workload(op, seconds, concurrency, warmup):
     latencies.sort()
     elapsed = end - measure_from
     return {"ops": len(latencies), "ops_s": len(latencies) / elapsed if elapsed > 0 else 0.0,
+            "total_ops": counter[0],
             "p50": pct_ms(latencies, 0.50), "p99": pct_ms(latencies, 0.99),
             "errors": len(errors),
             "error": repr(errors[0]) if errors else None}
@@ -542,11 +608,20 @@ async def bench_server(server, args):
         for name, op in make_workloads(client, args, run_id):
             if args.workloads and name not in args.workloads:
                 continue
+            cpu0, counters0 = server.cpu_seconds(), server.counters()
             results[name] = await run_workload(op, args.seconds, args.concurrency,
                                                args.warmup)
+            cpu1, counters1 = server.cpu_seconds(), server.counters()
             r = results[name]
-            print("  %-7s %-6s %9.0f ops/s  p50 %7.2f ms  p99 %7.2f ms%s"
-                  % (server.name, name, r["ops_s"], r["p50"], r["p99"],
+            n = max(r["total_ops"], 1)
+            r["cpu_us"] = (cpu1 - cpu0) * 1e6 / n if cpu0 is not None else None
+            r["per_op"] = {k: (counters1[k] - v) / n for k, v in counters0.items()
+                           if k in counters1}
+            extra = "".join("  %s/op %.2f" % kv for kv in sorted(r["per_op"].items()))
+            if r["cpu_us"] is not None:
+                extra = "  server CPU %.0f us/op" % r["cpu_us"] + extra
+            print("  %-7s %-6s %9.0f ops/s  p50 %7.2f ms  p99 %7.2f ms%s%s"
+                  % (server.name, name, r["ops_s"], r["p50"], r["p99"], extra,
                      "  (%d errors, first: %s)" % (r["errors"], r["error"])
                      if r["errors"] else ""), flush=True)
         for name, workload in WATCH_WORKLOADS:
@@ -567,7 +642,7 @@ def print_table(results, order):
              if any(n in results.get(s, {}) for s in order)]
     head = "%-8s" % "workload"
     for s in order:
-        head += " | %12s %8s %8s" % (s + " ops/s", "p50 ms", "p99 ms")
+        head += " | %12s %8s %8s %9s" % (s + " ops/s", "p50 ms", "p99 ms", "CPU us/op")
     both = "etcd" in results and "adapter" in results
     if both:
         head += " | %13s" % "adapter/etcd"
@@ -578,9 +653,11 @@ def print_table(results, order):
         for s in order:
             r = results.get(s, {}).get(n)
             if r is None:
-                line += " | %12s %8s %8s" % ("-", "-", "-")
+                line += " | %12s %8s %8s %9s" % ("-", "-", "-", "-")
             else:
-                line += " | %12.0f %8.2f %8.2f" % (r["ops_s"], r["p50"], r["p99"])
+                cpu = r.get("cpu_us")
+                line += " | %12.0f %8.2f %8.2f %9s" % (
+                    r["ops_s"], r["p50"], r["p99"], "%.0f" % cpu if cpu is not None else "-")
         if both:
             e, a = results["etcd"].get(n), results["adapter"].get(n)
             if e and a and e["ops_s"] > 0:

@@ -107,6 +107,9 @@ class AdapterMetrics(object):
                                     "Store size in use as Maintenance.Status reports it.",
                                     registry=r)
 
+        if hasattr(store, "stats"):
+            r.register(_StoreCollector(store))
+
     def watch_connections(self, factory):
         """Export the client port's connection counts (an EtcdFactory's)."""
         self.registry.register(_ConnectionCollector(factory))
@@ -188,6 +191,22 @@ class AdapterMetrics(object):
             d.addErrback(lambda _f: None)      # metrics still render without the store
             d.addCallback(respond)
         router.add("/metrics", serve, methods=("GET",))
+
+
+class _StoreCollector(object):
+    """The store's own figures (a SQL store's replica and write batches), read at scrape
+    time."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        for name, kind, text, value in self.store.stats():
+            family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            yield family(name, text, value=value)
+
+    def describe(self):
+        return []
 
 
 class _ConnectionCollector(object):

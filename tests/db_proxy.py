@@ -1,5 +1,6 @@
 """A TCP proxy in front of a database that a test can freeze (connections stay open but
-nothing passes: a database that hangs), cut (connections closed, new ones refused) and
+nothing passes: a database that hangs), cut (connections closed, new ones refused),
+cut just after a statement reached the database (its answer never comes back), and
 restore, on one fixed local port."""
 
 import socket
@@ -14,6 +15,8 @@ class DatabaseProxy(object):
         self.conns = []
         self.flowing = threading.Event()
         self.flowing.set()
+        self._swallow = threading.Event()     # answers from the database are dropped
+        self._marker = None                   # (bytes, True: in an answer)
         self._lock = threading.Lock()
         self._listen()
 
@@ -47,16 +50,27 @@ class DatabaseProxy(object):
             return
         with self._lock:
             self.conns += [a, b]
-        for x, y in ((a, b), (b, a)):
-            threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+        for x, y, up in ((a, b, True), (b, a, False)):
+            threading.Thread(target=self._pipe, args=(x, y, up), daemon=True).start()
 
-    def _pipe(self, x, y):
+    def _pipe(self, x, y, up):
         try:
             while True:
                 data = x.recv(65536)
                 if not data:
                     break
                 self.flowing.wait()          # frozen: hold the bytes
+                if not up and self._swallow.is_set():
+                    continue
+                marker = self._marker
+                if marker is not None and marker[1] != up and marker[0] in data:
+                    self._marker = None
+                    self._swallow.set()
+                    if up:
+                        y.sendall(data)
+                    # The database has the statement; let it act, then cut.
+                    threading.Timer(0.3, self.cut).start()
+                    continue
                 y.sendall(data)
         except OSError:
             pass
@@ -88,10 +102,18 @@ class DatabaseProxy(object):
                 pass
         self.flowing.set()
 
+    def cut_after(self, marker, answer=False):
+        """When bytes containing ``marker`` next go to the database (with ``answer``:
+        come from it), pass them (drop them), drop every answer from then on, and cut
+        0.3 s later: the database ran the statement, the client never hears."""
+        self._marker = (marker, answer)
+
     def restore(self):
         """Bytes flow again (after freeze); connections are accepted again (after cut)."""
         if self.listener is None:
             self._listen()
+        self._marker = None
+        self._swallow.clear()
         self.flowing.set()
 
     def close(self):

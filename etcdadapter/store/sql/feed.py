@@ -59,6 +59,8 @@ class ChangeFeed(object):
         self._polling = None             # the Deferred of the poll in flight
         self._reloading = None           # the Deferred of a reload in flight
         self._reload_waiters = []
+        #: How many times the replica was loaded afresh.
+        self.reloads = 0
         self._again = False              # poll again as soon as the current one ends
         self._timer = None
         self._running = False
@@ -274,6 +276,7 @@ class ChangeFeed(object):
                                                                          old))
         compact = keyspace.compact_revision
         self.keyspace = keyspace
+        self.reloads += 1
         self.seen = max(self.seen, keyspace.revision)
         if compact > old + 1:
             self._lost(old + 1, compact - 1, compact)

@@ -298,6 +298,40 @@ class SQLStore(Store):
             return StoreStatus(rev, compact, size, in_use)
         return self._tx("read", body)
 
+    def stats(self):
+        """Figures for /metrics: (name, kind, help, value) tuples."""
+        ks = self.feed.keyspace
+        c = self.committer
+        return [
+            ("etcd_adapter_replica_revision", "gauge",
+             "The revision this adapter's replica has applied.", ks.revision if ks else 0),
+            ("etcd_adapter_replica_lag_revisions", "gauge",
+             "Revisions the database was seen at that the replica has not applied yet.",
+             max(self.feed.seen - ks.revision, 0) if ks else 0),
+            ("etcd_adapter_replica_keys", "gauge",
+             "Keys in the replica (deleted ones kept for history included).",
+             len(ks.keys) if ks else 0),
+            ("etcd_adapter_replica_bytes", "gauge",
+             "Memory the replica takes, as its size accounting estimates.",
+             ks.size() if ks else 0),
+            ("etcd_adapter_replica_reloads", "counter",
+             "Times the replica was loaded afresh after falling behind a purge.",
+             self.feed.reloads),
+            ("etcd_adapter_write_batches", "counter",
+             "Write transactions committed (group commit).", c.batches),
+            ("etcd_adapter_write_batch_requests", "counter",
+             "Write requests in those transactions.", c.items),
+            ("etcd_adapter_write_batch_last_size", "gauge",
+             "Write requests in the last committed transaction.", c.last_batch),
+            ("etcd_adapter_read_barrier_queries", "counter",
+             "Revision queries of the read barrier.", self.barrier.queries),
+            ("etcd_adapter_read_barrier_reads", "counter",
+             "Reads served by those queries.", self.barrier.reads),
+            ("etcd_adapter_sql_statements", "counter",
+             "SQL statements sent to the database.",
+             self.runner.statements() + self.write_runner.statements()),
+        ]
+
     # -- change feed ----------------------------------------------------------------------
     def subscribe(self, callback, on_lost=None):
         """See :meth:`.feed.ChangeFeed.subscribe` (``on_lost``: revisions another

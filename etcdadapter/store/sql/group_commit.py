@@ -292,7 +292,7 @@ class GroupCommitter(object):
         reused = s.conn is not None
         try:
             conn = s._connection()
-            tx = Tx(conn, d)
+            tx = Tx(conn, d, s)
             try:
                 for stmt in d.begin_write:
                     tx.run(stmt)

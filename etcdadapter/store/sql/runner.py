@@ -41,13 +41,14 @@ CONNECT_BACKOFF = 1.0
 
 
 class Tx(object):
-    """One transaction's statements on one connection."""
+    """One transaction's statements on one connection (counted in ``session``)."""
 
-    __slots__ = ("cursor", "_convert")
+    __slots__ = ("cursor", "_convert", "_session")
 
-    def __init__(self, conn, dialect):
+    def __init__(self, conn, dialect, session):
         self.cursor = conn.cursor()
         self._convert = dialect.placeholder != "%s"
+        self._session = session
 
     def _sql(self, sql):
         return _to_qmark(sql) if self._convert else sql
@@ -55,6 +56,7 @@ class Tx(object):
     def run(self, sql, params=None):
         """Execute; returns the affected row count."""
         c = self.cursor
+        self._session.statements += 1
         if params is None:
             c.execute(self._sql(sql))
         else:
@@ -70,6 +72,7 @@ class Tx(object):
         return self.cursor.fetchall()
 
     def many(self, sql, seq):
+        self._session.statements += 1
         self.cursor.executemany(self._sql(sql), seq)
 
 
@@ -90,6 +93,9 @@ class Session(object):
         self.runner = runner
         self.dialect = runner.dialect
         self.conn = None
+        #: Statements this session sent (for /metrics; one thread at a time writes it).
+        self.statements = 0
+        runner.sessions.append(self)
 
     def _connection(self):
         if self.conn is None:
@@ -138,7 +144,7 @@ class Session(object):
         for attempt in range(MAX_ATTEMPTS):
             reused = self.conn is not None
             conn = self._connection()
-            tx = Tx(conn, d)
+            tx = Tx(conn, d, self)
             try:
                 if mode != "ddl":
                     for stmt in begin:
@@ -215,6 +221,7 @@ class Runner(object):
                                name="etcd-adapter-%s%s" % (dialect.name,
                                                            "-" + name if name else ""))
         self._local = threading.local()
+        self.sessions = []
         self._conns = set()
         self._lock = threading.Lock()
         self._trigger = None
@@ -265,6 +272,10 @@ class Runner(object):
     def _unregister(self, conn):
         with self._lock:
             self._conns.discard(conn)
+
+    def statements(self):
+        """How many statements this pool's sessions have sent."""
+        return sum(s.statements for s in list(self.sessions))
 
     def stop(self):
         """Join the threads (their work must be done) and close every connection."""
