@@ -496,6 +496,7 @@ def test_runner_retries_conflicts_and_stale_connections(tmp_path):
     class FakeRunner(object):
         dialect = Scripted(str(tmp_path / "r.db"))
         connect_blocked_until = 0.0
+        sessions = []
 
         def _register(self, conn):
             pass

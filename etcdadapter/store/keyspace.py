@@ -101,6 +101,40 @@ class Keyspace(object):
         self.on_commit = on_commit
         self.view = KeyspaceView(self, lease_exists)
 
+    @classmethod
+    def restored(cls, compact_revision, latest, at_compact):
+        """A keyspace compacted to ``compact_revision`` (and at that revision), built in
+        one go: ``latest`` maps each key to (KV, sub) of its latest version at or below
+        the compact revision (tombstones included: those keys are forgotten, as
+        compaction forgets them); ``at_compact`` is the :class:`Change` of the compact
+        revision itself (its events without prev_kv), or None.  The same state as
+        applying every revision and compacting, without building what compaction
+        drops."""
+        ks = cls(compact_revision)
+        ks.compact_revision = compact_revision
+        live = sorted((k, v) for k, v in latest.items() if v[0].version)
+        size = 0
+        lease_keys = ks.lease_keys
+        latest_sub = ks.latest_sub
+        histories = []
+        for key, (kv, sub) in live:
+            histories.append([kv])
+            size += len(key) + KEY_OVERHEAD + len(kv.value) + VERSION_OVERHEAD \
+                + EVENT_OVERHEAD
+            if kv.lease:
+                attached = lease_keys.get(kv.lease)
+                if attached is None:
+                    attached = lease_keys[kv.lease] = set()
+                attached.add(key)
+            if sub:
+                latest_sub[key] = sub
+        ks.keys = SortedDict(zip([k for k, _v in live], histories))
+        if at_compact is not None:
+            ks.log.append(at_compact)
+            size += CHANGE_OVERHEAD
+        ks.bytes = size
+        return ks
+
     # -- applying changes ---------------------------------------------------------------
     def apply(self, change, subs=None):
         """Append one committed :class:`Change` (its revision is the next one; events in

@@ -11,6 +11,7 @@ may have lost rows, which :func:`poll` reports as ``behind`` (the store then loa
 afresh).
 """
 
+from etcdadapter.store.base import DELETE, KV, PUT, Change, Event
 from etcdadapter.store.keyspace import Keyspace
 from etcdadapter.store.sql.schema import COMPACTION, LOG, META
 
@@ -82,10 +83,35 @@ def poll(tx, after, limit):
 
 def load(tx, page=PAGE):
     """A :class:`Keyspace` holding the database's state as of one snapshot (run in a
-    read transaction)."""
+    read transaction): at or below the compact revision only each key's latest version
+    matters (what the purge has not deleted yet is skipped), above it every revision is
+    applied in order."""
     revision, compact = read_meta(tx)
-    ks = Keyspace(0)
     after = -1
+    ks = None
+    if compact >= 0:
+        latest = {}
+        at_compact = []
+        while True:
+            revisions, more = read_revisions(tx, after, compact, page)
+            for rev, rows in revisions:
+                for row in rows:
+                    sub, name, create_revision, version, value, lease = row
+                    if version:
+                        kv = KV(name, create_revision, rev, version, value, lease)
+                    else:
+                        kv = KV(name, 0, rev, 0, b"", 0)
+                    latest[name] = (kv, sub)
+                    if rev == compact:
+                        at_compact.append(Event(PUT if version else DELETE, kv, None))
+            if not more:
+                break
+            after = revisions[-1][0]
+        ks = Keyspace.restored(compact, latest, Change(compact, tuple(at_compact))
+                               if at_compact else None)
+        after = compact
+    else:
+        ks = Keyspace(0)
     while True:
         revisions, more = read_revisions(tx, after, revision, page)
         for rev, rows in revisions:
@@ -94,10 +120,6 @@ def load(tx, page=PAGE):
             break
         after = revisions[-1][0]
     ks.revision = revision
-    if compact >= 0:
-        # Drops what the purge had not deleted yet, and the prev_kvs at the compact
-        # revision.
-        ks.compact(compact, quiet=True)
     return ks
 
 
