@@ -9,7 +9,9 @@ One query serves every read that arrived while the previous query was in flight,
 batches ReadIndex requests: a read may only use a query that started after it arrived (an
 older answer could predate a write acknowledged before the read), so the reads that
 arrive during a query wait for the next one, which starts as soon as that query ends.
-Under load the database sees one query per round trip, however many reads there are.
+A query starts at the end of the reactor's turn, so the reads of one turn (the requests
+of one socket read) share it too.  Under load the database sees one query per round
+trip, however many reads there are.
 """
 
 from twisted.internet import defer
@@ -17,9 +19,10 @@ from twisted.python.failure import Failure
 
 
 class ReadBarrier(object):
-    def __init__(self, query):
+    def __init__(self, query, clock):
         """``query()`` -> Deferred[(revision, compact_revision)] of the database now."""
         self._query = query
+        self._clock = clock
         self._in_flight = False
         self._next = []           # Deferreds of the reads waiting for the next query
         #: How many queries ran, and how many reads they served (for /metrics).
@@ -31,7 +34,8 @@ class ReadBarrier(object):
         d = defer.Deferred()
         self._next.append(d)
         if not self._in_flight:
-            self._start()
+            self._in_flight = True
+            self._clock.callLater(0, self._start)
         return d
 
     def _start(self):
@@ -45,7 +49,8 @@ class ReadBarrier(object):
     def _done(self, result, waiters):
         self._in_flight = False
         if self._next:
-            self._start()
+            self._in_flight = True
+            self._clock.callLater(0, self._start)
         failed = isinstance(result, Failure)
         for d in waiters:
             if failed:

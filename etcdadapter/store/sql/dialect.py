@@ -67,6 +67,13 @@ class Dialect(object):
         """RETRY, DISCONNECT, DUPLICATE or None for an exception of the driver."""
         raise NotImplementedError
 
+    def revision_reader(self, reactor):
+        """An object whose ``read()`` returns a Deferred[(revision, compact_revision)] of
+        the counter row, read on the reactor thread without a pool thread (the read
+        barrier's query, see :mod:`.barrier`), or None: the barrier then uses the pool.
+        A failed read falls back to the pool for that query."""
+        return None
+
     def describe(self):
         """Where the data lives, for logs (no password)."""
         return self.name

@@ -92,9 +92,12 @@ class SQLStore(Store):
         #: Reads, polls, leases, auth: never waits for the revision counter's lock.
         self.runner = Runner(dialect, pool_size, reactor)
         #: The write batches (one at a time, on a connection of their own).
-        self.write_runner = Runner(dialect, 1, reactor, name="write")
+        self.write_runner = Runner(dialect, 1, reactor, name="write", reports_to=self.runner)
         self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._load)
-        self.barrier = ReadBarrier(self._database_revision)
+        self.barrier = ReadBarrier(self._database_revision, reactor)
+        self._revision_reader = dialect.revision_reader(reactor)
+        if self._revision_reader is not None:
+            self._revision_reader.on_connected = self.runner.available
         self.committer = GroupCommitter(self.write_runner, dialect, self.feed, self.clock,
                                         max_batch, max_batch_bytes)
         self.purger = Purger(self.committer, dialect, compact_batch, on_done=self._purged)
@@ -164,6 +167,8 @@ class SQLStore(Store):
         yield self.drain()
         yield self.committer.stop()
         yield self.feed.stop()
+        if self._revision_reader is not None:
+            self._revision_reader.close()
         self.runner.stop()
         self.write_runner.stop()
 
@@ -203,7 +208,15 @@ class SQLStore(Store):
         return self._track(self._call(mode, fn))
 
     def _database_revision(self):
-        # One statement, no transaction: it sees every commit made before it.
+        # One statement, no transaction: it sees every commit made before it.  On the
+        # reactor thread where the dialect can (no trip through the pool), else a pool
+        # thread.
+        reader = self._revision_reader
+        if reader is not None:
+            return reader.read().addErrback(lambda _f: self._pool_revision())
+        return self._pool_revision()
+
+    def _pool_revision(self):
         return self.runner.call(lambda s: s.transaction("ddl", replica.read_meta))
 
     def _linearized(self):
@@ -329,7 +342,8 @@ class SQLStore(Store):
              "Reads served by those queries.", self.barrier.reads),
             ("etcd_adapter_sql_statements", "counter",
              "SQL statements sent to the database.",
-             self.runner.statements() + self.write_runner.statements()),
+             self.runner.statements() + self.write_runner.statements()
+             + (self._revision_reader.queries if self._revision_reader else 0)),
         ]
 
     # -- change feed ----------------------------------------------------------------------

@@ -14,10 +14,13 @@ AUTO_INCREMENT, so TiDB's per-server ID caches do not matter.
 Keys are VARBINARY(3000) (InnoDB indexes take at most 3072 bytes), values LONGBLOB.
 """
 
+import struct
+
 import pymysql
 from pymysql.constants import CLIENT
 
 from etcdadapter.store.sql.dialect import DISCONNECT, DUPLICATE, RETRY, Dialect
+from etcdadapter.store.sql.revision_reader import QUERY, SocketRevisionReader
 
 # Deadlock, lock wait timeout, MariaDB "record has changed since last read" (snapshot
 # isolation), TiDB write conflicts / retryable errors.
@@ -102,6 +105,11 @@ class MySQLDialect(Dialect):
                 "AND t.revision <= %s AND t.revision < %s AND t.version = 0").format(log=log), \
             (lo, hi, compact)
 
+    def revision_reader(self, reactor):
+        if any(k.startswith("ssl") for k in self.params):
+            return None          # TLS buffers what epoll cannot see: the pool reads
+        return _RevisionReader(self, reactor)
+
     def classify(self, exc):
         if isinstance(exc, pymysql.err.InterfaceError):
             return DISCONNECT
@@ -142,3 +150,60 @@ class TiDBDialect(MySQLDialect):
             conn.close()
             raise
         return conn
+
+
+class _RevisionReader(SocketRevisionReader):
+    """The read barrier's query in MySQL's text protocol, on a connection PyMySQL opened
+    (and authenticated) whose socket the reactor then drives: one COM_QUERY packet out;
+    in: the column count, the column definitions and an EOF, the row, an EOF."""
+
+    _packet = b"\x03" + QUERY.encode()
+    _packet = struct.pack("<I", len(_packet))[:3] + b"\x00" + _packet
+
+    def _connect(self):
+        conn = self.dialect.connect()
+        conn._sock.setblocking(False)
+        return conn
+
+    def _fileno(self, conn):
+        return conn._sock.fileno()
+
+    def _send(self, conn):
+        self._buffer = b""
+        self._packets = []
+        conn._sock.send(self._packet)        # a hundred bytes: written at once
+
+    def _receive(self, conn):
+        data = conn._sock.recv(65536)
+        if not data:
+            raise ConnectionError("MySQL closed the connection")
+        buf = self._buffer + data
+        pos = 0
+        while len(buf) - pos >= 4:
+            n = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+            if len(buf) - pos - 4 < n:
+                break
+            self._packets.append(buf[pos + 4:pos + 4 + n])
+            pos += 4 + n
+        self._buffer = buf[pos:]
+        return self._answer()
+
+    def _answer(self):
+        p = self._packets
+        if not p:
+            return None
+        if p[0][:1] == b"\xff":
+            raise pymysql.err.OperationalError(p[0][3:].decode("utf-8", "replace"))
+        i = 1 + p[0][0] + 1              # the row follows the columns and their EOF
+        if len(p) < i + 2:
+            return None
+        row, end = p[i], p[i + 1]
+        if end[:1] != b"\xfe" or len(end) >= 9:
+            raise pymysql.err.OperationalError("unexpected answer")
+        values = []
+        j = 0
+        while j < len(row):              # length-encoded strings, each < 251 bytes
+            n = row[j]
+            values.append(int(row[j + 1:j + 1 + n]))
+            j += 1 + n
+        return values[0], values[1]

@@ -22,6 +22,7 @@ import os
 import psycopg
 
 from etcdadapter.store.sql.dialect import DISCONNECT, DUPLICATE, RETRY, Dialect
+from etcdadapter.store.sql.revision_reader import QUERY, SocketRevisionReader
 
 _RETRY_STATES = ("40001", "40P01", "55P03")    # serialization, deadlock, lock not available
 _GONE_CLASSES = ("08", "53", "57")             # connection, resources, operator intervention
@@ -91,6 +92,9 @@ class PostgresDialect(Dialect):
                 break
         return best
 
+    def revision_reader(self, reactor):
+        return _RevisionReader(self, reactor)
+
     def schema_extras(self):
         return [
             "CREATE OR REPLACE FUNCTION etcd_notify_revision() RETURNS trigger "
@@ -142,3 +146,41 @@ class PostgresDialect(Dialect):
         for t in tables:
             size += tx.one("SELECT pg_total_relation_size(%s)", (t,))[0] or 0
         return size, size
+
+
+class _RevisionReader(SocketRevisionReader):
+    """The read barrier's query through libpq's asynchronous API on the reactor."""
+
+    _query = QUERY.encode()
+
+    def _connect(self):
+        conn = self.dialect.connect()
+        conn.pgconn.nonblocking = 1
+        return conn
+
+    def _fileno(self, conn):
+        return conn.pgconn.socket
+
+    def _send(self, conn):
+        pg = conn.pgconn
+        pg.send_query(self._query)
+        while pg.flush():        # a few dozen bytes: written at once
+            pass
+
+    def _receive(self, conn):
+        pg = conn.pgconn
+        pg.consume_input()
+        if pg.is_busy():
+            return None
+        answer = None
+        while True:
+            res = pg.get_result()
+            if res is None:
+                break
+            if res.status != psycopg.pq.ExecStatus.TUPLES_OK or res.ntuples != 1:
+                raise psycopg.OperationalError(
+                    (res.error_message or b"unexpected result").decode("utf-8", "replace"))
+            answer = (int(res.get_value(0, 0)), int(res.get_value(0, 1)))
+        if answer is None:
+            raise psycopg.OperationalError("no result")
+        return answer

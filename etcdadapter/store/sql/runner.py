@@ -214,8 +214,11 @@ def _gave_up(dialect, e):
 class Runner(object):
     """A bounded pool of threads, each with its own connection."""
 
-    def __init__(self, dialect, size, reactor, name=None):
+    def __init__(self, dialect, size, reactor, name=None, reports_to=None):
+        """``reports_to``: another Runner on the same database that logs the database's
+        state changes for both (one store-unavailable per outage, not one per pool)."""
         self.dialect = dialect
+        self._reports_to = reports_to
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=size,
                                name="etcd-adapter-%s%s" % (dialect.name,
@@ -246,6 +249,8 @@ class Runner(object):
 
     # -- the database's state, as seen by the pool threads --------------------------------
     def unavailable(self, what, error):
+        if self._reports_to is not None:
+            return self._reports_to.unavailable(what, error)
         with self._lock:
             if self._down_since is not None:
                 log.debug("database {db}: {what}: {error}", db=self.dialect.describe(),
@@ -256,6 +261,8 @@ class Runner(object):
                  db=self.dialect.describe(), what=what, error=_text(error))
 
     def available(self):
+        if self._reports_to is not None:
+            return self._reports_to.available()
         if self._down_since is None:
             return
         with self._lock:

@@ -53,6 +53,9 @@ class SQLiteDialect(Dialect):
             raise
         return conn
 
+    def revision_reader(self, reactor):
+        return _RevisionReader(self)
+
     def classify(self, exc):
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None:
@@ -73,3 +76,37 @@ class SQLiteDialect(Dialect):
         pages = tx.one("PRAGMA page_count")[0]
         free = tx.one("PRAGMA freelist_count")[0]
         return pages * page_size, (pages - free) * page_size
+
+
+class _RevisionReader(object):
+    """The counter row read on the reactor thread: one indexed page of a local file, a
+    few microseconds, cheaper than a trip through the pool.  In WAL mode a reader never
+    waits for the writer; a busy database (another process recovering the WAL) fails
+    after 50 ms and the pool takes over for that query."""
+
+    def __init__(self, dialect):
+        self.dialect = dialect
+        self.conn = None
+        self.queries = 0
+
+    def read(self):
+        from twisted.internet import defer
+        try:
+            if self.conn is None:
+                self.conn = sqlite3.connect(self.dialect.path, timeout=0.05,
+                                            isolation_level=None, check_same_thread=False)
+            self.queries += 1
+            row = self.conn.execute(
+                "SELECT revision, compact_revision FROM etcd_meta WHERE id = 1").fetchone()
+        except Exception as e:
+            self.close()
+            return defer.fail(e)
+        return defer.succeed((row[0], row[1]))
+
+    def close(self):
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
