@@ -24,6 +24,7 @@ import time
 from collections import deque
 
 from sortedcontainers import SortedDict, SortedList
+from twisted.internet import threads
 from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 
@@ -208,18 +209,32 @@ class _View(mvcc.WriteView):
         touched = set()
         freed = 0
         versions = forgotten = 0
+        dropped_subs = {}            # (key, revision) -> sub of a dropped change's event
         for i in range(end):
             change = logl[i]
             events = change.events
             if i < j:
                 freed += CHANGE_OVERHEAD + EVENT_OVERHEAD * len(events)
+                for sub in range(1, len(events)):
+                    dropped_subs[(events[sub].kv.key, change.revision)] = sub
             for ev in events:
                 touched.add(ev.kv.key)
+        subs = s._subs
         for key in touched:
             h = keys.get(key)
             if h is None:
                 continue
             kept = mvcc.compact_versions(h, revision)
+            # HashKV needs the sub-revision of a version whose change leaves the log.
+            first = kept[0] if kept else None
+            if first is None or first.mod_revision >= revision:
+                subs.pop(key, None)
+            else:
+                sub = dropped_subs.get((key, first.mod_revision))
+                if sub is not None:
+                    subs[key] = (first.mod_revision, sub)
+                elif subs.get(key, (None,))[0] != first.mod_revision:
+                    subs.pop(key, None)
             if kept is h:
                 continue
             for kv in h[:len(h) - len(kept)]:
@@ -249,10 +264,55 @@ class _View(mvcc.WriteView):
                      versions=versions, keys=forgotten, seconds=seconds)
 
 
+class _Frozen(mvcc.ReadView):
+    """What HashKV reads of a MemoryStore, taken at once on the reactor thread (copies
+    of the key map, the log and the sub-revisions; the history lists are shared: the
+    store only appends to them, and compaction replaces them) and read in a thread."""
+
+    def __init__(self, store):
+        self.revision = store.revision
+        self.compact_revision = store.compact_revision
+        self.histories = dict.copy(store._keys)
+        self.log = list(store._log)
+        self.subs = dict(store._subs)
+
+    def versions(self, after, upto):
+        logl = self.log
+        for i in range(_bisect_rev(logl, after + 1, 0), len(logl)):
+            change = logl[i]
+            if change.revision > upto:
+                break
+            for sub, ev in enumerate(change.events):
+                yield sub, ev.kv
+
+    def _sub(self, kv):
+        logl = self.log
+        i = _bisect_rev(logl, kv.mod_revision, 0)
+        if i < len(logl) and logl[i].revision == kv.mod_revision:
+            events = logl[i].events
+            for sub in range(len(events) - 1, -1, -1):
+                if events[sub].kv is kv:
+                    return sub
+        mod, sub = self.subs.get(kv.key, (None, 0))
+        return sub if mod == kv.mod_revision else 0
+
+    def live_versions(self, upto, at):
+        out = []
+        for h in self.histories.values():
+            kv = _at(h, at)
+            if kv is not None and kv.mod_revision <= upto:
+                out.append((kv.mod_revision, self._sub(kv), kv))
+        out.sort(key=lambda t: t[:2])
+        return [(sub, kv) for _rev, sub, kv in out]
+
+    def any_live(self, at):
+        return any(_at(h, at) is not None for h in self.histories.values())
+
+
 class MemoryStore(Store):
     """In-memory :class:`~etcdadapter.store.base.Store`."""
 
-    def __init__(self, initial_revision=None, clock=None):
+    def __init__(self, initial_revision=None, clock=None, run_in_thread=None):
         if initial_revision is None:
             initial_revision = int(time.time() * 1000)
         if clock is None:
@@ -272,6 +332,10 @@ class MemoryStore(Store):
         self._notifying = False
         self._view = _View(self)
         self._auth_blob = None
+        #: key -> (revision, sub) of its oldest version when that came from a write
+        #: with several events whose log entry compaction dropped (HashKV needs subs).
+        self._subs = {}
+        self._run_in_thread = run_in_thread or threads.deferToThread
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self):
@@ -329,6 +393,10 @@ class MemoryStore(Store):
         # size either (an empty bbolt file is 32-36 KiB), and etcdctl hides zero fields.
         size = self._bytes + _BASE_BYTES
         return succeed(StoreStatus(self.revision, self.compact_revision, size, size))
+
+    def hash_kv(self, revision):
+        # Hashing walks every version: in a thread, over a snapshot.
+        return self._run_in_thread(mvcc.hash_kv, _Frozen(self), revision)
 
     # -- change feed ----------------------------------------------------------------------
     def subscribe(self, callback, on_lost=None):

@@ -267,6 +267,10 @@ class SQLStore(Store):
             return StoreStatus(rev, compact, size, in_use)
         return self._tx("read", body)
 
+    def hash_kv(self, revision):
+        # One read transaction in the pool, however big the log: never on the reactor.
+        return self._read(lambda view: mvcc.hash_kv(view, revision))
+
     # -- change feed ----------------------------------------------------------------------
     def subscribe(self, callback, on_lost=None):
         """See :meth:`.feed.ChangeFeed.subscribe` (``on_lost``: revisions another
