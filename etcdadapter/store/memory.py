@@ -14,16 +14,22 @@ Compaction really drops superseded versions, tombstones and log entries (only th
 written since the previous compaction are visited).  Everything runs synchronously on the
 calling (reactor) thread; the request methods return already-fired Deferreds.
 
-Revisions survive restarts only in the sense that they never go down: the first revision
-is seeded from the wall clock in milliseconds (APISIX ignores "older" revisions), unless
-``initial_revision`` is given (tests comparing with etcd pass 1).
+Revisions survive restarts only in the sense that they must never go down (APISIX ignores
+"older" revisions).  The first revision is seeded from the wall clock in microseconds
+(about 1.8e15: below 2**53 until the year 2255, so exact in the doubles of APISIX's Lua
+and of JavaScript), unless ``initial_revision`` is given (tests comparing with etcd pass
+1): a restart hands out higher revisions unless the store averaged more than one write
+per microsecond since its start, or the clock was set back.  Against the clock, a
+*floor file* (``floor_file``) makes it a guarantee: :class:`RevisionFloor`.
 """
 
 import heapq
+import os
 import time
 from collections import deque
 
 from sortedcontainers import SortedDict, SortedList
+from twisted.internet import threads
 from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 
@@ -48,6 +54,68 @@ KEY_OVERHEAD = 80
 
 # Rough footprint of an empty store's maps and lists (measured with tracemalloc).
 _BASE_BYTES = 4096
+
+#: Revisions reserved in the floor file at a time: one file write per this many writes.
+FLOOR_RESERVE = 100000
+
+
+def clock_seed():
+    """The first revision of a fresh memory store: the wall clock in microseconds."""
+    return time.time_ns() // 1000
+
+
+class RevisionFloorError(Exception):
+    """The floor file forbids the start (or cannot be read)."""
+
+
+class RevisionFloor(object):
+    """A file holding a revision at or above every revision the store has handed out:
+    before the store goes past the recorded value it records a higher one (``reserve``
+    revisions ahead, written to a temporary file, fsynced and renamed over the old one),
+    and at a clean stop it records the last revision.  At start the store begins above
+    it, whatever the clock says -- also after a crash -- and refuses to start at a pinned
+    ``initial_revision`` at or below it."""
+
+    def __init__(self, path, reserve=FLOOR_RESERVE):
+        self.path = path
+        self.reserve = reserve
+
+    def read(self):
+        """The recorded revision, or None when there is no file yet."""
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read().decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RevisionFloorError("cannot read the revision floor file %s: %s"
+                                     % (self.path, e))
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise RevisionFloorError("the revision floor file %s does not hold a revision "
+                                     "(%r): fix or remove it" % (self.path, text[:40]))
+        return value
+
+    def write(self, revision):
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(b"%d\n" % revision)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        try:
+            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 class Lease(object):
@@ -164,6 +232,8 @@ class _View(mvcc.WriteView):
 
     def commit(self, revision, events):
         s = self.store
+        if s._reserved is not None and revision > s._reserved:
+            s._reserve(revision)                 # before anything can see ``revision``
         keys = s._keys
         leases = s.leases
         size = CHANGE_OVERHEAD
@@ -208,18 +278,32 @@ class _View(mvcc.WriteView):
         touched = set()
         freed = 0
         versions = forgotten = 0
+        dropped_subs = {}            # (key, revision) -> sub of a dropped change's event
         for i in range(end):
             change = logl[i]
             events = change.events
             if i < j:
                 freed += CHANGE_OVERHEAD + EVENT_OVERHEAD * len(events)
+                for sub in range(1, len(events)):
+                    dropped_subs[(events[sub].kv.key, change.revision)] = sub
             for ev in events:
                 touched.add(ev.kv.key)
+        subs = s._subs
         for key in touched:
             h = keys.get(key)
             if h is None:
                 continue
             kept = mvcc.compact_versions(h, revision)
+            # HashKV needs the sub-revision of a version whose change leaves the log.
+            first = kept[0] if kept else None
+            if first is None or first.mod_revision >= revision:
+                subs.pop(key, None)
+            else:
+                sub = dropped_subs.get((key, first.mod_revision))
+                if sub is not None:
+                    subs[key] = (first.mod_revision, sub)
+                elif subs.get(key, (None,))[0] != first.mod_revision:
+                    subs.pop(key, None)
             if kept is h:
                 continue
             for kv in h[:len(h) - len(kept)]:
@@ -249,12 +333,75 @@ class _View(mvcc.WriteView):
                      versions=versions, keys=forgotten, seconds=seconds)
 
 
+class _Frozen(mvcc.ReadView):
+    """What HashKV reads of a MemoryStore, taken at once on the reactor thread (copies
+    of the key map, the log and the sub-revisions; the history lists are shared: the
+    store only appends to them, and compaction replaces them) and read in a thread."""
+
+    def __init__(self, store):
+        self.revision = store.revision
+        self.compact_revision = store.compact_revision
+        self.histories = dict.copy(store._keys)
+        self.log = list(store._log)
+        self.subs = dict(store._subs)
+
+    def versions(self, after, upto):
+        logl = self.log
+        for i in range(_bisect_rev(logl, after + 1, 0), len(logl)):
+            change = logl[i]
+            if change.revision > upto:
+                break
+            for sub, ev in enumerate(change.events):
+                yield sub, ev.kv
+
+    def _sub(self, kv):
+        logl = self.log
+        i = _bisect_rev(logl, kv.mod_revision, 0)
+        if i < len(logl) and logl[i].revision == kv.mod_revision:
+            events = logl[i].events
+            for sub in range(len(events) - 1, -1, -1):
+                if events[sub].kv is kv:
+                    return sub
+        mod, sub = self.subs.get(kv.key, (None, 0))
+        return sub if mod == kv.mod_revision else 0
+
+    def live_versions(self, upto, at):
+        out = []
+        for h in self.histories.values():
+            kv = _at(h, at)
+            if kv is not None and kv.mod_revision <= upto:
+                out.append((kv.mod_revision, self._sub(kv), kv))
+        out.sort(key=lambda t: t[:2])
+        return [(sub, kv) for _rev, sub, kv in out]
+
+    def any_live(self, at):
+        return any(_at(h, at) is not None for h in self.histories.values())
+
+
 class MemoryStore(Store):
     """In-memory :class:`~etcdadapter.store.base.Store`."""
 
-    def __init__(self, initial_revision=None, clock=None):
-        if initial_revision is None:
-            initial_revision = int(time.time() * 1000)
+    def __init__(self, initial_revision=None, clock=None, run_in_thread=None,
+                 floor_file=None, seed=clock_seed):
+        """``floor_file``: see :class:`RevisionFloor` (read here: RevisionFloorError);
+        ``seed``: where the first revision comes from when ``initial_revision`` is not
+        given (tests pass a clock that went back)."""
+        self.floor = RevisionFloor(floor_file) if floor_file else None
+        self._reserved = None
+        floor = self.floor.read() if self.floor is not None else None
+        if initial_revision is not None:
+            if floor is not None and initial_revision <= floor:
+                raise RevisionFloorError(
+                    "initial_revision %d is not above the revision floor %d recorded in "
+                    "%s: clients may have seen revisions up to %d"
+                    % (initial_revision, floor, floor_file, floor))
+        else:
+            initial_revision = seed()
+            if floor is not None and initial_revision <= floor:
+                log.warn("the clock seeds revision {seed}, not above the floor {floor} "
+                         "recorded in {path}: starting at {start}", seed=initial_revision,
+                         floor=floor, path=floor_file, start=floor + 1)
+                initial_revision = floor + 1
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
@@ -272,13 +419,41 @@ class MemoryStore(Store):
         self._notifying = False
         self._view = _View(self)
         self._auth_blob = None
+        #: key -> (revision, sub) of its oldest version when that came from a write
+        #: with several events whose log entry compaction dropped (HashKV needs subs).
+        self._subs = {}
+        self._run_in_thread = run_in_thread or threads.deferToThread
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self):
+        if self.floor is not None:
+            try:
+                self._reserve(self.revision)
+            except EtcdError as e:
+                return fail(RevisionFloorError(e.message))
         return succeed(None)
 
     def stop(self):
+        if self.floor is not None and self._reserved is not None:
+            try:
+                self.floor.write(self.revision)      # nothing above it was handed out
+                self._reserved = self.revision
+            except OSError as e:
+                log.error("cannot record the revision floor in {path}: {error}",
+                          path=self.floor.path, error=str(e))
         return succeed(None)
+
+    def _reserve(self, revision):
+        """Record in the floor file that revisions up to ``revision`` plus the reserve
+        may be handed out."""
+        upto = revision + self.floor.reserve
+        try:
+            self.floor.write(upto)
+        except OSError as e:
+            raise EtcdError(errors.StatusCode.UNAVAILABLE,
+                            "etcd-adapter: cannot record the revision floor in %s: %s"
+                            % (self.floor.path, e))
+        self._reserved = upto
 
     # -- auth state (opaque to the store) -------------------------------------------------
     def auth_load(self):
@@ -329,6 +504,10 @@ class MemoryStore(Store):
         # size either (an empty bbolt file is 32-36 KiB), and etcdctl hides zero fields.
         size = self._bytes + _BASE_BYTES
         return succeed(StoreStatus(self.revision, self.compact_revision, size, size))
+
+    def hash_kv(self, revision):
+        # Hashing walks every version: in a thread, over a snapshot.
+        return self._run_in_thread(mvcc.hash_kv, _Frozen(self), revision)
 
     # -- change feed ----------------------------------------------------------------------
     def subscribe(self, callback, on_lost=None):

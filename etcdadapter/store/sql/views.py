@@ -34,6 +34,8 @@ _EVENTS = ("SELECT " + _EVENT_COLS + " FROM " + LOG + " l LEFT JOIN " + LOG + " 
 
 _META = "SELECT revision, compact_revision FROM " + META + " WHERE id = 1"
 
+HASH_BATCH = 2000           # log rows per query of HashKV
+
 
 def key_bounds(col, key, range_end):
     """(SQL condition on column ``col``, parameters) for ``key``/``range_end`` (etcd range
@@ -124,6 +126,47 @@ class SQLReadView(mvcc.ReadView):
         return self.tx.one("SELECT COUNT(*) FROM " + LOG + " l WHERE " + b[0]
                            + " AND l.revision <= %s AND l.version > 0 AND " + _NEWEST_AT,
                            b[1] + [revision, revision])[0]
+
+
+    # -- HashKV: every version, read in batches (ordered by the primary key) -----------
+    def _batches(self, sql, params):
+        """Rows of ``sql`` (which selects _COLS from ``l`` and ends in a WHERE clause)
+        in (revision, sub) order, HASH_BATCH at a time."""
+        last = None
+        while True:
+            if last is None:
+                cond, args = "", []
+            else:
+                cond = " AND (l.revision > %s OR (l.revision = %s AND l.sub > %s))"
+                args = [last[0], last[0], last[1]]
+            rows = self.tx.all(sql + cond + " ORDER BY l.revision, l.sub LIMIT %d"
+                               % HASH_BATCH, list(params) + args)
+            for row in rows:
+                yield row[6], _kv(row)
+            if len(rows) < HASH_BATCH:
+                return
+            last = (rows[-1][2], rows[-1][6])
+
+    def versions(self, after, upto):
+        return self._batches("SELECT " + _COLS + " FROM " + LOG + " l WHERE "
+                             "l.revision > %s AND l.revision <= %s", (after, upto))
+
+    def live_versions(self, upto, at):
+        if at >= self.revision:
+            # Walk the log by its primary key; a row is live if etcd_current points at it.
+            return self._batches("SELECT " + _COLS + " FROM " + LOG + " l JOIN " + CURRENT
+                                 + " c ON c.name = l.name AND c.revision = l.revision "
+                                 "AND c.sub = l.sub WHERE c.version > 0 AND "
+                                 "l.revision <= %s", (upto,))
+        return self._batches("SELECT " + _COLS + " FROM " + LOG + " l WHERE "
+                             "l.revision <= %s AND l.version > 0 AND " + _NEWEST_AT,
+                             (upto, at))
+
+    def any_live(self, at):
+        if at >= self.revision:
+            return self.tx.one("SELECT 1 FROM " + CURRENT + " WHERE version > 0 LIMIT 1") \
+                is not None
+        return self.count(b"\0", ALL_KEYS, at) > 0
 
 
 class SQLWriteView(SQLReadView, mvcc.WriteView):
