@@ -66,8 +66,12 @@ def test_urls():
     assert s.dialect.path == "/var/lib/x/etcd.db"
     assert (s.dialect.busy_timeout, s.dialect.synchronous) == (1.5, "NORMAL")
     assert s.feed.interval == 0.02 and s.initial_revision == 7
-    assert s.runner.pool.max == 2
-    assert open_store("sqlite://rel/etcd.db").dialect.path == "rel/etcd.db"
+    assert (s.runner.pools["read"].max, s.runner.pools["write"].max) == (2, 2)
+    assert s.dialect.lock_timeout == 1.5            # SQLite's bound is busy_timeout
+    d = open_store("sqlite://rel/etcd.db")
+    assert d.dialect.path == "rel/etcd.db"
+    assert (d.runner.pools["read"].max, d.runner.pools["write"].max) == (4, 2)
+    assert open_store("sqlite://x.db?write_pool_size=1").runner.pools["write"].max == 1
 
     s = open_store("mysql://u:p%40ss@db.example:3307/etcd?ssl_ca=/ca.pem"
                    "&ssl_verify_identity=true&timeout=10&poll_interval=0.2")
@@ -78,6 +82,9 @@ def test_urls():
     assert (p["ssl_ca"], p["ssl_verify_identity"], p["read_timeout"]) == \
         ("/ca.pem", True, 10.0)
     assert s.feed.interval == 0.2
+    assert (s.dialect.lock_timeout, s.dialect.idle_transaction_timeout) == (3.0, 1.0)
+    s = open_store("mysql://root@h/etcd?lock_timeout=500ms&idle_transaction_timeout=0")
+    assert (s.dialect.lock_timeout, s.dialect.idle_transaction_timeout) == (0.5, None)
     s = open_store("tidb://root@tidb/etcd")
     assert isinstance(s.dialect, TiDBDialect) and s.dialect.params["port"] == 4000
     assert "READ COMMITTED" in s.dialect.begin_write[0]
@@ -90,11 +97,18 @@ def test_urls():
         assert (p["host"], p["port"], p["user"], p["dbname"]) == ("h", 6543, "pg", "etcd")
         assert (p["sslrootcert"], p["sslmode"], p["sslcert"], p["connect_timeout"]) == \
             ("/ca.pem", "verify-full", "/c.pem", 2)
+        assert (s.dialect.lock_timeout, s.dialect.idle_transaction_timeout) == (3.0, 1.0)
+        assert "lock_timeout" not in p and "idle_transaction_timeout" not in p
+    s = open_store("postgresql://h/etcd?lock_timeout=0&idle_transaction_timeout=10s")
+    assert (s.dialect.lock_timeout, s.dialect.idle_transaction_timeout) == (None, 10.0)
 
     for bad in ("sqlite://", "sqlite:///x.db?nope=1", "mysql://root@h",
                 "mysql://root@h/db?poll_interval=soon", "postgresql://h/db?pool_size=0",
                 "sqlite:///x.db?synchronous=SOMETIMES", "mysql://root@h:port/db",
-                "cassandra://h/db", "postgresql://h/db?initial_revision=0"):
+                "cassandra://h/db", "postgresql://h/db?initial_revision=0",
+                "mysql://root@h/db?lock_timeout=-1", "sqlite:///x.db?lock_timeout=1",
+                "postgresql://h/db?idle_transaction_timeout=soon",
+                "sqlite:///x.db?write_pool_size=0"):
         with pytest.raises(StoreURLError):
             open_store(bad)
 

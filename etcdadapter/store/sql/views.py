@@ -130,7 +130,7 @@ class SQLWriteView(SQLReadView, mvcc.WriteView):
     """Inside a write transaction that holds the lock on the revision counter."""
 
     def __init__(self, tx, dialect):
-        SQLReadView.__init__(self, tx, dialect, dialect.for_update)
+        SQLReadView.__init__(self, tx, dialect, dialect.counter_lock)
         self.committed = None            # (revision, events) once commit() ran
 
     def lease_exists(self, lease_id):
