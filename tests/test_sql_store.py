@@ -208,9 +208,21 @@ def test_key_size_limit_and_large_values(make_store):
         assert get(s, long_key).kvs[0].key == long_key
     else:
         assert put(s, b"k" * limit).header.revision == 2
+        assert get(s, b"k" * limit).kvs[0].key == b"k" * limit
+        name = raw(s).dialect.name
+        too_long = ("etcdserver: request is too large: key of %d bytes, the %s store "
+                    "takes keys of at most %d bytes" % (limit + 1, name, limit))
         e = error_of(s.put(rpc.PutRequest(key=b"k" * (limit + 1), value=b"v")))
-        assert e == errors.ErrRequestTooLarge
+        assert (e.code, e.message) == (errors.StatusCode.INVALID_ARGUMENT, too_long)
+        assert isinstance(e, errors.ErrRequestTooLarge)
+        # ... in a txn too: nothing of it is applied
+        e = error_of(s.txn(rpc.TxnRequest(success=[
+            rpc.RequestOp(request_put=rpc.PutRequest(key=b"ok", value=b"v")),
+            rpc.RequestOp(request_put=rpc.PutRequest(key=b"k" * (limit + 1)))])))
+        assert (e.code, e.message) == (errors.StatusCode.INVALID_ARGUMENT, too_long)
         assert s.revision == 2
+        assert get(s, b"ok").kvs == [] and get(s, b"k" * (limit + 1)).kvs == []
+        assert result(s.status()).revision == 2
     big = bytes(range(256)) * (1536 * 4)                   # 1.5 MiB, every byte value
     r = put(s, b"big", big)
     assert get(s, b"big").kvs[0].value == big

@@ -7,6 +7,13 @@ URLs (``--store``)::
     tidb://user:password@host:4000/database
     postgresql://user:password@host:5432/database   (also postgres://)
 
+Key length: MySQL/MariaDB/TiDB store keys of at most 3,000 bytes, PostgreSQL 2,600 (the key
+column and its B-tree indexes; etcd, the memory store and SQLite take any key a request can
+carry).  A write of a longer key changes nothing and fails with etcd's InvalidArgument
+"etcdserver: request is too large: key of N bytes, the mysql store takes keys of at most
+3000 bytes".  Lifting the cap would need another key column (a hash for the indexes) and
+every range query rewritten over it while keeping keys in byte order: not done.
+
 Query parameters, every store:
 
 ``poll_interval``  how often to look for other instances' writes: seconds or ``50ms``
