@@ -161,7 +161,7 @@ class Session(object):
             return self._transaction(mode, fn, deadline)
         wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
         if not lock.acquire(timeout=wait):
-            raise self.runner.lock_timed_out(start)
+            raise self.runner.lock_timed_out(deadline - d.lock_timeout)
         try:
             return self._transaction(mode, fn, deadline)
         finally:
