@@ -39,7 +39,9 @@ MySQL / MariaDB / TiDB and PostgreSQL, how adapters on one database bound each o
                    write transactions waiting for its next statement before it ends the
                    session, rolling back and releasing the lock -- what bounds a stalled
                    (SIGSTOP, VM pause) or dead adapter's hold on the other adapters' writes
-                   (default 2 s; PostgreSQL ``idle_in_transaction_session_timeout``, MariaDB
+                   (default 1 s, below ``lock_timeout``: the writes it held up then go
+                   through instead of failing; PostgreSQL
+                   ``idle_in_transaction_session_timeout``, MariaDB
                    ``idle_transaction_timeout`` in whole seconds; MySQL and TiDB have no
                    such setting: ignored there; ``0``: none)
 
