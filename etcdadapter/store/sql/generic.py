@@ -1,6 +1,9 @@
 """The SQL store: one implementation of the Store contract for every SQL engine.
 
-Each request is one database transaction in a pool thread (:mod:`.runner`):
+Each request is one database transaction in a pool thread (:mod:`.runner`).  Reads and
+writes have separate pools, each thread with its own connection: writes queue for the
+revision-counter lock (behind other adapters' writes too), reads never queue behind them.
+
 
 * reads (Range, read-only Txn, history, lease queries) run in a consistent snapshot
   through :class:`~etcdadapter.store.sql.views.SQLReadView`;
@@ -40,7 +43,7 @@ from etcdadapter.store.sql.dialect import DUPLICATE
 from etcdadapter.store.sql.feed import ChangeFeed
 from etcdadapter.store.sql.notify import Listener
 from etcdadapter.store.sql.purge import BATCH, Purger
-from etcdadapter.store.sql.runner import Runner
+from etcdadapter.store.sql.runner import READ, Runner
 from etcdadapter.store.sql.schema import AUTH, CURRENT, LEASE
 from etcdadapter.store.sql.views import (SQLReadView, SQLWriteView, poll_changes,
                                          read_history, read_meta)
@@ -48,7 +51,10 @@ from etcdadapter.store.sql.views import (SQLReadView, SQLWriteView, poll_changes
 log = Logger()
 
 DEFAULT_POLL_INTERVAL = 0.04      # seconds between polls for other instances' writes
-DEFAULT_POOL_SIZE = 4             # database threads (= connections)
+DEFAULT_POOL_SIZE = 4             # read threads (= connections)
+# Write threads (= connections).  Writes take the revision-counter lock one at a time, so
+# more threads only wait at the lock; two keep the next write queued in the database.
+DEFAULT_WRITE_POOL_SIZE = 2
 POLL_BATCH = 500                  # log rows per poll
 
 
@@ -59,7 +65,8 @@ class _AuthSaveConflict(EtcdError):
 class SQLStore(Store):
     def __init__(self, dialect, poll_interval=DEFAULT_POLL_INTERVAL,
                  pool_size=DEFAULT_POOL_SIZE, initial_revision=None, clock=None,
-                 reactor=None, poll_batch=POLL_BATCH, compact_batch=BATCH):
+                 reactor=None, poll_batch=POLL_BATCH, compact_batch=BATCH,
+                 write_pool_size=DEFAULT_WRITE_POOL_SIZE):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -71,7 +78,7 @@ class SQLStore(Store):
         #: a write per millisecond; restarts keep the revision in the database).
         self.initial_revision = initial_revision
         self.poll_batch = poll_batch
-        self.runner = Runner(dialect, pool_size, reactor)
+        self.runner = Runner(dialect, pool_size, reactor, write_pool_size)
         self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._saw)
         self.purger = Purger(self.runner, dialect, compact_batch, on_done=self._purged)
         #: What the last purge pass of this process did (:class:`~etcdadapter.store.base.Purged`).
@@ -97,7 +104,7 @@ class SQLStore(Store):
         try:
             yield self.runner.call(schema.migrate, self.dialect, initial)
             rev, compact = yield self.runner.call(
-                lambda s: s.transaction("read", read_meta))
+                lambda s: s.transaction("read", read_meta), pool=READ)
         except BaseException:
             self.runner.stop()
             raise
@@ -157,6 +164,8 @@ class SQLStore(Store):
     def _call(self, mode, fn):
         if not self._started:
             return defer.fail(errors.ErrStopped())
+        if mode == "read":
+            return self.runner.call(lambda s: s.transaction(mode, fn), pool=READ)
         return self.runner.call(lambda s: s.transaction(mode, fn))
 
     def _tx(self, mode, fn):
@@ -281,7 +290,8 @@ class SQLStore(Store):
     def _poll(self, after):
         batch = self.poll_batch
         return self.runner.call(
-            lambda s: s.transaction("read", lambda tx: poll_changes(tx, after, batch)))
+            lambda s: s.transaction("read", lambda tx: poll_changes(tx, after, batch)),
+            pool=READ)
 
     def history(self, start_revision, key, range_end, limit_revisions=1000):
         return self._tx("read", lambda tx: read_history(tx, start_revision, key, range_end,

@@ -30,7 +30,7 @@ the put of a txn that puts and then deletes one key -- goes with its tombstone.
 import collections
 import time
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -55,7 +55,7 @@ _BOUND = ("SELECT revision FROM " + LOG + " WHERE revision >= %s "
 def purge_batch(tx, dialect, batch=BATCH):
     """One batch, inside a write transaction (it locks the revision counter first)."""
     d = dialect
-    _revision, compact = read_meta(tx, d.for_update)
+    _revision, compact = read_meta(tx, d.counter_lock)
     purged, cursor = tx.one(_STATE)
     if purged >= compact:
         return Batch(compact, 0, 0, True)
@@ -113,16 +113,20 @@ class Purger(object):
         waiters, self._next = self._next, []
         self._running = True
         started = time.monotonic()
-        d = self.runner.call(self._work)
+        d = self._work()
         d.addBoth(self._finished, waiters, started)
 
-    def _work(self, session):
-        """A pool thread: batches until the purge is complete (or the store stops)."""
+    @defer.inlineCallbacks
+    def _work(self):
+        """Batches until the purge is complete (or the store stops), each a call of its
+        own in the write pool: writes queued meanwhile go between two batches."""
         d, size = self.dialect, self.batch
         rows = keys = batches = 0
         compact = None
         while not self.stopping:
-            b = session.transaction("write", lambda tx: purge_batch(tx, d, size))
+            b = yield self.runner.call(
+                lambda session: session.transaction(
+                    "write", lambda tx: purge_batch(tx, d, size)))
             batches += 1
             rows += b.rows
             keys += b.keys
@@ -130,7 +134,7 @@ class Purger(object):
             if b.done:
                 break
             if self.pause:
-                time.sleep(self.pause)
+                yield task.deferLater(self.runner.reactor, self.pause, lambda: None)
         return compact, rows, keys, batches
 
     def _finished(self, result, waiters, started):

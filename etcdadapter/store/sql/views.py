@@ -49,6 +49,15 @@ def key_bounds(col, key, range_end):
     return col + " >= %s AND " + col + " < %s", [key, range_end]
 
 
+def key_too_long(dialect, size):
+    """etcd's error for a request that is too large (InvalidArgument), saying which limit:
+    the key column and its B-tree indexes of MySQL/MariaDB/TiDB and PostgreSQL take keys
+    of at most ``max_key_bytes`` (etcd itself takes any key a request can carry)."""
+    return errors.ErrRequestTooLarge(message=(
+        "etcdserver: request is too large: key of %d bytes, the %s store takes keys of "
+        "at most %d bytes" % (size, dialect.name, dialect.max_key_bytes)))
+
+
 def _kv(row):
     return KV(bytes(row[0]), row[1], row[2], row[3], bytes(row[4]), row[5])
 
@@ -173,7 +182,7 @@ class SQLWriteView(SQLReadView, mvcc.WriteView):
     """Inside a write transaction that holds the lock on the revision counter."""
 
     def __init__(self, tx, dialect):
-        SQLReadView.__init__(self, tx, dialect, dialect.for_update)
+        SQLReadView.__init__(self, tx, dialect, dialect.counter_lock)
         self.committed = None            # (revision, events) once commit() ran
 
     def lease_exists(self, lease_id):
@@ -196,7 +205,7 @@ class SQLWriteView(SQLReadView, mvcc.WriteView):
         for sub, ev in enumerate(events):
             kv = ev.kv
             if limit is not None and len(kv.key) > limit:
-                raise errors.ErrRequestTooLarge
+                raise key_too_long(d, len(kv.key))
             prev = ev.prev_kv
             if prev is not None:
                 # prev_kv is the key at revision - 1: the row etcd_current points at now.
