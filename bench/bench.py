@@ -11,6 +11,10 @@ Workloads:
   put             Put of a distinct key, 256-byte value
   get             point Range of an existing key (random among 1000)
   range           Range of a 100-key prefix (256-byte values)
+  mixed           --writers put loops (32) and --readers get loops (4) at once: point
+                  gets of existing keys while puts of distinct keys queue for the
+                  write path (rows mixed-get and mixed-put); on the SQL stores this is
+                  where reads waiting behind writes would show
   watch-latency   --watchers watchers (1000) on one prefix over --watch-streams Watch
                   streams (10) of one connection; one writer puts keys under the prefix at
                   --watch-rate puts/s (10) for --seconds; latency = put acknowledged ->
@@ -386,6 +390,15 @@ def make_workloads(client, args, run_id):
     return [("put", put_op), ("get", get_op), ("range", range_op)]
 
 
+async def run_mixed(ops, args):
+    """--writers put loops and --readers get loops at the same time, on one connection:
+    {"mixed-put": result, "mixed-get": result}."""
+    put, get = run_workload(ops["put"], args.seconds, args.writers, args.warmup), \
+        run_workload(ops["get"], args.seconds, args.readers, args.warmup)
+    put, get = await asyncio.gather(put, get)
+    return {"mixed-put": put, "mixed-get": get}
+
+
 def pct_ms(values, p):
     """The p-th quantile (0..1) of sorted ``values`` (seconds), in ms."""
     if not values:
@@ -603,9 +616,19 @@ async def bench_server(server, args):
     run_id = b"%x" % random.getrandbits(32)
     client = Client(server.endpoint)
     results = {}
+    def show(name):
+        r = results[name]
+        extra = "".join("  %s/op %.2f" % kv for kv in sorted(r.get("per_op", {}).items()))
+        if r.get("cpu_us") is not None:
+            extra = "  server CPU %.0f us/op" % r["cpu_us"] + extra
+        print("  %-7s %-9s %9.0f ops/s  p50 %7.2f ms  p99 %7.2f ms%s%s"
+              % (server.name, name, r["ops_s"], r["p50"], r["p99"], extra,
+                 "  (%d errors, first: %s)" % (r["errors"], r["error"])
+                 if r["errors"] else ""), flush=True)
     try:
         await populate(client, args, run_id)
-        for name, op in make_workloads(client, args, run_id):
+        ops = dict(make_workloads(client, args, run_id))
+        for name, op in ops.items():
             if args.workloads and name not in args.workloads:
                 continue
             cpu0, counters0 = server.cpu_seconds(), server.counters()
@@ -617,13 +640,11 @@ async def bench_server(server, args):
             r["cpu_us"] = (cpu1 - cpu0) * 1e6 / n if cpu0 is not None else None
             r["per_op"] = {k: (counters1[k] - v) / n for k, v in counters0.items()
                            if k in counters1}
-            extra = "".join("  %s/op %.2f" % kv for kv in sorted(r["per_op"].items()))
-            if r["cpu_us"] is not None:
-                extra = "  server CPU %.0f us/op" % r["cpu_us"] + extra
-            print("  %-7s %-6s %9.0f ops/s  p50 %7.2f ms  p99 %7.2f ms%s%s"
-                  % (server.name, name, r["ops_s"], r["p50"], r["p99"], extra,
-                     "  (%d errors, first: %s)" % (r["errors"], r["error"])
-                     if r["errors"] else ""), flush=True)
+            show(name)
+        if not args.workloads or "mixed" in args.workloads:
+            results.update(await run_mixed(ops, args))
+            show("mixed-put")
+            show("mixed-get")
         for name, workload in WATCH_WORKLOADS:
             if args.workloads and name not in args.workloads:
                 continue
@@ -638,9 +659,9 @@ async def bench_server(server, args):
 # ---------------------------------------------------------------------------------------
 
 def print_table(results, order):
-    names = [n for n in ("put", "get", "range")
+    names = [n for n in ("put", "get", "range", "mixed-put", "mixed-get")
              if any(n in results.get(s, {}) for s in order)]
-    head = "%-8s" % "workload"
+    head = "%-9s" % "workload"
     for s in order:
         head += " | %12s %8s %8s %9s" % (s + " ops/s", "p50 ms", "p99 ms", "CPU us/op")
     both = "etcd" in results and "adapter" in results
@@ -649,7 +670,7 @@ def print_table(results, order):
     print(head)
     print("-" * len(head))
     for n in names:
-        line = "%-8s" % n
+        line = "%-9s" % n
         for s in order:
             r = results.get(s, {}).get(n)
             if r is None:
@@ -720,10 +741,15 @@ def parse_args(argv):
     p.add_argument("--concurrency", type=int, default=16,
                    help="calls in flight (default 16)")
     p.add_argument("--value-size", type=int, default=256, help="bytes per value (256)")
+    p.add_argument("--writers", type=int, default=32,
+                   help="mixed: put calls in flight (32)")
+    p.add_argument("--readers", type=int, default=4,
+                   help="mixed: get calls in flight at the same time (4)")
     p.add_argument("--only", choices=("etcd", "adapter"),
                    help="benchmark only one of the two servers")
     p.add_argument("--workload", dest="workloads", action="append",
-                   choices=("put", "get", "range", "watch-latency", "watch-idle-rss"),
+                   choices=("put", "get", "range", "mixed", "watch-latency",
+                            "watch-idle-rss"),
                    help="run only this workload (repeatable)")
     p.add_argument("--watchers", type=int, default=1000,
                    help="watch-latency: watchers on the prefix (1000)")
@@ -795,7 +821,8 @@ def main(argv=None):
             rss[name] = server.rss_mib()
             server.cleanup()    # the next server gets the CPU to itself
         print()
-        if any(n in r for r in results.values() for n in ("put", "get", "range")):
+        if any(n in r for r in results.values()
+               for n in ("put", "get", "range", "mixed-put", "mixed-get")):
             print_table(results, order)
             print()
         print_watch_tables(results, order, args)

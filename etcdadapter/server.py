@@ -148,7 +148,7 @@ class AdapterService(service.Service):
         self.kv = KVService(store, self.identity,
                             KVLimits(config.max_request_bytes, config.max_txn_ops),
                             authz=self.authz)
-        self.maintenance = MaintenanceService(store, self.identity)
+        self.maintenance = MaintenanceService(store, self.identity, authz=self.authz)
         self.cluster = ClusterService(self.identity)
         self.watch_hub = WatchHub(store, self.identity, clock=reactor)
         self.watch = WatchService(self.watch_hub, store, self.identity,

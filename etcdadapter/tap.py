@@ -80,9 +80,15 @@ class Options(usage.Options):
          "[ENDPOINT, ...], max-request-bytes: N, client-cert-auth: true, ...).  The "
          "command line and ETCD_ADAPTER_* variables win over it."],
         ["store", None, "memory://",
-         "Where the data lives: memory:// (default; memory://?initial_revision=N pins "
-         "the first revision), sqlite:///path.db, mysql://user:pw@host:3306/db, "
-         "tidb://..., postgresql://user@host/db (options: etcdadapter/store/sql)."],
+         "Where the data lives: memory:// (default; nothing kept across restarts, "
+         "revisions seeded from the wall clock in microseconds -- they stay above "
+         "those clients saw only while the clock does not go back: for a guarantee "
+         "add ?floor_file=PATH, a file the store records its revisions in and never "
+         "starts below, or use a SQL store; ?initial_revision=N pins the first "
+         "revision), sqlite:///path.db, mysql://user:pw@host:3306/db, tidb://..., "
+         "postgresql://user@host/db (options: etcdadapter/store/sql).  Keys are at "
+         "most 3000 bytes on MySQL/MariaDB/TiDB and 2600 on PostgreSQL (etcd, "
+         "memory:// and SQLite: any key a request can carry)."],
         ["name", None, "default", "Member name shown by `etcdctl member list`."],
         ["advertise-client-urls", None, "",
          "Comma-separated client URLs reported by MemberList (default: the listening "

@@ -16,7 +16,7 @@ place of the adapter, so the differential harness can be validated etcd-vs-etcd.
 second etcd is shifted by ``ETCDADAPTER_TEST_ETCD_REV_OFFSET`` revisions (default 5:
 puts then a delete of a key nobody reads, so its store is empty but its revisions differ
 from the reference's by a constant, like the adapter's memory store which starts at the
-wall clock in milliseconds); this exercises the revision mapping of the harness.
+wall clock in microseconds); this exercises the revision mapping of the harness.
 
 Readiness is checked with a raw gRPC Range (no generated code needed); :attr:`Server.
 base_revision` is the store revision seen then, so ``offset = target.base_revision -

@@ -512,6 +512,7 @@ def _types(method):
     service, name = method
     if service != "Auth":
         table = {"Range": rpc.RangeRequest, "Put": rpc.PutRequest, "Txn": rpc.TxnRequest,
+                 "DeleteRange": rpc.DeleteRangeRequest,
                  "LeaseGrant": rpc.LeaseGrantRequest, "Status": rpc.StatusRequest}
         req = table[name]
         return getattr(rpc, req.__name__.replace("Request", "Response"))
@@ -587,6 +588,27 @@ def test_grpc_errors_match_etcd(pair):
         ("KV.Txn", R.TxnRequest(success=[R.RequestOp(request_put=R.PutRequest(
             key=b"/a/y"))]), "alice"),
         ("KV.Txn", R.TxnRequest(compare=[R.Compare(key=b"/c")]), "alice"),
+        # A range ending before its key: allowed only with permission on the key.
+        ("KV.Range", R.RangeRequest(key=b"/z", range_end=b"/a"), "alice"),
+        ("KV.Range", R.RangeRequest(key=b"/z", range_end=b"/z"), "alice"),
+        ("KV.Range", R.RangeRequest(key=b"/a/5", range_end=b"/a/1"), "alice"),
+        ("KV.Range", R.RangeRequest(key=b"/a/5", range_end=b"/a/5"), "alice"),
+        # (not [/b, /a): etcd's interval tree refuses it although /b may be read; we
+        # answer it, empty -- test_permissions)
+        ("KV.DeleteRange", R.DeleteRangeRequest(key=b"/b", range_end=b"/a"), "alice"),
+        ("KV.DeleteRange", R.DeleteRangeRequest(key=b"/a/5", range_end=b"/a/1"), "alice"),
+        ("KV.Txn", R.TxnRequest(compare=[R.Compare(key=b"/z", range_end=b"/a")]),
+         "alice"),
+        # A put may attach a lease only if the caller may write the lease's keys.
+        ("Lease.LeaseGrant", R.LeaseGrantRequest(ID=7001, TTL=600), None),
+        ("KV.Put", R.PutRequest(key=b"/secret", value=b"s", lease=7001), "root"),
+        ("KV.Put", R.PutRequest(key=b"/a/l", value=b"1", lease=7001), "alice"),
+        ("KV.Put", R.PutRequest(key=b"/a/l", value=b"1", lease=7001), None),
+        ("Lease.LeaseGrant", R.LeaseGrantRequest(ID=7002, TTL=600), None),
+        ("KV.Put", R.PutRequest(key=b"/a/l", value=b"1", lease=7002), "alice"),
+        ("KV.Put", R.PutRequest(key=b"/a/m", value=b"1", lease=7002), "alice"),
+        ("KV.Put", R.PutRequest(key=b"/a/n", value=b"1", lease=4242), "alice"),
+        ("KV.Put", R.PutRequest(key=b"/b", value=b"1", lease=7002), "alice"),
         ("Maintenance.Status", R.StatusRequest(), None),
         ("Lease.LeaseGrant", R.LeaseGrantRequest(TTL=60), None),
         ("Authenticate", R.AuthenticateRequest(name="alice", password="x"), None),

@@ -177,7 +177,31 @@ def test_decode_errors_on_other_routes(gw):
     gw.same_each(cases)
 
 
+def test_lone_surrogate_escapes(gw):
+    # Go's decoder turns an escaped lone UTF-16 surrogate into U+FFFD: bad base64 in a
+    # bytes field, one more character in a name.  (Ours used to answer 500.)
+    gw.same_each([
+        ("/v3/kv/range", '{"key":"\\ud800"}', 400),
+        ("/v3/kv/range", '{"key":"YQ==","range_end":"\\udc00"}', 400),
+        ("/v3/kv/put", '{"key":"YQ==","value":"\\ud800"}', 400),
+        ("/v3/kv/deleterange", '{"key":"\\ud800\\u0041"}', 400),
+        ("/v3/kv/txn", '{"compare":[{"key":"\\udfff"}]}', 400),
+        ("/v3/auth/authenticate", '{"name":"\\ud800","password":"x"}', None),
+        ("/v3/auth/user/add", '{"name":"u\\ud800","password":"x"}', 200),
+        ("/v3/auth/user/get", '{"name":"u\\ufffd"}', 200),
+        ("/v3/auth/role/add", '{"name":"a\\ud800b\\u0041"}', 200),
+        ("/v3/auth/role/get", '{"role":"a\\ufffdbA"}', 200),
+        ("/v3/auth/user/grant", '{"user":"u\\udbff","role":"a\\udfffbA"}', 200),
+        ("/v3/auth/user/list", '{}', 200),
+        ("/v3/auth/user/delete", '{"name":"u\\ud800"}', 200),
+        ("/v3/auth/role/delete", '{"role":"a\\ud800bA"}', 200),
+        ("/v3/auth/role/list", '{}', 200),
+    ])
+
+
 STREAM_DECODE_ERRORS = [
+    ("/v3/watch", '{"create_request":{"key":"\\ud800"}}',
+     "illegal base64 data at input byte 0"),
     ("/v3/watch", 'garbage', "invalid character 'g' looking for beginning of value"),
     ("/v3/watch", '{"create_request":{"key":"YQ"}}',
      "illegal base64 data at input byte 0"),
@@ -222,8 +246,9 @@ def test_stream_without_a_request(gw):
         got.close()
 
 
-def test_a_bad_second_request_in_a_stream_is_ignored(gw):
-    body = '{"create_request":{"key":"%s"}}{"create_request":{"key":"YQ"}}' % A
+@pytest.mark.parametrize("bad_key", ["YQ", "\\ud800"])
+def test_a_bad_second_request_in_a_stream_is_ignored(gw, bad_key):
+    body = '{"create_request":{"key":"%s"}}{"create_request":{"key":"%s"}}' % (A, bad_key)
     streams = gw.streams("/v3/watch", body)
     gw.same_messages(streams, 1, "the first create")
     gw.same("/v3/kv/put", {"key": A, "value": b64("2")})

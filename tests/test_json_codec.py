@@ -101,6 +101,23 @@ def test_decode_accepts_what_etcd_accepts(body, expected):
     assert jc.decode_request(rpc.RangeRequest, body.encode()) == expected
 
 
+def test_lone_surrogate_escapes_become_replacement_characters():
+    # Go's decoder (and so etcd 3.4.23's gateway): each lone surrogate -> U+FFFD; a pair
+    # is one character.
+    for body in ('{"key":"\\ud800"}', '{"key":"YQ==","range_end":"\\udc00"}',
+                 '{"key":"YQ\\ud800=="}'):
+        with pytest.raises(EtcdError) as info:
+            jc.decode_request(rpc.RangeRequest, body.encode())
+        assert info.value.message.startswith("illegal base64 data at input byte "), body
+    got = jc.decode_request(rpc.AuthUserAddRequest,
+                            b'{"name":"a\\ud800b\\u0041\\udfff\\ud83d\\ude00"}')
+    assert got.name == "a\ufffdbA\ufffd\U0001f600"
+    msgs, err = jc.decode_requests(rpc.WatchRequest,
+                                   b'{"create_request":{"key":"YQ=="}}'
+                                   b'{"create_request":{"key":"\\ud800"}}')
+    assert len(msgs) == 1 and err == EtcdError(3, "illegal base64 data at input byte 0")
+
+
 def test_decode_names_numbers_and_oneofs():
     body = ('{"compare":[{"target":"MOD","key":"YQ==","result":"EQUAL","mod_revision":3},'
             '{"target":4,"key":"Yg==","lease":"7"}],'

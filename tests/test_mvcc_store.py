@@ -14,7 +14,7 @@ import pytest
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.pb.mvccpb import kv_pb2
-from etcdadapter.store import keyspace, mvcc
+from etcdadapter.store import keyspace, memory, mvcc
 from etcdadapter.store.base import DELETE, KV, PUT, Change, Event, StoreStatus
 from etcdadapter.store.memory import MemoryStore
 from fired import error_of, result
@@ -101,10 +101,11 @@ def fill(s):
 # -- revisions ---------------------------------------------------------------------------
 
 def test_initial_revision_from_wall_clock():
-    before = int(time.time() * 1000)
+    # Microseconds: one write per millisecond no longer outruns the next start's seed.
+    before = time.time_ns() // 1000
     st = MemoryStore()
-    after = int(time.time() * 1000)
-    assert before <= st.revision <= after
+    after = time.time_ns() // 1000
+    assert before <= st.revision <= after < 2 ** 53       # exact in a double (Lua, JS)
     assert st.compact_revision == -1
     r = get(st, b"x")
     assert r.header.revision == st.revision
@@ -944,3 +945,65 @@ def test_named_errors_are_raised_fresh_and_compare_by_code_and_message():
     assert e != errors.ErrKeyNotProvided and e != errors.EtcdError(5, e.message)
     assert isinstance(e, errors.ErrKeyNotFound) and repr(e) == \
         "EtcdError(3, 'etcdserver: key not found')"
+
+
+# -- the revision floor file ---------------------------------------------------------
+
+def test_floor_file_is_reserved_ahead_and_exact_after_a_clean_stop(tmp_path):
+    path = str(tmp_path / "floor")
+    assert MemoryStore(floor_file=path).floor.reserve == memory.FLOOR_RESERVE == 100000
+    st = MemoryStore(floor_file=path, seed=lambda: 1000)
+    st.floor.reserve = 5
+    assert st.revision == 1000 and not (tmp_path / "floor").exists()
+    result(st.start())
+    assert open(path).read() == "1005\n"
+    for _ in range(5):
+        put(st, b"k")
+    # The store reached the reserved revision: the next write reserves further first.
+    assert (st.revision, open(path).read()) == (1005, "1005\n")
+    put(st, b"k")
+    assert (st.revision, open(path).read()) == (1006, "1011\n")
+    result(st.stop())
+    assert open(path).read() == "%d\n" % st.revision
+
+
+def test_floor_file_wins_over_a_clock_that_went_back(tmp_path):
+    path = str(tmp_path / "floor")
+    first = MemoryStore(floor_file=path, seed=lambda: 5000)
+    result(first.start())
+    for _ in range(10):
+        put(first, b"k")
+    seen = first.revision                                  # 5010; no clean stop (a crash)
+    later = MemoryStore(floor_file=path, seed=lambda: 4000)        # the clock went back
+    assert later.revision > seen
+    assert later.revision == 5001 + memory.FLOOR_RESERVE
+    # A clock ahead of the floor is used as it is.
+    assert MemoryStore(floor_file=path, seed=lambda: 10 ** 9).revision == 10 ** 9
+    # Without the file nothing remembers.
+    assert MemoryStore(seed=lambda: 4000).revision == 4000 < seen
+
+
+def test_floor_file_refusals(tmp_path):
+    path = tmp_path / "floor"
+    path.write_text("5000\n")
+    with pytest.raises(memory.RevisionFloorError) as info:
+        MemoryStore(initial_revision=5000, floor_file=str(path))
+    assert str(info.value) == (
+        "initial_revision 5000 is not above the revision floor 5000 recorded in %s: "
+        "clients may have seen revisions up to 5000" % path)
+    assert MemoryStore(initial_revision=5001, floor_file=str(path)).revision == 5001
+    for bad in ("", "x12", "-3"):
+        path.write_text(bad)
+        with pytest.raises(memory.RevisionFloorError) as info:
+            MemoryStore(floor_file=str(path))
+        assert "does not hold a revision" in str(info.value)
+    # A floor that cannot be written stops writes (Unavailable), not the server.
+    path.write_text("10")
+    st = MemoryStore(floor_file=str(path), seed=lambda: 100)
+    result(st.start())
+    st.floor.path = str(tmp_path / "no-such-dir" / "floor")
+    st._reserved = st.revision
+    err = error_of(st.put(rpc.PutRequest(key=b"k")))
+    assert err.code == errors.StatusCode.UNAVAILABLE
+    assert err.message.startswith("etcd-adapter: cannot record the revision floor in ")
+    assert st.revision == 100 and result(st.range(rpc.RangeRequest(key=b"k"))).count == 0

@@ -29,7 +29,14 @@ def test_coverage_rules():
     assert not p.can_read(b"/z/q")
     assert p.can_read(b"/m/1", b"/m/8")                  # covered by two adjacent grants
     assert not p.can_read(b"/m/1", b"/m/a")
-    assert p.can_read(b"/q", b"/p")                      # an empty range touches nothing
+    # A range ending before its key needs the key itself (etcd 3.4's interval tree).
+    assert not p.can_read(b"/q", b"/p") and not p.can_read(b"/q", b"/q")
+    assert p.can_read(b"/apisix/z", b"/apisix/a") and p.can_read(b"/a/x", b"/a/x")
+    assert p.can_read(b"/a/x", b"/a") and not p.can_write(b"/m/1", b"/m/0")
+    assert p.can_write(b"/z/q", b"/z/") and not p.can_read(b"/z/q", b"/z/")
+    # etcd 3.4.23 refuses this one (its interval tree misses the grant on /b); we do not.
+    assert PermissionSet([Permission(b"/a/", b"/a0", True, True),
+                          Permission(b"/b", b"", True, False)]).can_read(b"/b", b"/a")
     assert not PermissionSet().can_read(b"k")
     assert perm.ALL.can_write(b"", b"\0")
 

@@ -109,3 +109,34 @@ def test_differential_on_sql_store(start_servers, sql_url):
     require_etcd_binaries()
     pair = start_servers(target_store=sql_url)
     test_differential.run_sequence(pair, 7, 300)
+
+
+@pytest.mark.parametrize("kind", ["mariadb", "postgresql"])
+def test_key_length_cap(kind, tmp_path):
+    """The documented cap on key length (README, --store help, the store URL docs): a key
+    at the cap is stored; one byte longer is etcd's InvalidArgument "request is too large"
+    saying the limit, and changes nothing."""
+    from etcdadapter.store.sql.mysql import MySQLDialect
+    from etcdadapter.store.sql.postgresql import PostgresDialect
+    cap = {"mariadb": MySQLDialect, "postgresql": PostgresDialect}[kind].max_key_bytes
+    assert cap == {"mariadb": 3000, "postgresql": 2600}[kind]
+    url, cleanup = store_url(kind, tmp_path)
+    server = _start(url)
+    try:
+        with servers.GrpcClient(server.endpoint) as c:
+            rev = _call(c, KV + "Put", rpc.PutRequest(key=b"k" * cap, value=b"v"),
+                        rpc.PutResponse).header.revision
+            r = c.call(KV + "Put", rpc.PutRequest(key=b"k" * (cap + 1), value=b"v"),
+                       rpc.PutResponse)
+            assert r.error() == (
+                "INVALID_ARGUMENT", "etcdserver: request is too large: key of %d bytes, "
+                "the %s store takes keys of at most %d bytes"
+                % (cap + 1, "mysql" if kind == "mariadb" else "postgresql", cap))
+            r = _call(c, KV + "Range", rpc.RangeRequest(key=b"k", range_end=b"l"),
+                      rpc.RangeResponse)
+            assert [(kv.key, kv.mod_revision) for kv in r.kvs] == [(b"k" * cap, rev)]
+            assert r.header.revision == rev
+    finally:
+        server.stop()
+        server.cleanup()
+        cleanup()

@@ -66,8 +66,12 @@ def test_urls():
     assert s.dialect.path == "/var/lib/x/etcd.db"
     assert (s.dialect.busy_timeout, s.dialect.synchronous) == (1.5, "NORMAL")
     assert s.feed.interval == 0.02 and s.initial_revision == 7
-    assert s.runner.pool.max == 2
-    assert open_store("sqlite://rel/etcd.db").dialect.path == "rel/etcd.db"
+    assert (s.runner.pools["read"].max, s.runner.pools["write"].max) == (2, 2)
+    assert s.dialect.lock_timeout == 1.5            # SQLite's bound is busy_timeout
+    d = open_store("sqlite://rel/etcd.db")
+    assert d.dialect.path == "rel/etcd.db"
+    assert (d.runner.pools["read"].max, d.runner.pools["write"].max) == (4, 2)
+    assert open_store("sqlite://x.db?write_pool_size=1").runner.pools["write"].max == 1
 
     s = open_store("mysql://u:p%40ss@db.example:3307/etcd?ssl_ca=/ca.pem"
                    "&ssl_verify_identity=true&timeout=10&poll_interval=0.2")
@@ -78,6 +82,9 @@ def test_urls():
     assert (p["ssl_ca"], p["ssl_verify_identity"], p["read_timeout"]) == \
         ("/ca.pem", True, 10.0)
     assert s.feed.interval == 0.2
+    assert (s.dialect.lock_timeout, s.dialect.idle_transaction_timeout) == (3.0, 1.0)
+    s = open_store("mysql://root@h/etcd?lock_timeout=500ms&idle_transaction_timeout=0")
+    assert (s.dialect.lock_timeout, s.dialect.idle_transaction_timeout) == (0.5, None)
     s = open_store("tidb://root@tidb/etcd")
     assert isinstance(s.dialect, TiDBDialect) and s.dialect.params["port"] == 4000
     assert "READ COMMITTED" in s.dialect.begin_write[0]
@@ -90,11 +97,18 @@ def test_urls():
         assert (p["host"], p["port"], p["user"], p["dbname"]) == ("h", 6543, "pg", "etcd")
         assert (p["sslrootcert"], p["sslmode"], p["sslcert"], p["connect_timeout"]) == \
             ("/ca.pem", "verify-full", "/c.pem", 2)
+        assert (s.dialect.lock_timeout, s.dialect.idle_transaction_timeout) == (3.0, 1.0)
+        assert "lock_timeout" not in p and "idle_transaction_timeout" not in p
+    s = open_store("postgresql://h/etcd?lock_timeout=0&idle_transaction_timeout=10s")
+    assert (s.dialect.lock_timeout, s.dialect.idle_transaction_timeout) == (None, 10.0)
 
     for bad in ("sqlite://", "sqlite:///x.db?nope=1", "mysql://root@h",
                 "mysql://root@h/db?poll_interval=soon", "postgresql://h/db?pool_size=0",
                 "sqlite:///x.db?synchronous=SOMETIMES", "mysql://root@h:port/db",
-                "cassandra://h/db", "postgresql://h/db?initial_revision=0"):
+                "cassandra://h/db", "postgresql://h/db?initial_revision=0",
+                "mysql://root@h/db?lock_timeout=-1", "sqlite:///x.db?lock_timeout=1",
+                "postgresql://h/db?idle_transaction_timeout=soon",
+                "sqlite:///x.db?write_pool_size=0"):
         with pytest.raises(StoreURLError):
             open_store(bad)
 
@@ -194,9 +208,21 @@ def test_key_size_limit_and_large_values(make_store):
         assert get(s, long_key).kvs[0].key == long_key
     else:
         assert put(s, b"k" * limit).header.revision == 2
+        assert get(s, b"k" * limit).kvs[0].key == b"k" * limit
+        name = raw(s).dialect.name
+        too_long = ("etcdserver: request is too large: key of %d bytes, the %s store "
+                    "takes keys of at most %d bytes" % (limit + 1, name, limit))
         e = error_of(s.put(rpc.PutRequest(key=b"k" * (limit + 1), value=b"v")))
-        assert e == errors.ErrRequestTooLarge
+        assert (e.code, e.message) == (errors.StatusCode.INVALID_ARGUMENT, too_long)
+        assert isinstance(e, errors.ErrRequestTooLarge)
+        # ... in a txn too: nothing of it is applied
+        e = error_of(s.txn(rpc.TxnRequest(success=[
+            rpc.RequestOp(request_put=rpc.PutRequest(key=b"ok", value=b"v")),
+            rpc.RequestOp(request_put=rpc.PutRequest(key=b"k" * (limit + 1)))])))
+        assert (e.code, e.message) == (errors.StatusCode.INVALID_ARGUMENT, too_long)
         assert s.revision == 2
+        assert get(s, b"ok").kvs == [] and get(s, b"k" * (limit + 1)).kvs == []
+        assert result(s.status()).revision == 2
     big = bytes(range(256)) * (1536 * 4)                   # 1.5 MiB, every byte value
     r = put(s, b"big", big)
     assert get(s, b"big").kvs[0].value == big

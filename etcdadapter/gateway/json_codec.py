@@ -23,6 +23,7 @@ unknown fields ignored.  Every error is InvalidArgument with the text Go gives, 
 
 import base64
 import json
+import re
 
 from google.protobuf.descriptor import FieldDescriptor as FD
 
@@ -346,6 +347,7 @@ _INT_RANGES = {
 
 def _int_value(value, ftype):
     go_type, lo, hi = _INT_RANGES[ftype]
+    value = _go_string(value)
     if isinstance(value, str):
         # jsonpb unquotes and unmarshals the contents as a JSON number.
         inner, end = _parse_value(value, 0, "unexpected end of JSON input")
@@ -451,8 +453,22 @@ def go_b64decode(text):
     return bytes(out)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _go_string(value):
+    """A decoded JSON string as Go's decoder makes it: a ``\\uXXXX`` escape of a
+    lone UTF-16 surrogate (Python's decoder keeps it) becomes U+FFFD, so that
+    ``{"key":"\\ud800"}`` is bad base64 and a name holding it is just a name, as in
+    etcd -- not a str that cannot be encoded."""
+    if isinstance(value, str) and _SURROGATE.search(value):
+        return _SURROGATE.sub("\ufffd", value)
+    return value
+
+
 def _scalar_in(fd, value):
     t = fd.type
+    value = _go_string(value)
     if t in _INT_RANGES:
         return _int_value(value, t)
     if t == FD.TYPE_BYTES:

@@ -121,6 +121,20 @@ class Authorizer(object):
         perms = ALL if self.auth is None else self._auth_permissions(context)
         return self._policy(context, perms)
 
+    def lease_key_readers(self, context):
+        """Who may see the key names of a lease (LeaseTimeToLive with ``keys``): None
+        when anyone may; else the permissions to check them against.  etcd's
+        checkLeaseTimeToLive: with auth off no token is looked at; with auth on a user
+        is required ("user name is empty" even for a lease without keys)."""
+        if not self.enabled:
+            return None
+        perms = ALL
+        if self.auth is not None and self.auth.enabled:
+            perms = self._auth_permissions(context)
+            if isinstance(perms, Refused):
+                raise perms.error
+        return self._policy(context, perms)
+
     # -- admin calls (Auth management, AuthStatus) --------------------------------------
     def check_admin(self, context):
         """etcd's IsAdminPermitted: raises ErrInvalidAuthToken, ErrUserEmpty,
@@ -204,3 +218,6 @@ class _LeaseView(object):
         a = self.authz
         perms = ALL if a.auth is None else a._auth_permissions(context, quiet_admin=True)
         return a._policy(context, perms)
+
+    def lease_key_readers(self, context):
+        return self.authz.lease_key_readers(context)

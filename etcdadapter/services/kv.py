@@ -5,6 +5,8 @@ makes before a request reaches raft (empty keys, txn sizes, overlapping writes, 
 size), and the constant header fields.
 """
 
+from twisted.internet import defer
+
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import permissions as perm
@@ -144,9 +146,25 @@ class KVService(object):
         self.authz = authz or Authorizer()
 
     def _authorize(self, check, context, request):
+        """The caller's permissions after ``check`` passed (None: no checks at all)."""
         # After the syntax checks, before the store: etcd's order of errors.
         if self.authz.enabled:
-            check(self.authz.permissions(context), request)
+            perms = self.authz.permissions(context)
+            check(perms, request)
+            return perms
+        return None
+
+    def _check_lease_puts(self, perms, leases):
+        """etcd's checkLeasePuts: a put may attach a lease only if the caller may write
+        every key already attached to it (it could not revoke the lease otherwise).
+        Deferred firing once every lease in ``leases`` passed."""
+        if perms is None or not leases or perms.admin:
+            return defer.succeed(None)
+        checks = [self.store.lease_time_to_live(lease_id, True).addCallback(
+            lambda info: perm.check_lease_keys(perms, info.keys))
+            for lease_id in sorted(leases)]
+        return defer.gatherResults(checks, consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure)
 
     def _check_size(self, request):
         if request.ByteSize() + _RAFT_OVERHEAD > self.limits.max_request_bytes:
@@ -168,8 +186,10 @@ class KVService(object):
     def Put(self, request, context):
         check_put(request)
         self._check_size(request)
-        self._authorize(perm.check_put, context, request)
-        return self.store.put(request).addCallback(self._header)
+        perms = self._authorize(perm.check_put, context, request)
+        d = self._check_lease_puts(perms, (request.lease,) if request.lease else ())
+        d.addCallback(lambda _: self.store.put(request))
+        return d.addCallback(self._header)
 
     def DeleteRange(self, request, context):
         check_delete(request)
@@ -183,8 +203,12 @@ class KVService(object):
         check_intervals(request.failure)
         if _txn_writes(request):
             self._check_size(request)
-        self._authorize(perm.check_txn, context, request)
-        return self.store.txn(request).addCallback(self._header)
+        perms = self._authorize(perm.check_txn, context, request)
+        # Stricter than etcd, which checks the leases of plain Puts only: a put inside a
+        # txn attaches a lease just the same.
+        d = self._check_lease_puts(perms, perm.txn_put_leases(request))
+        d.addCallback(lambda _: self.store.txn(request))
+        return d.addCallback(self._header)
 
     def ReplacePrefix(self, prefix, items, context):
         """Not an etcd RPC (no route, not in the method registry): the embedding API's

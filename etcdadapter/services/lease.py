@@ -9,7 +9,10 @@ Behaviour checked against etcd 3.4.23:
   lease; the header is captured before the renewal).  When the client half-closes, the
   stream ends with status OK once every request received so far is answered (etcd's
   recv loop returns nil on EOF).
-* LeaseTimeToLive: unknown lease -> {header, ID, TTL: -1}, not an error.
+* LeaseTimeToLive: unknown lease -> {header, ID, TTL: -1}, not an error.  With
+  ``keys`` and auth on, as etcd 3.4.26+/3.5.9+ (not the 3.4.23 reference, which leaks
+  them): no user -> "user name is empty", a user who may not read every attached key
+  -> PermissionDenied.  Without ``keys`` no token is needed (3.4).
 * LeaseLeases: {header, leases: [{ID}...]}.
 """
 
@@ -97,17 +100,19 @@ class LeaseService(object):
         if perms.admin:
             return revoke(None)
 
-        def check_keys(info):
-            # etcd's checkLeasePuts: revoking deletes the keys, so it needs write
-            # permission on every one of them.
-            for key in info.keys:
-                if not perms.can_write(key):
-                    raise perm.ErrPermissionDenied
+        # etcd's checkLeasePuts: revoking deletes the keys, so it needs write
+        # permission on every one of them.
         return self.store.lease_time_to_live(request.ID, True).addCallback(
-            check_keys).addCallback(revoke)
+            lambda info: perm.check_lease_keys(perms, info.keys)).addCallback(revoke)
 
     def LeaseTimeToLive(self, request, context):
+        # CVE-2023-32082 (fixed in etcd 3.4.26/3.5.9): the key names only for a caller
+        # who may read every one of them.
+        readers = self.authz.lease_key_readers(context) if request.keys else None
+
         def done(info):
+            if readers is not None:
+                perm.check_lease_readers(readers, info.keys)
             r = rpc.LeaseTimeToLiveResponse(ID=request.ID, TTL=info.ttl,
                                             grantedTTL=info.granted_ttl)
             if request.keys:

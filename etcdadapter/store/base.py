@@ -150,6 +150,14 @@ class Store(object):
         """Deferred[StoreStatus]."""
         raise NotImplementedError
 
+    def hash_kv(self, revision):
+        """Deferred[(hash, current revision, compact revision)]: etcd's HashKV
+        (:func:`etcdadapter.store.mvcc.hash_kv`) over one consistent snapshot.  It reads
+        every version: it must not hold up the reactor for long on a big store (the SQL
+        stores read in their thread pool, the memory store hashes a snapshot in a
+        thread)."""
+        raise NotImplementedError
+
     # -- change feed --------------------------------------------------------------------
     def subscribe(self, callback, on_lost=None):
         """Call ``callback(change)`` with every committed :class:`Change`, in strictly

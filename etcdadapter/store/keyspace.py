@@ -18,6 +18,8 @@ Data structures:
 * ``latest_sub``: key -> the position among its revision's events of the key's latest
   version, for the keys where it is not 0 (a SQL store's log rows point at the row they
   supersede by (revision, sub)).
+* ``compacted_subs``: key -> (revision, sub) of its oldest version when that came from a
+  write with several events whose log entry compaction dropped (HashKV hashes subs).
 
 Compaction really drops superseded versions, tombstones and log entries (only the keys
 written since the previous compaction are visited).  Everything runs synchronously on the
@@ -95,10 +97,13 @@ class Keyspace(object):
         self.log = []
         self.lease_keys = {}
         self.latest_sub = {}
+        self.compacted_subs = {}
         self.bytes = 0
         #: :class:`Purged`: what the last compaction removed (None: none yet).
         self.last_purge = None
         self.on_commit = on_commit
+        #: Called with a revision before the view commits it (may refuse by raising).
+        self.before_commit = None
         self.view = KeyspaceView(self, lease_exists)
 
     @classmethod
@@ -128,6 +133,8 @@ class Keyspace(object):
                 attached.add(key)
             if sub:
                 latest_sub[key] = sub
+                if kv.mod_revision < compact_revision:
+                    ks.compacted_subs[key] = (kv.mod_revision, sub)
         ks.keys = SortedDict(zip([k for k, _v in live], histories))
         if at_compact is not None:
             ks.log.append(at_compact)
@@ -221,6 +228,10 @@ class Keyspace(object):
         """Bytes the keyspace takes, as counted by its overhead constants."""
         return self.bytes + BASE_BYTES
 
+    def frozen(self):
+        """A :class:`Frozen` snapshot of this keyspace, for reading in another thread."""
+        return Frozen(self)
+
     # -- compaction -------------------------------------------------------------------------
     def compact(self, revision, quiet=False):
         """Drop what reads at or above ``revision`` never need (see
@@ -234,18 +245,32 @@ class Keyspace(object):
         touched = set()
         freed = 0
         versions = forgotten = 0
+        dropped_subs = {}            # (key, revision) -> sub of a dropped change's event
         for i in range(end):
             change = logl[i]
             events = change.events
             if i < j:
                 freed += CHANGE_OVERHEAD + EVENT_OVERHEAD * len(events)
+                for sub in range(1, len(events)):
+                    dropped_subs[(events[sub].kv.key, change.revision)] = sub
             for ev in events:
                 touched.add(ev.kv.key)
+        subs = self.compacted_subs
         for key in touched:
             h = keys.get(key)
             if h is None:
                 continue
             kept = mvcc.compact_versions(h, revision)
+            # HashKV needs the sub-revision of a version whose change leaves the log.
+            first = kept[0] if kept else None
+            if first is None or first.mod_revision >= revision:
+                subs.pop(key, None)
+            else:
+                sub = dropped_subs.get((key, first.mod_revision))
+                if sub is not None:
+                    subs[key] = (first.mod_revision, sub)
+                elif subs.get(key, (None,))[0] != first.mod_revision:
+                    subs.pop(key, None)
             if kept is h:
                 continue
             for kv in h[:len(h) - len(kept)]:
@@ -348,8 +373,10 @@ class KeyspaceView(mvcc.WriteView):
         return self._lease_exists(lease_id)
 
     def commit(self, revision, events):
-        change = Change(revision, tuple(events))
         ks = self.ks
+        if ks.before_commit is not None:
+            ks.before_commit(revision)
+        change = Change(revision, tuple(events))
         ks.apply(change)
         if ks.on_commit is not None:
             ks.on_commit(change)
@@ -462,3 +489,48 @@ class PendingView(mvcc.WriteView):
 
     def compact(self, revision):
         raise AssertionError("compaction does not run in a batch of writes")
+
+
+class Frozen(mvcc.ReadView):
+    """What HashKV reads of a keyspace, taken at once on the reactor thread (copies of the
+    key map, the log and the sub-revisions; the history lists are shared: the keyspace
+    only appends to them, and compaction replaces them) and read in a thread."""
+
+    def __init__(self, ks):
+        self.revision = ks.revision
+        self.compact_revision = ks.compact_revision
+        self.histories = dict.copy(ks.keys)
+        self.log = list(ks.log)
+        self.subs = dict(ks.compacted_subs)
+
+    def versions(self, after, upto):
+        logl = self.log
+        for i in range(bisect_revision(logl, after + 1, 0), len(logl)):
+            change = logl[i]
+            if change.revision > upto:
+                break
+            for sub, ev in enumerate(change.events):
+                yield sub, ev.kv
+
+    def _sub(self, kv):
+        logl = self.log
+        i = bisect_revision(logl, kv.mod_revision, 0)
+        if i < len(logl) and logl[i].revision == kv.mod_revision:
+            events = logl[i].events
+            for sub in range(len(events) - 1, -1, -1):
+                if events[sub].kv is kv:
+                    return sub
+        mod, sub = self.subs.get(kv.key, (None, 0))
+        return sub if mod == kv.mod_revision else 0
+
+    def live_versions(self, upto, at):
+        out = []
+        for h in self.histories.values():
+            kv = version_at(h, at)
+            if kv is not None and kv.mod_revision <= upto:
+                out.append((kv.mod_revision, self._sub(kv), kv))
+        out.sort(key=lambda t: t[:2])
+        return [(sub, kv) for _rev, sub, kv in out]
+
+    def any_live(self, at):
+        return any(version_at(h, at) is not None for h in self.histories.values())

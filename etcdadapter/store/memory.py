@@ -5,15 +5,21 @@ change log, the lease index; the same structures a SQL adapter's replica keeps),
 through :mod:`etcdadapter.store.mvcc` on the calling (reactor) thread; the request methods
 return already-fired Deferreds.  Leases (granted TTL, expiry) live here too.
 
-Revisions survive restarts only in the sense that they never go down: the first revision
-is seeded from the wall clock in milliseconds (APISIX ignores "older" revisions), unless
-``initial_revision`` is given (tests comparing with etcd pass 1).
+Revisions survive restarts only in the sense that they must never go down (APISIX ignores
+"older" revisions).  The first revision is seeded from the wall clock in microseconds
+(about 1.8e15: below 2**53 until the year 2255, so exact in the doubles of APISIX's Lua
+and of JavaScript), unless ``initial_revision`` is given (tests comparing with etcd pass
+1): a restart hands out higher revisions unless the store averaged more than one write
+per microsecond since its start, or the clock was set back.  Against the clock, a
+*floor file* (``floor_file``) makes it a guarantee: :class:`RevisionFloor`.
 """
 
 import heapq
+import os
 import time
 from collections import deque
 
+from twisted.internet import threads
 from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 
@@ -25,6 +31,68 @@ from etcdadapter.store.base import ANY, LeaseTTL, Store, StoreStatus, Subscriber
 from etcdadapter.store.keyspace import Keyspace
 
 log = Logger()
+
+#: Revisions reserved in the floor file at a time: one file write per this many writes.
+FLOOR_RESERVE = 100000
+
+
+def clock_seed():
+    """The first revision of a fresh memory store: the wall clock in microseconds."""
+    return time.time_ns() // 1000
+
+
+class RevisionFloorError(Exception):
+    """The floor file forbids the start (or cannot be read)."""
+
+
+class RevisionFloor(object):
+    """A file holding a revision at or above every revision the store has handed out:
+    before the store goes past the recorded value it records a higher one (``reserve``
+    revisions ahead, written to a temporary file, fsynced and renamed over the old one),
+    and at a clean stop it records the last revision.  At start the store begins above
+    it, whatever the clock says -- also after a crash -- and refuses to start at a pinned
+    ``initial_revision`` at or below it."""
+
+    def __init__(self, path, reserve=FLOOR_RESERVE):
+        self.path = path
+        self.reserve = reserve
+
+    def read(self):
+        """The recorded revision, or None when there is no file yet."""
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read().decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RevisionFloorError("cannot read the revision floor file %s: %s"
+                                     % (self.path, e))
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise RevisionFloorError("the revision floor file %s does not hold a revision "
+                                     "(%r): fix or remove it" % (self.path, text[:40]))
+        return value
+
+    def write(self, revision):
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(b"%d\n" % revision)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        try:
+            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 class Lease(object):
@@ -42,9 +110,27 @@ class Lease(object):
 class MemoryStore(Store):
     """In-memory :class:`~etcdadapter.store.base.Store`."""
 
-    def __init__(self, initial_revision=None, clock=None):
-        if initial_revision is None:
-            initial_revision = int(time.time() * 1000)
+    def __init__(self, initial_revision=None, clock=None, run_in_thread=None,
+                 floor_file=None, seed=clock_seed):
+        """``floor_file``: see :class:`RevisionFloor` (read here: RevisionFloorError);
+        ``seed``: where the first revision comes from when ``initial_revision`` is not
+        given (tests pass a clock that went back)."""
+        self.floor = RevisionFloor(floor_file) if floor_file else None
+        self._reserved = None
+        floor = self.floor.read() if self.floor is not None else None
+        if initial_revision is not None:
+            if floor is not None and initial_revision <= floor:
+                raise RevisionFloorError(
+                    "initial_revision %d is not above the revision floor %d recorded in "
+                    "%s: clients may have seen revisions up to %d"
+                    % (initial_revision, floor, floor_file, floor))
+        else:
+            initial_revision = seed()
+            if floor is not None and initial_revision <= floor:
+                log.warn("the clock seeds revision {seed}, not above the floor {floor} "
+                         "recorded in {path}: starting at {start}", seed=initial_revision,
+                         floor=floor, path=floor_file, start=floor + 1)
+                initial_revision = floor + 1
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
@@ -56,8 +142,10 @@ class MemoryStore(Store):
         self._notifying = False
         self.keyspace = Keyspace(initial_revision, lease_exists=self.leases.__contains__,
                                  on_commit=self._unnotified.append)
+        self.keyspace.before_commit = self._before_commit
         self._view = self.keyspace.view
         self._auth_blob = None
+        self._run_in_thread = run_in_thread or threads.deferToThread
 
     @property
     def revision(self):
@@ -73,10 +161,38 @@ class MemoryStore(Store):
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self):
+        if self.floor is not None:
+            try:
+                self._reserve(self.revision)
+            except EtcdError as e:
+                return fail(RevisionFloorError(e.message))
         return succeed(None)
 
     def stop(self):
+        if self.floor is not None and self._reserved is not None:
+            try:
+                self.floor.write(self.revision)      # nothing above it was handed out
+                self._reserved = self.revision
+            except OSError as e:
+                log.error("cannot record the revision floor in {path}: {error}",
+                          path=self.floor.path, error=str(e))
         return succeed(None)
+
+    def _before_commit(self, revision):
+        if self._reserved is not None and revision > self._reserved:
+            self._reserve(revision)              # before anything can see ``revision``
+
+    def _reserve(self, revision):
+        """Record in the floor file that revisions up to ``revision`` plus the reserve
+        may be handed out."""
+        upto = revision + self.floor.reserve
+        try:
+            self.floor.write(upto)
+        except OSError as e:
+            raise EtcdError(errors.StatusCode.UNAVAILABLE,
+                            "etcd-adapter: cannot record the revision floor in %s: %s"
+                            % (self.floor.path, e))
+        self._reserved = upto
 
     # -- auth state (opaque to the store) -------------------------------------------------
     def auth_load(self):
@@ -127,6 +243,10 @@ class MemoryStore(Store):
         # size either (an empty bbolt file is 32-36 KiB), and etcdctl hides zero fields.
         size = self.keyspace.size()
         return succeed(StoreStatus(self.revision, self.compact_revision, size, size))
+
+    def hash_kv(self, revision):
+        # Hashing walks every version: in a thread, over a snapshot.
+        return self._run_in_thread(mvcc.hash_kv, self.keyspace.frozen(), revision)
 
     # -- change feed ----------------------------------------------------------------------
     def subscribe(self, callback, on_lost=None):

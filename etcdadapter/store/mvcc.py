@@ -31,6 +31,10 @@ Ranges follow etcd's rules everywhere (views included): ``range_end`` empty = th
 ``[key, range_end)`` in bytewise order, empty when ``range_end <= key``.
 """
 
+import struct
+
+import google_crc32c
+
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.pb.mvccpb import kv_pb2
@@ -39,7 +43,7 @@ from etcdadapter.store.base import DELETE, KV, PUT, Change, Event
 __all__ = [
     "ReadView", "WriteView", "range_", "put", "delete_range", "txn", "replace_prefix",
     "compact",
-    "check_compact", "compact_versions", "in_range", "txn_is_read_only", "filter_change",
+    "check_compact", "hash_kv", "compact_versions", "in_range", "txn_is_read_only", "filter_change",
     "select_history", "prefix_end", "kv_to_pb", "kv_from_pb", "event_to_pb", "tombstone",
 ]
 
@@ -109,6 +113,24 @@ class ReadView(object):
         for _kv in self.range(key, range_end, revision):
             n += 1
         return n
+
+    # -- for HashKV (:func:`hash_kv`): versions with their sub-revision ---------------
+    # A version's sub-revision is the index of its event in the write that made it.
+
+    def versions(self, after, upto):
+        """Every stored version (tombstones too) with ``after < mod_revision <= upto``,
+        as (sub, KV), in (mod_revision, sub) order."""
+        raise NotImplementedError
+
+    def live_versions(self, upto, at):
+        """The versions with ``mod_revision <= upto`` that are their key's live version
+        at revision ``at`` (never tombstones), as (sub, KV), in (mod_revision, sub)
+        order."""
+        raise NotImplementedError
+
+    def any_live(self, at):
+        """Is any key live at revision ``at``?"""
+        return self.count(b"\0", ALL_KEYS, at) > 0
 
 
 class WriteView(ReadView):
@@ -788,3 +810,54 @@ def compact(view, revision):
     check_compact(view, revision)
     view.compact(revision)
     return view.revision
+
+
+# ---------------------------------------------------------------------------------------
+# HashKV
+# ---------------------------------------------------------------------------------------
+
+_REV = struct.Struct(">Q")
+
+
+def _hash_entry(sub, kv):
+    """The (key, value) pair etcd's bbolt "key" bucket holds for one version: the
+    revision bytes (8-byte big-endian main revision, "_", 8-byte sub-revision; a
+    tombstone adds "t") and the marshaled mvccpb.KeyValue (a tombstone's holds only
+    the key)."""
+    rev = _REV.pack(kv.mod_revision) + b"_" + _REV.pack(sub)
+    if not kv.version:
+        return rev + b"t", kv_pb2.KeyValue(key=kv.key).SerializeToString()
+    return rev, kv_to_pb(kv).SerializeToString()
+
+
+def hash_kv(view, revision):
+    """etcd 3.4's HashByRev (mvcc/kvstore.go): CRC-32C (Castagnoli) over the bucket name
+    ``key`` and each version's (revision bytes, marshaled KeyValue) in revision order,
+    up to ``revision`` (0: the current one).  Versions at or below the compact revision
+    count only if compacting at ``revision`` would keep them -- their key's live
+    version then -- or, when no key is live at ``revision`` at all (etcd's quirk: its
+    "keep" set is empty), whatever compaction left of them (the keys live at the
+    compact revision).  The same history from the same first revision gives etcd's hash.
+
+    Returns (hash, current revision, compact revision).  ErrCompacted for a revision
+    at or below the compact revision (stricter than Range), ErrFutureRev above the
+    current one; a negative revision hashes nothing (etcd too)."""
+    current, compact = view.revision, view.compact_revision
+    if 0 < revision <= compact:
+        raise errors.ErrCompacted
+    if revision > current:
+        raise errors.ErrFutureRev
+    if revision == 0:
+        revision = current
+    extend = google_crc32c.extend
+    h = extend(0, b"key")
+    if revision > 0:
+        if compact > 0:
+            at = revision if view.any_live(revision) else compact
+            for sub, kv in view.live_versions(compact, at):
+                for chunk in _hash_entry(sub, kv):
+                    h = extend(h, chunk)
+        for sub, kv in view.versions(max(compact, 0), revision):
+            for chunk in _hash_entry(sub, kv):
+                h = extend(h, chunk)
+    return h, current, compact

@@ -1,7 +1,9 @@
 """Turn a ``--store`` URL into a Store.
 
 ``memory://`` is the embedded default; ``memory://?initial_revision=N`` pins the first
-revision (otherwise it is seeded from the wall clock so it never goes down across restarts).
+revision (otherwise it is seeded from the wall clock in microseconds so that it does not go
+down across restarts); ``memory://?floor_file=PATH`` makes that a guarantee whatever the
+clock does (:class:`etcdadapter.store.memory.RevisionFloor`).
 SQL URLs (``sqlite:///path``, ``mysql://``, ``tidb://``, ``postgresql://``/``postgres://``)
 and their options are described in :mod:`etcdadapter.store.sql`.
 """
@@ -31,8 +33,9 @@ def open_store(url, **store_kw):
     scheme = parts.scheme.lower()
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     if scheme == "memory":
-        from etcdadapter.store.memory import MemoryStore
+        from etcdadapter.store.memory import MemoryStore, RevisionFloorError
         initial = query.pop("initial_revision", None)
+        floor_file = query.pop("floor_file", None)
         if query:
             raise StoreURLError("unknown memory store option(s): %s" % ", ".join(sorted(query)))
         try:
@@ -41,8 +44,11 @@ def open_store(url, **store_kw):
             raise StoreURLError("initial_revision must be an integer: %r" % initial)
         if initial is not None and initial < 1:
             raise StoreURLError("initial_revision must be >= 1")
-        return MemoryStore(initial_revision=initial,
-                           clock=store_kw.get("clock") or store_kw.get("reactor"))
+        try:
+            return MemoryStore(initial_revision=initial, floor_file=floor_file,
+                               clock=store_kw.get("clock") or store_kw.get("reactor"))
+        except RevisionFloorError as e:
+            raise StoreURLError(str(e))
     from etcdadapter.store import sql
     if scheme in sql.SCHEMES:
         return sql.open_sql_store(scheme, parts, query, **store_kw)

@@ -7,18 +7,48 @@ URLs (``--store``)::
     tidb://user:password@host:4000/database
     postgresql://user:password@host:5432/database   (also postgres://)
 
+Key length: MySQL/MariaDB/TiDB store keys of at most 3,000 bytes, PostgreSQL 2,600 (the key
+column and its B-tree indexes; etcd, the memory store and SQLite take any key a request can
+carry).  A write of a longer key changes nothing and fails with etcd's InvalidArgument
+"etcdserver: request is too large: key of N bytes, the mysql store takes keys of at most
+3000 bytes".  Lifting the cap would need another key column (a hash for the indexes) and
+every range query rewritten over it while keeping keys in byte order: not done.
+
 Query parameters, every store:
 
 ``poll_interval``  how often to look for other instances' writes: seconds or ``50ms``
                    (default 40 ms; this instance's own writes are seen at once)
-``pool_size``      database threads, each with one connection (default 4)
+``pool_size``      read threads, each with one connection (default 4): reads, the change
+                   feed's polls and ``/health`` run there, never behind writes
+``write_pool_size``  write threads, each with one connection (default 2): writes take the
+                   revision-counter lock one at a time, so more threads mostly wait
 ``initial_revision``  first revision of a database created now (default: the wall clock
                    in ms, like the memory store, so a recreated database never goes back)
 ``compact_batch``  log rows a compaction deletes per transaction (default 1000; writers
                    wait for one such batch at most, see :mod:`.purge`)
 
-SQLite: ``busy_timeout`` (seconds another process may hold the write lock, default 5),
-``synchronous`` (``FULL`` default, ``NORMAL``, ...).
+MySQL / MariaDB / TiDB and PostgreSQL, how adapters on one database bound each other
+(see docs/deployment.md, "When an adapter stalls"):
+
+``lock_timeout``   how long a write may wait for the revision-counter lock (or another row
+                   lock) that another transaction holds, counted from when the write was
+                   queued; then it answers Unavailable "etcdserver: request timed out" at
+                   once, without retrying (default 3 s; MySQL/MariaDB round the time left
+                   to whole seconds; ``0``: the server's own setting, e.g. InnoDB's 50 s)
+``idle_transaction_timeout``  how long the database may leave one of this adapter's
+                   write transactions waiting for its next statement before it ends the
+                   session, rolling back and releasing the lock -- what bounds a stalled
+                   (SIGSTOP, VM pause) or dead adapter's hold on the other adapters' writes
+                   (default 1 s, below ``lock_timeout``: the writes it held up then go
+                   through instead of failing; PostgreSQL
+                   ``idle_in_transaction_session_timeout``, MariaDB
+                   ``idle_transaction_timeout`` in whole seconds; MySQL and TiDB have no
+                   such setting: ignored there; ``0``: none)
+
+SQLite: ``busy_timeout`` (seconds a write may wait for the write lock -- this process's
+other writers, then another process's -- counted from when it was queued, then
+Unavailable "request timed out"; default 5), ``synchronous`` (``FULL`` default,
+``NORMAL``, ...).
 
 MySQL / TiDB: ``connect_timeout`` (seconds, default 5), ``timeout`` (read/write timeout,
 seconds, default 60), ``ssl_ca``, ``ssl_cert``, ``ssl_key`` (files; any of them turns TLS
@@ -91,6 +121,17 @@ def _sqlite(parts, q):
     return SQLiteDialect(path, **kw)
 
 
+def _timeouts(q, kw):
+    """The lock and idle-transaction bounds of the server databases (0: none)."""
+    from etcdadapter.store.sql.dialect import (DEFAULT_IDLE_TRANSACTION_TIMEOUT,
+                                               DEFAULT_LOCK_TIMEOUT)
+    kw["lock_timeout"] = DEFAULT_LOCK_TIMEOUT
+    kw["idle_transaction_timeout"] = DEFAULT_IDLE_TRANSACTION_TIMEOUT
+    for name in ("lock_timeout", "idle_transaction_timeout"):
+        if name in q:
+            kw[name] = _seconds(name, q.pop(name)) or None
+
+
 def _mysql(scheme, parts, q):
     from etcdadapter.store.sql.mysql import MySQLDialect, TiDBDialect
     database = unquote(parts.path.lstrip("/"))
@@ -116,6 +157,7 @@ def _mysql(scheme, parts, q):
     for name in ("ssl_verify_cert", "ssl_verify_identity"):
         if name in q:
             kw[name] = _bool(name, q.pop(name))
+    _timeouts(q, kw)
     cls = TiDBDialect if scheme == "tidb" else MySQLDialect
     return cls(**kw)
 
@@ -156,6 +198,7 @@ def _postgresql(parts, q):
                                                           q.pop("connect_timeout")))))
     if "notify" in q:
         kw["notify"] = _bool("notify", q.pop("notify"))
+    _timeouts(q, kw)
     return PostgresDialect(**kw)
 
 
@@ -167,8 +210,9 @@ def open_sql_store(scheme, parts, query, **store_kw):
     kw = {}
     if "poll_interval" in q:
         kw["poll_interval"] = _seconds("poll_interval", q.pop("poll_interval"))
-    if "pool_size" in q:
-        kw["pool_size"] = _int("pool_size", q.pop("pool_size"), 1)
+    for name in ("pool_size", "write_pool_size"):
+        if name in q:
+            kw[name] = _int(name, q.pop(name), 1)
     if "initial_revision" in q:
         kw["initial_revision"] = _int("initial_revision", q.pop("initial_revision"), 1)
     if "compact_batch" in q:

@@ -7,8 +7,16 @@ compaction -- is written once in :mod:`etcdadapter.store.sql.views` and
 PostgreSQL, with ``%s`` placeholders (rewritten to ``?`` for sqlite3).
 """
 
+# Defaults of the store URL's lock_timeout and idle_transaction_timeout (seconds): a write
+# waits at most the first for a lock; the database ends a write transaction of ours left
+# idle (a stalled or dead adapter) after the second.  Idle < lock: writes held up by a
+# stalled adapter go through once its session is ended instead of failing.
+DEFAULT_LOCK_TIMEOUT = 3.0
+DEFAULT_IDLE_TRANSACTION_TIMEOUT = 1.0
+
 # Error classes (Dialect.classify).
 RETRY = "retry"              # deadlock / serialization failure: the txn was rolled back
+LOCK_TIMEOUT = "lock-timeout"  # waited the lock timeout for a lock another txn holds
 DISCONNECT = "disconnect"    # the connection is unusable (or could not be made)
 DUPLICATE = "duplicate"      # unique-key violation
 
@@ -32,6 +40,12 @@ class Dialect(object):
     #: Appended to SELECTs that lock the rows they read (the revision counter, a lease).
     for_update = " FOR UPDATE"
 
+    @property
+    def counter_lock(self):
+        """Appended to the SELECT of the revision counter that locks it (no parameters):
+        the first statement of a write that takes the counter lock."""
+        return self.for_update
+
     #: Statements opening a transaction: a consistent snapshot for reads; a write
     #: transaction that sees every commit before its first locking read.
     begin_read = ("BEGIN",)
@@ -42,6 +56,23 @@ class Dialect(object):
     #: A lock every write transaction of this process holds (None: the database's own
     #: row lock on the revision counter is enough).
     write_lock = None
+
+    #: Seconds a write transaction may wait for locks (the revision counter's row, this
+    #: process's ``write_lock``), counted from when the write was queued; then it fails
+    #: with LOCK_TIMEOUT, answered Unavailable at once (None: no bound of ours).
+    lock_timeout = None
+
+    #: Seconds the database may leave one of our write transactions idle (waiting for
+    #: our next statement: a stalled or dead adapter) before it ends the session, which
+    #: rolls back and releases its locks (None: no bound).
+    idle_transaction_timeout = None
+
+    def begin_write_bounded(self, wait, settings):
+        """The statements opening a write transaction whose lock waits end after ``wait``
+        seconds (None: no bound of ours).  ``settings``: a dict kept with the connection
+        (emptied when it is replaced), where a dialect notes what it has set on the
+        session."""
+        return self.begin_write
 
     #: Appended to CREATE TABLE (engine, row format).
     table_options = ""
@@ -66,6 +97,15 @@ class Dialect(object):
     def classify(self, exc):
         """RETRY, DISCONNECT, DUPLICATE or None for an exception of the driver."""
         raise NotImplementedError
+
+    def key_too_long(self, size):
+        """etcd's error for a request that is too large (InvalidArgument), saying which
+        limit: the key column and its B-tree indexes take keys of at most
+        ``max_key_bytes`` (etcd itself takes any key a request can carry)."""
+        from etcdadapter import errors
+        return errors.ErrRequestTooLarge(message=(
+            "etcdserver: request is too large: key of %d bytes, the %s store takes keys "
+            "of at most %d bytes" % (size, self.name, self.max_key_bytes)))
 
     def revision_reader(self, reactor):
         """An object whose ``read()`` returns a Deferred[(revision, compact_revision)] of

@@ -33,7 +33,7 @@ The store's Deferreds fire on the reactor thread; the replica lives there too.
 
 import time
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from etcdadapter import errors
@@ -48,13 +48,16 @@ from etcdadapter.store.sql.feed import ChangeFeed
 from etcdadapter.store.sql.group_commit import MAX_BYTES, MAX_ITEMS, GroupCommitter, Item
 from etcdadapter.store.sql.notify import Listener
 from etcdadapter.store.sql.purge import BATCH, Purger
-from etcdadapter.store.sql.runner import Runner
+from etcdadapter.store.sql.runner import READ, Runner
 from etcdadapter.store.sql.schema import AUTH, LEASE
 
 log = Logger()
 
 DEFAULT_POLL_INTERVAL = 0.04      # seconds between polls for other instances' writes
-DEFAULT_POOL_SIZE = 4             # database threads (= connections) for reads and leases
+DEFAULT_POOL_SIZE = 4             # read threads (= connections)
+# Write threads (= connections): the write batches (one at a time, on a connection of
+# their own), lease grants and keep-alives, auth saves, the purge.
+DEFAULT_WRITE_POOL_SIZE = 2
 POLL_BATCH = 500                  # log rows per poll
 
 
@@ -78,27 +81,28 @@ class SQLStore(Store):
     def __init__(self, dialect, poll_interval=DEFAULT_POLL_INTERVAL,
                  pool_size=DEFAULT_POOL_SIZE, initial_revision=None, clock=None,
                  reactor=None, poll_batch=POLL_BATCH, compact_batch=BATCH,
-                 max_batch=MAX_ITEMS, max_batch_bytes=MAX_BYTES):
+                 write_pool_size=DEFAULT_WRITE_POOL_SIZE, max_batch=MAX_ITEMS,
+                 max_batch_bytes=MAX_BYTES):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.dialect = dialect
         #: The first revision of a database this store creates (not used otherwise):
-        #: the wall clock in milliseconds by default, like the memory store, so that a
-        #: recreated database never hands out revisions lower than clients have seen.
+        #: the wall clock in milliseconds by default, so that a recreated database
+        #: starts above what clients saw before (unless the old one averaged more than
+        #: a write per millisecond; restarts keep the revision in the database).
         self.initial_revision = initial_revision
         self.poll_batch = poll_batch
-        #: Reads, polls, leases, auth: never waits for the revision counter's lock.
-        self.runner = Runner(dialect, pool_size, reactor)
-        #: The write batches (one at a time, on a connection of their own).
-        self.write_runner = Runner(dialect, 1, reactor, name="write", reports_to=self.runner)
+        #: Two pools: reads (polls, the barrier when it needs a thread, lease queries)
+        #: never queue behind writes waiting for the revision counter's lock.
+        self.runner = Runner(dialect, pool_size, reactor, write_pool_size)
         self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._load)
         self.barrier = ReadBarrier(self._database_revision, reactor)
         self._revision_reader = dialect.revision_reader(reactor)
         if self._revision_reader is not None:
             self._revision_reader.on_connected = self.runner.available
-        self.committer = GroupCommitter(self.write_runner, dialect, self.feed, self.clock,
+        self.committer = GroupCommitter(self.runner, dialect, self.feed, self.clock,
                                         max_batch, max_batch_bytes)
         self.purger = Purger(self.committer, dialect, compact_batch, on_done=self._purged)
         #: What the last purge pass of this process did (:class:`~etcdadapter.store.base.Purged`).
@@ -131,7 +135,6 @@ class SQLStore(Store):
     @defer.inlineCallbacks
     def start(self):
         self.runner.start()
-        self.write_runner.start()
         initial = self.initial_revision
         if initial is None:
             initial = int(time.time() * 1000)
@@ -141,7 +144,6 @@ class SQLStore(Store):
             keyspace = yield self._load()
         except BaseException:
             self.runner.stop()
-            self.write_runner.stop()
             raise
         self.feed.start(keyspace)
         if self.listener is not None:
@@ -170,7 +172,6 @@ class SQLStore(Store):
         if self._revision_reader is not None:
             self._revision_reader.close()
         self.runner.stop()
-        self.write_runner.stop()
 
     def drain(self):
         """Deferred firing once every operation started so far has finished (tests use it
@@ -195,12 +196,14 @@ class SQLStore(Store):
 
     def _load(self):
         """Deferred[Keyspace]: the database, read in one snapshot (a pool thread)."""
-        return self.runner.call(lambda s: s.transaction("read", replica.load))
+        return self.runner.call(lambda s: s.transaction("read", replica.load), pool=READ)
 
     # -- plumbing -------------------------------------------------------------------------
     def _call(self, mode, fn):
         if not self._started:
             return defer.fail(errors.ErrStopped())
+        if mode == "read":
+            return self.runner.call(lambda s: s.transaction(mode, fn), pool=READ)
         return self.runner.call(lambda s: s.transaction(mode, fn))
 
     def _tx(self, mode, fn):
@@ -217,7 +220,8 @@ class SQLStore(Store):
         return self._pool_revision()
 
     def _pool_revision(self):
-        return self.runner.call(lambda s: s.transaction("ddl", replica.read_meta))
+        return self.runner.call(lambda s: s.transaction("ddl", replica.read_meta),
+                                pool=READ)
 
     def _linearized(self):
         """Deferred firing once the replica holds every revision committed (by any
@@ -311,6 +315,13 @@ class SQLStore(Store):
             return StoreStatus(rev, compact, size, in_use)
         return self._tx("read", body)
 
+    def hash_kv(self, revision):
+        # Hashing walks every version of the replica: in a thread, over a snapshot taken
+        # once the replica is current.
+        return self._linearized().addCallback(
+            lambda _: threads.deferToThread(mvcc.hash_kv, self.feed.keyspace.frozen(),
+                                            revision))
+
     def stats(self):
         """Figures for /metrics: (name, kind, help, value) tuples."""
         ks = self.feed.keyspace
@@ -342,7 +353,7 @@ class SQLStore(Store):
              "Reads served by those queries.", self.barrier.reads),
             ("etcd_adapter_sql_statements", "counter",
              "SQL statements sent to the database.",
-             self.runner.statements() + self.write_runner.statements()
+             self.runner.statements()
              + (self._revision_reader.queries if self._revision_reader else 0)),
         ]
 
@@ -355,7 +366,8 @@ class SQLStore(Store):
     def _poll(self, after):
         batch = self.poll_batch
         return self.runner.call(
-            lambda s: s.transaction("read", lambda tx: replica.poll(tx, after, batch)))
+            lambda s: s.transaction("read", lambda tx: replica.poll(tx, after, batch)),
+            pool=READ)
 
     def history(self, start_revision, key, range_end, limit_revisions=1000):
         if not self._started:

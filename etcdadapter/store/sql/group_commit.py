@@ -19,9 +19,13 @@ runs, on a connection of its own:
    watchers), answer each request.
 
 If the transaction fails, nothing of it reaches the replica: a deadlock or serialization
-failure reruns the whole batch (a few times, then Unavailable); a connection lost before
-COMMIT answers Unavailable ("no leader"); a connection lost during COMMIT answers
-"request timed out" (the outcome is unknown; if it did commit, the change feed brings the
+failure reruns the whole batch (a few times, then Unavailable), and so does a connection
+lost before COMMIT (the database rolled the transaction back: the session was ended, as
+``idle_transaction_timeout`` does to a transaction left idle too long) until a new
+connection cannot be made ("no leader"); waiting for the counter lock longer than the
+store's ``lock_timeout``, counted from when the oldest request of the batch was queued,
+answers "request timed out" at once; a connection lost during COMMIT answers "request
+timed out" too (the outcome is unknown; if it did commit, the change feed brings the
 revisions in like any other adapter's).  A batch is bounded by count and bytes, so it
 never holds the counter lock for long.  Requests that need the lock for something else
 (the purge's batches) run as :meth:`GroupCommitter.exclusive` jobs between batches.
@@ -38,9 +42,9 @@ from twisted.python.failure import Failure
 from etcdadapter import errors
 from etcdadapter.errors import EtcdError
 from etcdadapter.store.keyspace import PendingView
-from etcdadapter.store.sql.dialect import DISCONNECT, RETRY
+from etcdadapter.store.sql.dialect import DISCONNECT, LOCK_TIMEOUT, RETRY
 from etcdadapter.store.sql.replica import purged_through, read_meta, read_revisions
-from etcdadapter.store.sql.runner import MAX_ATTEMPTS, Session, Tx
+from etcdadapter.store.sql.runner import MAX_ATTEMPTS, WRITE, Session, Tx
 from etcdadapter.store.sql.schema import CURRENT, LEASE, LOG, META
 
 log = Logger()
@@ -61,13 +65,14 @@ class Item(object):
     through ``view.commit``) and returns its result; ``size`` bounds the batch; ``leases``:
     the lease IDs it may need to know about."""
 
-    __slots__ = ("evaluate", "size", "leases", "deferred")
+    __slots__ = ("evaluate", "size", "leases", "deferred", "queued_at")
 
     def __init__(self, evaluate, size=0, leases=()):
         self.evaluate = evaluate
         self.size = size
         self.leases = leases
         self.deferred = defer.Deferred()
+        self.queued_at = time.monotonic()
 
 
 class Batch(object):
@@ -95,11 +100,12 @@ class _Again(Exception):
 
 
 class _Exclusive(object):
-    __slots__ = ("fn", "deferred")
+    __slots__ = ("fn", "deferred", "queued_at")
 
     def __init__(self, fn):
         self.fn = fn
         self.deferred = defer.Deferred()
+        self.queued_at = time.monotonic()
 
 
 class GroupCommitter(object):
@@ -113,7 +119,7 @@ class GroupCommitter(object):
         self.clock = clock
         self.max_items = max_items
         self.max_bytes = max_bytes
-        self.session = Session(runner)
+        self.session = Session(runner, WRITE)
         self._queue = deque()
         self._busy = None            # the Deferred of the batch or job in flight
         self._stopping = False
@@ -160,7 +166,7 @@ class GroupCommitter(object):
             return
         if isinstance(self._queue[0], _Exclusive):
             job = self._queue.popleft()
-            d = self.runner.call(lambda _s: self.session.transaction("write", job.fn))
+            d = self.runner.call(lambda _s: self._exclusive(job))
             d.addBoth(self._fire, job)
         else:
             items = [self._queue.popleft()]
@@ -175,6 +181,11 @@ class GroupCommitter(object):
             d = self._run(items)
         self._busy = d
         d.addBoth(self._done)
+
+    def _exclusive(self, job):
+        s = self.session
+        s.queued_at = job.queued_at          # the lock-wait bound counts from there
+        return s.transaction("write", job.fn)
 
     @staticmethod
     def _fire(result, job):
@@ -223,9 +234,10 @@ class GroupCommitter(object):
         for item in items:
             lease_ids.update(item.leases)
         known = self.feed.delivered
+        since = min(item.queued_at for item in items)
         try:
             begun = yield self.runner.call(
-                lambda _s: self._begin(known, sorted(lease_ids), attempt))
+                lambda _s: self._begin(known, sorted(lease_ids), attempt, since))
         except _Behind:
             raise _Again(wait=self.feed.reload())
         except _FarBehind as e:
@@ -257,7 +269,7 @@ class GroupCommitter(object):
             yield self.runner.call(lambda _s: self._abort(tx))
             raise
         try:
-            yield self.runner.call(lambda _s: self._finish(tx, statements, attempt))
+            yield self.runner.call(lambda _s: self._finish(tx, statements, attempt, since))
         except _Retry as e:
             raise _Again(pause=e.pause)
         self.batches += 1
@@ -273,30 +285,38 @@ class GroupCommitter(object):
                 item.deferred.errback(value)
 
     def _check_keys(self, events):
-        limit = self.dialect.max_key_bytes
+        d = self.dialect
+        limit = d.max_key_bytes
         if limit is not None:
             for ev in events:
                 if len(ev.kv.key) > limit:
-                    raise errors.ErrRequestTooLarge()
+                    raise d.key_too_long(len(ev.kv.key))
 
     # -- database work (pool thread) --------------------------------------------------------
-    def _begin(self, known, lease_ids, attempt):
+    def _begin(self, known, lease_ids, attempt, since):
         """BEGIN, lock the counter, read what the replica misses and the lease rows.
         Returns (tx, revision, compact, revisions, lease rows); the transaction stays
-        open (and SQLite's process write lock held) for :meth:`_finish`/:meth:`_abort`."""
+        open (and SQLite's process write lock held) for :meth:`_finish`/:meth:`_abort`.
+        Lock waits end ``lock_timeout`` after ``since`` (when the batch's oldest request
+        was queued)."""
         d = self.dialect
         s = self.session
+        wait = None
+        if d.lock_timeout:
+            wait = since + d.lock_timeout - time.monotonic()
+            if wait <= 0:
+                raise self.runner.lock_timed_out(since)
         lock = d.write_lock
-        if lock is not None:
-            lock.acquire()
+        if lock is not None and not lock.acquire(timeout=-1 if wait is None else wait):
+            raise self.runner.lock_timed_out(since)
         reused = s.conn is not None
         try:
             conn = s._connection()
             tx = Tx(conn, d, s)
             try:
-                for stmt in d.begin_write:
+                for stmt in d.begin_write_bounded(wait, s.settings):
                     tx.run(stmt)
-                revision, compact = read_meta(tx, d.for_update)
+                revision, compact = read_meta(tx, d.counter_lock)
                 revisions = []
                 if revision > known:
                     if compact > known and purged_through(tx) > known:
@@ -314,25 +334,31 @@ class GroupCommitter(object):
                 s._rollback(conn)
                 raise
             except Exception as e:
-                self._failed(conn, e, reused, attempt)
+                self._failed(conn, e, reused, attempt, since)
         except BaseException:
             if lock is not None:
                 lock.release()
             raise
         return tx, revision, compact, revisions, leases
 
-    def _failed(self, conn, e, reused, attempt):
+    def _failed(self, conn, e, reused, attempt, since):
         """A statement failed (pool thread): roll back and raise what the batch does."""
         d = self.dialect
         s = self.session
         kind = d.classify(e)
         if kind == DISCONNECT:
+            # Before COMMIT: the database rolled the transaction back.  A stale pooled
+            # connection, or a session the database ended: run the batch again (it
+            # connects anew, and fails fast with "no leader" if it cannot).
             s.drop()
-            if reused and attempt == 0:
-                raise _Retry(0.0)                 # a stale pooled connection: once more
+            if attempt + 1 < MAX_ATTEMPTS:
+                raise _Retry(0.0)
             self.runner.unavailable("connection lost", e)
             raise errors.ErrNoLeader()
         s._rollback(conn)
+        if kind == LOCK_TIMEOUT:
+            # Another transaction holds the lock: waiting again would take as long again.
+            raise self.runner.lock_timed_out(since)
         if kind == RETRY:
             if attempt + 1 >= MAX_ATTEMPTS:
                 log.warn("database {db}: giving up after {n} conflicting attempts: {err}",
@@ -342,7 +368,7 @@ class GroupCommitter(object):
             raise _Retry(random.uniform(0.001, 0.01) * (attempt + 1))
         raise e
 
-    def _finish(self, tx, statements, attempt):
+    def _finish(self, tx, statements, attempt, since):
         d = self.dialect
         s = self.session
         conn = s.conn
@@ -351,7 +377,7 @@ class GroupCommitter(object):
                 for sql, params in statements:
                     tx.run(sql, params)
             except Exception as e:
-                self._failed(conn, e, False, attempt)
+                self._failed(conn, e, False, attempt, since)
             try:
                 tx.run(d.commit)
             except Exception as e:
@@ -361,7 +387,7 @@ class GroupCommitter(object):
                              db=d.describe(), err="%s: %s" % (e.__class__.__name__, e))
                     self.runner.unavailable("connection lost during COMMIT", e)
                     raise errors.ErrTimeout()
-                self._failed(conn, e, False, attempt)
+                self._failed(conn, e, False, attempt, since)
         finally:
             if d.write_lock is not None:
                 d.write_lock.release()

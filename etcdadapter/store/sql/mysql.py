@@ -11,20 +11,30 @@ READ COMMITTED, which TiDB supports in pessimistic mode (set for the session; it
 default since TiDB 3.0.8).  Revisions come from the counter row, never from
 AUTO_INCREMENT, so TiDB's per-server ID caches do not matter.
 
+Write transactions bound their lock waits with the session's ``innodb_lock_wait_timeout``
+(whole seconds: the time left of the store's ``lock_timeout``, rounded; set only when it
+changes) and, on MariaDB, how long they may stay idle with ``idle_transaction_timeout``
+(whole seconds; the server closes the connection of a stalled or dead adapter, which rolls
+back and releases its locks).  MySQL has no such setting: there a stalled holder keeps
+its locks until the server drops its connection.  Both are set on write connections only.
+
 Keys are VARBINARY(3000) (InnoDB indexes take at most 3072 bytes), values LONGBLOB.
 """
 
+import math
 import struct
 
 import pymysql
 from pymysql.constants import CLIENT
 
-from etcdadapter.store.sql.dialect import DISCONNECT, DUPLICATE, RETRY, Dialect
+from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT, RETRY,
+                                           Dialect)
 from etcdadapter.store.sql.revision_reader import QUERY, SocketRevisionReader
 
-# Deadlock, lock wait timeout, MariaDB "record has changed since last read" (snapshot
-# isolation), TiDB write conflicts / retryable errors.
-_RETRY_CODES = (1213, 1205, 1020, 9007, 8002, 8022, 8028)
+# Deadlock, MariaDB "record has changed since last read" (snapshot isolation), TiDB write
+# conflicts / retryable errors.
+_RETRY_CODES = (1213, 1020, 9007, 8002, 8022, 8028)
+_LOCK_WAIT_TIMEOUT = 1205
 # Cannot connect / gone / lost / too many connections / shutdown / killed / access
 # denied / unknown database / SSL errors / idle disconnect.
 _GONE_CODES = (2002, 2003, 2005, 2006, 2013, 2026, 2055, 1040, 1045, 1049, 1053, 1077,
@@ -48,10 +58,17 @@ class MySQLDialect(Dialect):
         "SELECT GET_LOCK(CONCAT('etcd_adapter_schema_', SHA1(DATABASE())), 60)",
         "SELECT RELEASE_LOCK(CONCAT('etcd_adapter_schema_', SHA1(DATABASE())))")
 
-    def __init__(self, **params):
+    #: The server's variable bounding idle transactions (found at connect: MariaDB's;
+    #: None on MySQL).
+    idle_variable = None
+
+    def __init__(self, lock_timeout=None, idle_transaction_timeout=None, **params):
         """``params``: pymysql.connect arguments (host, port, user, password, database,
         connect_timeout, read_timeout, write_timeout, ssl_ca, ssl_cert, ssl_key,
-        ssl_verify_cert, ssl_verify_identity, unix_socket, ...)."""
+        ssl_verify_cert, ssl_verify_identity, unix_socket, ...); the timeouts: see
+        Dialect (seconds, None: none)."""
+        self.lock_timeout = lock_timeout or None
+        self.idle_transaction_timeout = idle_transaction_timeout or None
         self.params = dict(params)
 
     def describe(self):
@@ -60,11 +77,37 @@ class MySQLDialect(Dialect):
                                      p.get("port", ""), p.get("database", ""))
 
     def connect(self):
-        return pymysql.connect(
+        conn = pymysql.connect(
             autocommit=True, charset="utf8mb4", binary_prefix=True,
             # UPDATE's row count = rows matched, not rows changed (a keep-alive within
             # the same millisecond changes nothing but found its lease).
             client_flag=CLIENT.FOUND_ROWS, init_command=self.session_init, **self.params)
+        self.idle_variable = self._idle_variable(conn.get_server_info())
+        return conn
+
+    @staticmethod
+    def _idle_variable(server_version):
+        return "idle_transaction_timeout" if "mariadb" in server_version.lower() else None
+
+    def begin_write_bounded(self, wait, settings):
+        # Session variables: sent only when they change (once per connection, and when
+        # a write queued long leaves less than the full lock_timeout).
+        assign = []
+        if wait is not None:
+            # Whole seconds, rounded (0: fail at once if the lock is taken): at most half
+            # a second over the bound.  MySQL raises 0 to its minimum, 1.
+            seconds = max(0, int(wait + 0.5))
+            if settings.get("lock") != seconds:
+                assign.append("innodb_lock_wait_timeout = %d" % seconds)
+                settings["lock"] = seconds
+        if (self.idle_transaction_timeout and self.idle_variable
+                and "idle" not in settings):
+            assign.append("%s = %d" % (self.idle_variable,
+                                       _whole_seconds(self.idle_transaction_timeout)))
+            settings["idle"] = True
+        if assign:
+            return ("SET SESSION " + ", ".join(assign),) + self.begin_write
+        return self.begin_write
 
     def create_table(self, name, columns, primary_key, indexes=()):
         # MySQL has no CREATE INDEX IF NOT EXISTS: indexes go inline.
@@ -117,6 +160,8 @@ class MySQLDialect(Dialect):
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
             if code in _RETRY_CODES:
                 return RETRY
+            if code == _LOCK_WAIT_TIMEOUT:
+                return LOCK_TIMEOUT
             if code == 1062:
                 return DUPLICATE
             if code in _GONE_CODES:
@@ -134,13 +179,22 @@ class MySQLDialect(Dialect):
         return used + free, used
 
 
+def _whole_seconds(seconds):
+    return max(1, int(math.ceil(seconds)))
+
+
 class TiDBDialect(MySQLDialect):
-    """Not tested here (no TiDB server in CI yet)."""
+    """Not tested here (no TiDB server in CI yet).  No idle-transaction bound is set
+    (``tidb_idle_transaction_timeout`` exists from TiDB 7.6 only)."""
 
     name = "tidb"
     # TiDB takes a transaction's snapshot when it begins anyway.
     begin_read = ("START TRANSACTION READ ONLY",)
     begin_write = ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "BEGIN PESSIMISTIC")
+
+    @staticmethod
+    def _idle_variable(server_version):
+        return None
 
     def connect(self):
         conn = MySQLDialect.connect(self)

@@ -5,6 +5,15 @@ data).  Writes run in READ COMMITTED: after SELECT ... FOR UPDATE on the counter
 waited for the previous writer, every later statement sees that writer's commit (under
 REPEATABLE READ the lock wait would end in a serialization failure instead).
 
+Write transactions bound their lock waits with ``SET LOCAL statement_timeout`` (the time
+left of the store's ``lock_timeout``), sent with BEGIN in one round trip and put back to
+the session's default in the same round trip as the counter's locking SELECT, so it bounds
+the whole wait for the counter lock -- ``lock_timeout`` would not: it bounds each lock
+acquisition, and a row lock with several waiters is two (the tuple lock, then the
+holder's transaction ID) or more.  ``SET LOCAL idle_in_transaction_session_timeout``
+bounds how long a write transaction may stay idle in the server: a stalled or dead
+adapter's session is ended, its locks released.
+
 Keys are BYTEA, compared bytewise; B-tree entries are limited to about 2.7 kB, hence
 ``max_key_bytes``.
 
@@ -17,15 +26,19 @@ pooler in transaction mode (PgBouncer) LISTEN does not work: use ``notify=false`
 on polling.
 """
 
+import math
 import os
 
 import psycopg
 
-from etcdadapter.store.sql.dialect import DISCONNECT, DUPLICATE, RETRY, Dialect
+from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT, RETRY,
+                                           Dialect)
 from etcdadapter.store.sql.revision_reader import QUERY, SocketRevisionReader
 
-_RETRY_STATES = ("40001", "40P01", "55P03")    # serialization, deadlock, lock not available
+_RETRY_STATES = ("40001", "40P01")             # serialization, deadlock
+_LOCK_TIMEOUT = ("55P03", "57014")            # lock not available, statement timeout
 _GONE_CLASSES = ("08", "53", "57")             # connection, resources, operator intervention
+_IDLE_KILLED = "25P03"                         # idle_in_transaction_session_timeout
 
 
 class PostgresDialect(Dialect):
@@ -46,11 +59,14 @@ class PostgresDialect(Dialect):
         "SELECT pg_advisory_lock(hashtext('etcd-adapter schema ' || current_schema()))",
         "SELECT pg_advisory_unlock(hashtext('etcd-adapter schema ' || current_schema()))")
 
-    def __init__(self, notify=True, **params):
+    def __init__(self, notify=True, lock_timeout=None, idle_transaction_timeout=None,
+                 **params):
         """``params``: libpq connection parameters (host, port, user, password, dbname,
         sslmode, sslrootcert, sslcert, sslkey, connect_timeout, ...); ``notify``: listen
-        for other instances' commits."""
+        for other instances' commits; the timeouts: see Dialect (seconds, None: none)."""
         self.can_notify = notify
+        self.lock_timeout = lock_timeout or None
+        self.idle_transaction_timeout = idle_transaction_timeout or None
         self.params = dict(params)
         self.params.setdefault("application_name", "etcd-adapter")
         # Tags this store's sessions, so that the trigger names the writer and the
@@ -66,6 +82,20 @@ class PostgresDialect(Dialect):
 
     def connect(self):
         return psycopg.connect(autocommit=True, **self.params)
+
+    # The counter lock's wait is bounded by the statement_timeout that BEGIN set (the
+    # cursor answers the SELECT's rows; the SET runs in the same round trip).
+    counter_lock = " FOR UPDATE; SET LOCAL statement_timeout = DEFAULT"
+
+    def begin_write_bounded(self, wait, settings):
+        # One string, one round trip (several statements are fine without parameters).
+        sql = self.begin_write[0]
+        if wait is not None:
+            sql += "; SET LOCAL statement_timeout = %d" % _ms(wait)  # 0 would mean none
+        if self.idle_transaction_timeout:
+            sql += ("; SET LOCAL idle_in_transaction_session_timeout = %d"
+                    % _ms(self.idle_transaction_timeout))
+        return (sql,)
 
     def listen_connect(self):
         conn = self.connect()
@@ -132,6 +162,10 @@ class PostgresDialect(Dialect):
         state = getattr(exc, "sqlstate", None)
         if state in _RETRY_STATES:
             return RETRY
+        if state in _LOCK_TIMEOUT:
+            return LOCK_TIMEOUT
+        if state == _IDLE_KILLED:
+            return DISCONNECT            # the server ended the session (rolled back)
         if state == "23505":
             return DUPLICATE
         if isinstance(exc, psycopg.InterfaceError):
@@ -184,3 +218,5 @@ class _RevisionReader(SocketRevisionReader):
         if answer is None:
             raise psycopg.OperationalError("no result")
         return answer
+def _ms(seconds):
+    return max(1, int(math.ceil(seconds * 1000)))

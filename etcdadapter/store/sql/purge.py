@@ -54,7 +54,7 @@ _BOUND = ("SELECT revision FROM " + LOG + " WHERE revision >= %s "
 def purge_batch(tx, dialect, batch=BATCH):
     """One batch, inside a write transaction (it locks the revision counter first)."""
     d = dialect
-    _revision, compact = read_meta(tx, d.for_update)
+    _revision, compact = read_meta(tx, d.counter_lock)
     purged, cursor = tx.one(_STATE)
     if purged >= compact:
         return Batch(compact, 0, 0, True)

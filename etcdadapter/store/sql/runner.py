@@ -1,23 +1,34 @@
-"""Running database work off the reactor: a bounded thread pool, one connection per pool
+"""Running database work off the reactor: two bounded thread pools, one connection per pool
 thread, transactions with retries, and driver errors turned into etcd errors.
 
-:meth:`Runner.call` runs ``f(session, *args)`` in a pool thread and returns a Deferred that
-fires on the reactor thread.  Inside, ``session.transaction(mode, fn)`` opens a transaction
-on the thread's connection, runs ``fn(tx)`` and commits:
+:meth:`Runner.call` runs ``f(session, *args)`` in a thread of the *write* pool (the
+default) or of the *read* pool (``pool=READ``) and returns a Deferred that fires on the
+reactor thread.  The pools have their own threads and connections: a write waiting for
+the revision-counter lock (held by another adapter, perhaps a stalled one) ties up write
+threads only, never the reads, the change feed's polls or ``/health``.  Inside,
+``session.transaction(mode, fn)`` opens a transaction on the thread's connection, runs
+``fn(tx)`` and commits:
 
+* a write waits for locks at most the dialect's ``lock_timeout``, counted from when the
+  call was queued (so writes queued behind waiting writes do not wait once more each);
+  then it answers ``errors.ErrTimeout`` (Unavailable "request timed out") at once,
+  without retrying: another transaction holds the lock and retrying would only wait again;
 * deadlocks and serialization failures (the database rolled the transaction back) are
   retried a few times with a short random back-off, then answered with
   ``errors.ErrTimeout`` (Unavailable);
 * a connection that turns out to be dead is replaced and the transaction retried once
-  (idle connections get closed by servers and proxies); a database that cannot be reached
-  fails fast with ``errors.ErrNoLeader`` (Unavailable), never blocks the reactor;
+  (idle connections get closed by servers and proxies, and the database ends a write
+  transaction left idle longer than ``idle_transaction_timeout``: rolled back, so running
+  it again is safe); a database that cannot be reached fails fast with
+  ``errors.ErrNoLeader`` (Unavailable), never blocks the reactor;
 * if the connection breaks while COMMIT of a write is in flight, the outcome is unknown:
   ``errors.ErrTimeout`` ("request timed out", etcd's answer for exactly that);
 * an :class:`~etcdadapter.errors.EtcdError` raised by ``fn`` rolls back and propagates.
 
 The runner logs the database's state changes once each, not every failed attempt:
 ``store-unavailable`` (warn: the error) when it stops answering and ``store-available``
-(info: how long it was away) when a connection succeeds again.
+(info: how long it was away) when a connection succeeds again; writes that timed out
+waiting for a lock are logged at most every 10 s (``store-lock-timeout``, with a count).
 """
 
 import random
@@ -30,11 +41,16 @@ from twisted.python.threadpool import ThreadPool
 
 from etcdadapter import errors
 from etcdadapter.errors import EtcdError
-from etcdadapter.store.sql.dialect import DISCONNECT, RETRY
+from etcdadapter.store.sql.dialect import DISCONNECT, LOCK_TIMEOUT, RETRY
 
 log = Logger()
 
+READ = "read"
+WRITE = "write"
+
 MAX_ATTEMPTS = 5
+# Lock-wait timeouts are logged at most this often (seconds), with the count since.
+LOCK_TIMEOUT_LOG_INTERVAL = 10.0
 # After a failed connection attempt, further attempts fail at once for this long, so that
 # requests fail fast instead of each waiting for its own connect timeout.
 CONNECT_BACKOFF = 1.0
@@ -89,10 +105,16 @@ def _to_qmark(sql):
 class Session(object):
     """The state of one pool thread: its connection (made on first use)."""
 
-    def __init__(self, runner):
+    def __init__(self, runner, pool=WRITE):
         self.runner = runner
         self.dialect = runner.dialect
+        self.pool = pool
         self.conn = None
+        #: What the dialect has set on this connection (see Dialect.begin_write_bounded).
+        self.settings = {}
+        #: When the current call was queued (monotonic); the first write transaction of
+        #: the call counts its lock-wait bound from there.
+        self.queued_at = None
         #: Statements this session sent (for /metrics; one thread at a time writes it).
         self.statements = 0
         runner.sessions.append(self)
@@ -111,6 +133,7 @@ class Session(object):
             runner.connect_blocked_until = 0.0
             runner.available()
             self.conn = conn
+            self.settings = {}
             runner._register(conn)
         return self.conn
 
@@ -132,18 +155,39 @@ class Session(object):
     def transaction(self, mode, fn):
         """Run ``fn(tx)`` in one transaction and return its result.  ``mode``: "read" (a
         consistent snapshot), "write" or "ddl" (autocommit statements)."""
-        lock = self.dialect.write_lock
-        if lock is None or mode == "read":
-            return self._transaction(mode, fn)
-        with lock:
-            return self._transaction(mode, fn)
+        start, self.queued_at = self.queued_at, None
+        if mode != "write":
+            return self._transaction(mode, fn, None)
+        d = self.dialect
+        deadline = None
+        if d.lock_timeout:
+            deadline = (start if start is not None else time.monotonic()) + d.lock_timeout
+        lock = d.write_lock
+        if lock is None:
+            return self._transaction(mode, fn, deadline)
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not lock.acquire(timeout=wait):
+            raise self.runner.lock_timed_out(deadline - d.lock_timeout)
+        try:
+            return self._transaction(mode, fn, deadline)
+        finally:
+            lock.release()
 
-    def _transaction(self, mode, fn):
+    def _transaction(self, mode, fn, deadline):
         d = self.dialect
         begin = d.begin_read if mode == "read" else d.begin_write
         for attempt in range(MAX_ATTEMPTS):
+            wait = None
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    # Queued (or retried) past the bound: answer now rather than wait
+                    # at the lock once more.
+                    raise self.runner.lock_timed_out(deadline - d.lock_timeout)
             reused = self.conn is not None
             conn = self._connection()
+            if mode == "write":
+                begin = d.begin_write_bounded(wait, self.settings)
             tx = Tx(conn, d, self)
             try:
                 if mode != "ddl":
@@ -164,10 +208,8 @@ class Session(object):
                     raise errors.ErrNoLeader()
                 if mode != "ddl":
                     self._rollback(conn)
-                if kind == RETRY:
-                    _pause_or_give_up(d, e, attempt)
-                    continue
-                raise
+                self._retry_or_raise(mode, kind, e, attempt, deadline)
+                continue
             if mode == "ddl":
                 return result
             try:
@@ -183,12 +225,22 @@ class Session(object):
                     self.runner.unavailable("connection lost during COMMIT", e)
                     raise errors.ErrTimeout()
                 self._rollback(conn)
-                if kind == RETRY:
-                    _pause_or_give_up(d, e, attempt)
-                    continue
-                raise
+                self._retry_or_raise(mode, kind, e, attempt, deadline)
+                continue
             return result
         raise AssertionError("unreachable")
+
+    def _retry_or_raise(self, mode, kind, error, attempt, deadline):
+        """After a failed attempt (rolled back): return to try again, or raise."""
+        if kind == LOCK_TIMEOUT and mode == "write":
+            # Another transaction holds the lock: waiting again would only take as long
+            # again.  Unavailable now; clients retry.
+            raise self.runner.lock_timed_out(
+                None if deadline is None else deadline - self.dialect.lock_timeout)
+        if kind in (RETRY, LOCK_TIMEOUT):
+            _pause_or_give_up(self.dialect, error, attempt)
+            return
+        raise error
 
 
 def _pause_or_give_up(dialect, error, attempt):
@@ -212,17 +264,18 @@ def _gave_up(dialect, e):
 
 
 class Runner(object):
-    """A bounded pool of threads, each with its own connection."""
+    """Two bounded pools of threads (reads, writes), each thread with its own
+    connection."""
 
-    def __init__(self, dialect, size, reactor, name=None, reports_to=None):
-        """``reports_to``: another Runner on the same database that logs the database's
-        state changes for both (one store-unavailable per outage, not one per pool)."""
+    def __init__(self, dialect, size, reactor, write_size=None):
+        """``size`` read threads, ``write_size`` (default: ``size``) write threads."""
         self.dialect = dialect
-        self._reports_to = reports_to
         self.reactor = reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=size,
-                               name="etcd-adapter-%s%s" % (dialect.name,
-                                                           "-" + name if name else ""))
+        self.pools = {
+            pool: ThreadPool(minthreads=0, maxthreads=n,
+                             name="etcd-adapter-%s-%s" % (dialect.name, pool))
+            for pool, n in ((READ, size), (WRITE, size if write_size is None
+                                           else write_size))}
         self._local = threading.local()
         self.sessions = []
         self._conns = set()
@@ -230,27 +283,53 @@ class Runner(object):
         self._trigger = None
         self.connect_blocked_until = 0.0
         self._down_since = None          # monotonic time the database went away
+        self._lock_timeouts = 0          # not logged yet
+        self._lock_logged_at = None
 
     def start(self):
-        self.pool.start()
+        for pool in self.pools.values():
+            pool.start()
         # If the reactor stops without the store being stopped, still end the threads.
         self._trigger = self.reactor.addSystemEventTrigger(
             "during", "shutdown", self.stop)
 
-    def call(self, f, *args):
-        """Deferred[f(session, *args)], run in a pool thread."""
-        return deferToThreadPool(self.reactor, self.pool, self._in_thread, f, args)
+    def call(self, f, *args, pool=WRITE):
+        """Deferred[f(session, *args)], run in a thread of ``pool`` (READ or WRITE)."""
+        return deferToThreadPool(self.reactor, self.pools[pool], self._in_thread, pool,
+                                 time.monotonic(), f, args)
 
-    def _in_thread(self, f, args):
+    def _in_thread(self, pool, queued_at, f, args):
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = Session(self)
-        return f(session, *args)
+            session = self._local.session = Session(self, pool)
+        session.queued_at = queued_at
+        try:
+            return f(session, *args)
+        finally:
+            session.queued_at = None
+
+    def lock_timed_out(self, since):
+        """The error for a write that waited ``lock_timeout`` for a lock (``since``:
+        when it started waiting, monotonic, or None); logged at most every
+        LOCK_TIMEOUT_LOG_INTERVAL seconds."""
+        now = time.monotonic()
+        with self._lock:
+            self._lock_timeouts += 1
+            if (self._lock_logged_at is not None
+                    and now - self._lock_logged_at < LOCK_TIMEOUT_LOG_INTERVAL):
+                return errors.ErrTimeout()
+            count, self._lock_timeouts = self._lock_timeouts, 0
+            self._lock_logged_at = now
+        log.warn("database {db}: {count} write(s) not done within lock_timeout ({limit}s), "
+                 "waiting for a lock another transaction holds or queued behind such "
+                 "writes (this one {waited}s): answered 'request timed out'",
+                 event="store-lock-timeout", db=self.dialect.describe(), count=count,
+                 waited=None if since is None else round(now - since, 3),
+                 limit=self.dialect.lock_timeout)
+        return errors.ErrTimeout()
 
     # -- the database's state, as seen by the pool threads --------------------------------
     def unavailable(self, what, error):
-        if self._reports_to is not None:
-            return self._reports_to.unavailable(what, error)
         with self._lock:
             if self._down_since is not None:
                 log.debug("database {db}: {what}: {error}", db=self.dialect.describe(),
@@ -261,8 +340,6 @@ class Runner(object):
                  db=self.dialect.describe(), what=what, error=_text(error))
 
     def available(self):
-        if self._reports_to is not None:
-            return self._reports_to.available()
         if self._down_since is None:
             return
         with self._lock:
@@ -281,7 +358,7 @@ class Runner(object):
             self._conns.discard(conn)
 
     def statements(self):
-        """How many statements this pool's sessions have sent."""
+        """How many statements this runner's sessions have sent."""
         return sum(s.statements for s in list(self.sessions))
 
     def stop(self):
@@ -292,8 +369,9 @@ class Runner(object):
             except (ValueError, KeyError):
                 pass
             self._trigger = None
-        if self.pool.started:
-            self.pool.stop()
+        for pool in self.pools.values():
+            if pool.started:
+                pool.stop()
         with self._lock:
             conns, self._conns = list(self._conns), set()
         for conn in conns:

@@ -4,14 +4,21 @@ Writes open with BEGIN IMMEDIATE, which takes the database's write lock up front
 SQLite's "lock the revision counter".  Reads open with a deferred BEGIN; in WAL mode their
 snapshot starts at the first SELECT and never blocks the writer.  Other processes on the
 same file work too (their writes reach this one through the poll loop).
+
+``busy_timeout`` is the store's lock timeout: a write waits at most that long, from when it
+was queued, for this process's writers and then for another process's write lock (SQLite's
+busy handler, set per transaction to the time left); then it answers Unavailable at once.
 """
 
+import math
 import sqlite3
 import threading
 
-from etcdadapter.store.sql.dialect import DISCONNECT, DUPLICATE, RETRY, Dialect
+from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT, RETRY,
+                                           Dialect)
 
-_BUSY = (5, 6)          # SQLITE_BUSY, SQLITE_LOCKED
+_BUSY = 5               # SQLITE_BUSY: the busy handler gave up waiting for the lock
+_RETRY = (6, 517)       # SQLITE_LOCKED, SQLITE_BUSY_SNAPSHOT (at once, no waiting)
 _GONE = (10, 14, 26)    # SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_NOTADB
 
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -31,6 +38,7 @@ class SQLiteDialect(Dialect):
     def __init__(self, path, busy_timeout=5.0, synchronous="FULL"):
         self.path = path
         self.busy_timeout = busy_timeout
+        self.lock_timeout = busy_timeout or None
         self.synchronous = synchronous
         # Writers of this process queue here instead of in SQLite's busy handler (which
         # polls with sleeps); the busy timeout is left for other processes.
@@ -55,15 +63,22 @@ class SQLiteDialect(Dialect):
 
     def revision_reader(self, reactor):
         return _RevisionReader(self)
+    def begin_write_bounded(self, wait, settings):
+        if wait is None:
+            return self.begin_write
+        # The busy handler waits for what is left of the bound (no I/O: cheap).
+        return ("PRAGMA busy_timeout = %d" % max(1, int(math.ceil(wait * 1000))),) \
+            + self.begin_write
 
     def classify(self, exc):
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None:
-            code &= 0xFF                  # extended codes carry the primary one low
+        extended = getattr(exc, "sqlite_errorcode", None)
+        code = extended & 0xFF if extended is not None else None  # primary code low
         if isinstance(exc, sqlite3.IntegrityError):
             return DUPLICATE if "UNIQUE" in str(exc) else None
         if isinstance(exc, sqlite3.OperationalError):
-            if code in _BUSY or "locked" in str(exc):
+            if extended == _BUSY:
+                return LOCK_TIMEOUT
+            if extended in _RETRY or code in (_BUSY, 6) or "locked" in str(exc):
                 return RETRY
             if code in _GONE or "unable to open" in str(exc):
                 return DISCONNECT
