@@ -281,10 +281,11 @@ def test_ping_answered_and_settings_advertised():
     assert acks and acks[0].ping_data == b"12345678"
 
 
-def test_default_concurrent_streams_far_above_etcd_trap():
+def test_default_concurrent_streams():
+    # Bounded (etcd: 2^32-1), far above the 250 of Go's HTTP/2 server.
     reg, _ = echo_registry()
     h = Harness(reg)
-    assert h.client.remote_settings.max_concurrent_streams > 250 * 1000
+    assert h.client.remote_settings.max_concurrent_streams == 1000
 
 
 def _raw_frames(data):
@@ -433,3 +434,93 @@ def test_pending_bytes_reports_what_flow_control_holds_back():
     h.pump()                                   # the client reads and acknowledges
     assert stream.pending_bytes() == 0
     assert len(h.result(sid)[1]) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Many streams on one connection
+
+def _open_more_than_we_advertise(h):
+    # The h2 client honours our SETTINGS_MAX_CONCURRENT_STREAMS; a hostile one does not.
+    h.client.remote_settings.max_concurrent_streams = 1 << 20
+    h.client.remote_settings.acknowledge()
+
+
+def _resets(h, sid):
+    return [int(e.error_code) for e in h.events
+            if isinstance(e, h2.events.StreamReset) and e.stream_id == sid]
+
+
+def _terminated(h):
+    return [e for e in h.events if isinstance(e, h2.events.ConnectionTerminated)]
+
+
+def test_streams_over_the_limit_are_refused_alone_and_hpack_stays_in_step():
+    reg, handlers = echo_registry()
+    h = Harness(reg, settings=H2Settings(max_concurrent_streams=3))
+    _open_more_than_we_advertise(h)
+    watches = [h.start_call("/etcdserverpb.Watch/Watch") for _ in range(3)]
+    h.pump()
+    assert len(handlers["streams"]) == 3
+    # A fourth stream, with a header the client's HPACK encoder adds to its table.
+    extra = [("x-custom", "value-to-index")]
+    refused = h.start_call("/etcdserverpb.KV/Range", extra_headers=extra)
+    h.pump()
+    assert _resets(h, refused) == [h2.errors.ErrorCodes.REFUSED_STREAM]
+    assert not _terminated(h) and not h.lost
+    assert len(handlers["streams"]) == 3 and h.server.conn.refused_streams == 1
+    # One watch ends: a new stream fits, and its header block (which refers to the entry
+    # the refused one added) decodes.
+    h.client.reset_stream(watches[0])
+    h.pump()
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"abc"), extra)
+    _, payloads, trailers = h.result(sid)
+    assert trailers["grpc-status"] == "0"
+    assert rpc.RangeResponse.FromString(payloads[0]).count == 3
+    assert not _terminated(h)
+
+
+def test_a_new_stream_costs_no_walk_over_the_open_ones():
+    # h2 counts open streams by walking all of them for every new HEADERS (O(n^2) for n
+    # streams); the count is kept as streams open and close instead.
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+
+    def walked(remainder):
+        raise AssertionError("walked every stream to count the open ones")
+    h.server.conn._open_streams = walked
+    for i in range(20):
+        h.start_call("/etcdserverpb.Watch/Watch")
+    for i in range(30):
+        sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"k%d" % i))
+        assert h.result(sid)[2]["grpc-status"] == "0"
+    h.pump()
+    assert not _terminated(h)
+    conn = h.server.conn
+    # Closed streams leave h2's table at once (as h2's walk would have dropped them).
+    assert conn.open_inbound_streams == 20 and len(conn.streams) == 20
+    for stream in handlers["streams"][:5]:
+        stream.finish()
+    h.pump()
+    assert conn.open_inbound_streams == 15 and len(conn.streams) == 15
+
+
+def test_a_connection_window_update_wakes_only_streams_waiting_for_window(monkeypatch):
+    from etcdadapter.transport import h2_server
+    woken = []
+    original = h2_server.GrpcCall._window_opened
+
+    def spy(call):
+        woken.append(call.stream_id)
+        return original(call)
+    monkeypatch.setattr(h2_server.GrpcCall, "_window_opened", spy)
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sids = [h.start_call("/etcdserverpb.Watch/Watch") for _ in range(50)]
+    h.pump()
+    busy = handlers["streams"][7]
+    busy.send(rpc.WatchResponse(cancel_reason="x" * 200000))   # beyond the windows
+    h.clock.advance(0)
+    assert busy.pending_bytes() > 0
+    h.pump()            # the client reads: connection and stream WINDOW_UPDATEs
+    assert busy.pending_bytes() == 0
+    assert set(woken) == {sids[7]}, sorted(set(woken))

@@ -12,7 +12,6 @@ handed to the HTTP router (the JSON gateway), exactly as HTTP/1.1 requests are.
 from collections import deque
 
 import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -25,6 +24,7 @@ from etcdadapter.errors import EtcdError, StatusCode, ErrStopped
 from etcdadapter.services.rpc import CallContext, ServerStream, UNARY, as_etcd_error
 from etcdadapter.transport import grpc_codec
 from etcdadapter.transport.proto_decode import decode
+from etcdadapter.transport.h2_connection import ServerConnection
 from etcdadapter.transport.h2_frame_guard import FrameGuard, FrameLimitExceeded
 from etcdadapter.transport.hpack_cache import CachingEncoder
 from etcdadapter.transport.http_exchange import HttpExchange
@@ -41,12 +41,17 @@ _STREAM_WINDOW = 1 << 20       # per-stream receive window we advertise
 _CONNECTION_WINDOW = 16 << 20  # connection receive window
 IDLE_LINGER = 1.0              # after an idle GOAWAY, time for the client to see it (Go: 1 s)
 MAX_HELD_STREAMS = 1024        # new streams waiting for output to drain; more are refused
+# SETTINGS_MAX_CONCURRENT_STREAMS: gRPC clients queue calls beyond it (a watch client
+# needs one stream per watch session; APISIX opens about 13).  Each open stream holds
+# state here; Go's HTTP/2 server allows 250, nginx 128.
+DEFAULT_MAX_CONCURRENT_STREAMS = 1000
 
 
 class H2Settings(object):
     """Tunables for one connection (set from the daemon's options)."""
 
-    def __init__(self, max_concurrent_streams=2 ** 32 - 1, max_receive_message_size=2097152,
+    def __init__(self, max_concurrent_streams=DEFAULT_MAX_CONCURRENT_STREAMS,
+                 max_receive_message_size=2097152,
                  max_header_list_size=1 << 20):
         self.max_concurrent_streams = max_concurrent_streams
         self.max_receive_message_size = max_receive_message_size
@@ -131,7 +136,8 @@ class H2Server(object):
             client_side=False, header_encoding="utf-8",
             validate_outbound_headers=False, normalize_outbound_headers=False,
             validate_inbound_headers=False, normalize_inbound_headers=False)
-        self.conn = h2.connection.H2Connection(config=config)
+        self.conn = ServerConnection(config, min(self.settings.max_concurrent_streams,
+                                                 2 ** 32 - 1))
         self.conn.encoder = CachingEncoder(self.conn.encoder, _CONSTANT_HEADER_SETS)
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS:
@@ -157,6 +163,7 @@ class H2Server(object):
         self._draining = None      # Deferred fired when the last stream ends after GOAWAY
         self._dirty = {}           # streaming calls with unflushed messages (ordered set)
         self._dirty_call = None
+        self._waiting = {}         # streams whose output waits for window (ordered set)
 
     # -- lifecycle -----------------------------------------------------------------
     def initiate(self):
@@ -189,6 +196,7 @@ class H2Server(object):
             self._linger_call.cancel()
         self._held.clear()
         self._held_streams.clear()
+        self._waiting.clear()
         if self._dirty_call is not None and self._dirty_call.active():
             self._dirty_call.cancel()
         self._dirty_call = None
@@ -269,6 +277,7 @@ class H2Server(object):
         self._closed = True
         self._held.clear()
         self._held_streams.clear()
+        self._waiting.clear()
         for stream in list(self.streams.values()):
             self._cancel_stream(stream)
         self.streams.clear()
@@ -357,16 +366,15 @@ class H2Server(object):
                 if stream is not None:
                     stream._window_opened()
             else:
-                for stream in list(self.streams.values()):
-                    stream._window_opened()
+                self._windows_opened()
         elif t is h2.events.RemoteSettingsChanged:
             self._settled = True        # the client's first SETTINGS: its head is in
-            for stream in list(self.streams.values()):
-                stream._window_opened()
+            self._windows_opened()
         elif t is h2.events.ConnectionTerminated:
             self._closed = True
             self._held.clear()
             self._held_streams.clear()
+            self._waiting.clear()
             for stream in list(self.streams.values()):
                 self._cancel_stream(stream)
             self.streams.clear()
@@ -375,6 +383,12 @@ class H2Server(object):
             if event.stream_ended:
                 self._stream_ended(event.stream_id)
         # PingReceived (auto-acked by h2), SettingsAcknowledged, PriorityUpdated: nothing
+
+    def _windows_opened(self):
+        # Only the streams whose output waits for window: a connection may hold many
+        # streams, and a WINDOW_UPDATE may come with every DATA frame the client reads.
+        for stream in list(self._waiting):
+            stream._window_opened()
 
     def _request_received(self, event):
         stream_id = event.stream_id
@@ -536,6 +550,7 @@ class H2Server(object):
             d.cancel()
 
     def _cancel_stream(self, stream):
+        self._waiting.pop(stream, None)
         if isinstance(stream, HttpExchange):
             stream._pending.clear()
             stream._connection_lost()
@@ -604,9 +619,12 @@ class H2Server(object):
             while pending:
                 window = conn.local_flow_control_window(sid)
                 if window <= 0:
+                    self._waiting[call] = None
                     break
                 size = min(window, conn.max_outbound_frame_size, len(pending))
                 conn.send_data(sid, pending.take(size))
+            else:
+                self._waiting.pop(call, None)
             if not pending and call.trailers is not None:
                 conn.send_headers(sid, call.trailers, end_stream=True)
                 call.trailers = None
@@ -614,6 +632,7 @@ class H2Server(object):
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             # The client reset the stream or closed the connection meanwhile.
             pending.clear()
+            self._waiting.pop(call, None)
             self._stream_done(sid)
         if write:
             self._flush()
@@ -696,9 +715,11 @@ class H2HttpExchange(HttpExchange):
             while self._pending:
                 window = conn.local_flow_control_window(sid)
                 if window <= 0:
+                    server._waiting[self] = None
                     return
                 size = min(window, conn.max_outbound_frame_size, len(self._pending))
                 conn.send_data(sid, self._pending.take(size))
+            server._waiting.pop(self, None)
             if self._end_after:
                 conn.end_stream(sid)
                 server.streams.pop(sid, None)
@@ -706,6 +727,7 @@ class H2HttpExchange(HttpExchange):
                 server._update_activity()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._pending.clear()
+            server._waiting.pop(self, None)
             server.streams.pop(sid, None)
             server._update_activity()
         finally:
