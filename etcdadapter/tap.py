@@ -91,7 +91,9 @@ class Options(usage.Options):
         ["max-request-bytes", None, 1572864,
          "Largest write request accepted, in bytes (etcd's default 1.5 MiB); gRPC "
          "messages may be 512 KiB larger.", _positive_int],
-        ["max-txn-ops", None, 128, "Most operations in one txn branch.", _positive_int],
+        ["max-txn-ops", None, 128,
+         "Most operations in one txn branch (a nested txn gets what its parent leaves; "
+         "txns nest at most 129 levels, what etcd's default allows).", _positive_int],
         ["max-concurrent-streams", None, DEFAULT_MAX_CONCURRENT_STREAMS,
          "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection: streams (calls, watch "
          "and keep-alive sessions) open at once on one connection; gRPC clients queue "

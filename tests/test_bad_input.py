@@ -125,6 +125,97 @@ def test_txn_larger_than_max_request_bytes(pair):
     assert ref.error() == ("INVALID_ARGUMENT", "etcdserver: request is too large")
 
 
+# ---------------------------------------------------------------------------------------
+# Txns nested deep.  etcd (--max-txn-ops 128) gives a nested txn what its parent branch
+# leaves of the budget: 128 levels holding one op each pass (129 if the innermost is
+# empty), deeper is "too many operations in txn request".  The probe: a 490-level txn
+# dropped the whole connection (RecursionError); protobuf's own parser stops at 50.
+
+TXN = "/etcdserverpb.KV/Txn"
+
+
+def _varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def nested_txn(levels, innermost):
+    """A serialized TxnRequest nested ``levels`` deep (the outer one is level 1) through
+    each level's success[0].request_txn, around the serialized ``innermost``.  Built as
+    bytes: protobuf in Python nests no more than 50 levels."""
+    heads = []
+    size = len(innermost)
+    for _ in range(levels - 1):
+        op = b"\x22" + _varint(size)                       # RequestOp.request_txn
+        head = b"\x12" + _varint(len(op) + size) + op       # TxnRequest.success
+        heads.append(head)
+        size += len(head)
+    return b"".join(reversed(heads)) + innermost
+
+
+def _one_op(**op):
+    return rpc.TxnRequest(success=[rpc.RequestOp(**op)]).SerializeToString()
+
+
+RANGE_ONLY = _one_op(request_range=rpc.RangeRequest(key=b"deep"))
+PUT_ONLY = _one_op(request_put=rpc.PutRequest(key=b"deep", value=b"v"))
+DEEP_TXNS = {   # levels, innermost txn, whether etcd runs it
+    "range_at_128": (128, RANGE_ONLY, True),
+    "range_at_129": (129, RANGE_ONLY, False),
+    "empty_at_129": (129, b"", True),
+    "empty_at_130": (130, b"", False),
+    "put_at_490": (490, PUT_ONLY, False),
+    "put_at_100000": (100000, PUT_ONLY, False),
+    "bad_wire_type_at_1000": (1000, b"\x12\x03\x12\x01\x08", False),
+    "truncated_at_100000": (100000, b"\x12\x02\x12\x01", False),
+}
+
+
+def _txn_shape(raw, kind="txn"):
+    """A TxnResponse's fields without the response headers (revisions, member ids), as
+    nested tuples: what must be the same from etcd and from us."""
+    out = []
+    for num, value in servers._fields(raw):
+        if kind == "txn" and num == 3:
+            out.append(("op", _txn_shape(value, "op")))
+        elif kind == "op":
+            out.append((num, _txn_shape(value, "txn" if num == 4 else "response")))
+        elif num != 1:                  # field 1 of every response here is its header
+            out.append((num, value))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("case", list(DEEP_TXNS), ids=list(DEEP_TXNS))
+def test_deeply_nested_txn(pair, case):
+    levels, innermost, runs = DEEP_TXNS[case]
+    body = nested_txn(levels, innermost)
+    log_before = len(pair.target.log_text())
+    ref = pair.etcd_client.call(TXN, body, serializer=_raw)
+    got = pair.target_client.call(TXN, body, serializer=_raw)
+    assert ref.ok == runs, "etcd: %r (the case is wrong)" % (ref,)
+    if runs:
+        assert got.ok, got
+        shape = _txn_shape(ref.response)
+        assert _txn_shape(got.response) == shape
+        depth = 0
+        while shape and shape[-1][0] == "op" and shape[-1][1][0][0] == 4:
+            shape = shape[-1][1][0][1]          # responses[0].response_txn
+            depth += 1
+        assert depth == levels - 1, depth
+    else:
+        assert got.error() == ref.error(), "etcd %r, ours %r" % (ref.error(), got.error())
+        if case.startswith(("range", "empty", "put")):
+            assert ref.error() == ("INVALID_ARGUMENT",
+                                   "etcdserver: too many operations in txn request")
+        else:
+            assert ref.error()[0] == "INTERNAL"
+    assert "Traceback" not in pair.target.log_text()[log_before:]
+
+
 @pytest.mark.parametrize("method,request_", [
     (PUT, rpc.PutRequest(key=b"big", value=b"x" * (2 * 1024 * 1024 + 10))),
     (RANGE, rpc.RangeRequest(key=b"k" * (3 * 1024 * 1024))),

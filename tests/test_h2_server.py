@@ -7,6 +7,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import pytest
 from twisted.internet import defer, task
 
 from etcdadapter.errors import EtcdError, StatusCode
@@ -524,3 +525,40 @@ def test_a_connection_window_update_wakes_only_streams_waiting_for_window(monkey
     h.pump()            # the client reads: connection and stream WINDOW_UPDATEs
     assert busy.pending_bytes() == 0
     assert set(woken) == {sids[7]}, sorted(set(woken))
+
+
+def test_nested_txns_decode_a_level_at_a_time():
+    # protobuf's parser stops at 100 message levels (50 txn levels); etcd takes 129.
+    from test_bad_input import PUT_ONLY, nested_txn
+    from etcdadapter import errors
+    from etcdadapter.services.kv import check_txn
+    from etcdadapter.transport.proto_decode import decode
+
+    def levels(txn):
+        n = 1
+        while txn.success and txn.success[0].WhichOneof("request") == "request_txn":
+            txn = txn.success[0].request_txn
+            n += 1
+        return n, txn
+    raw = nested_txn(129, PUT_ONLY)
+    txn = decode(rpc.TxnRequest, raw)
+    assert txn.SerializeToString() == raw           # the same message, all of it
+    check_txn(txn, 10 ** 6)
+    with pytest.raises(errors.ErrTooManyOps):
+        check_txn(txn, 128)                         # etcd's budget: 128 levels of 1 op
+    # Deeper than any txn may nest: built to level 130, which is left empty and refused
+    # whatever the op budget.
+    txn = decode(rpc.TxnRequest, nested_txn(300000, PUT_ONLY))
+    depth, innermost = levels(txn)
+    assert depth == errors.MAX_TXN_LEVELS + 1 and innermost == rpc.TxnRequest()
+    for budget in (128, 10 ** 6):
+        with pytest.raises(errors.ErrTooManyOps):
+            check_txn(txn, budget)
+    # A RequestOp's oneof: the last member on the wire wins, at any depth.
+    put = rpc.RequestOp(request_put=rpc.PutRequest(key=b"p")).SerializeToString()
+    inner = rpc.RequestOp(request_txn=rpc.TxnRequest()).SerializeToString()
+    for op, which in ((inner + put, "request_put"), (put + inner, "request_txn")):
+        shallow = b"\x12" + bytes([len(op)]) + op
+        assert rpc.TxnRequest.FromString(shallow).success[0].WhichOneof("request") == which
+        deep = decode(rpc.TxnRequest, nested_txn(60, shallow))
+        assert levels(deep)[0] == 60 + (which == "request_txn")
