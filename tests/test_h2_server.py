@@ -352,8 +352,14 @@ def test_codec_helpers():
     assert parse_timeout("100m") == 0.1
     assert parse_timeout("5S") == 5
     assert parse_timeout("1H") == 3600
-    assert parse_timeout("12x") is None
-    assert parse_timeout("") is None
+    assert parse_timeout("12345678S") == 12345678
+    # grpc-go's decodeTimeout: a signed integer; zero or less is a deadline already past
+    assert (parse_timeout("0n"), parse_timeout("-1S"), parse_timeout("+5S")) == (0, -1, 5)
+    assert parse_timeout("1n") == 1e-9
+    for bad in ("12x", "", "S", "1", "123456789S", "1_0S", "0x5S", " 5S", "5 S", "\u0665S",
+                "1.5S"):
+        with pytest.raises(ValueError):
+            parse_timeout(bad)
     assert encode_grpc_message("plain text") == "plain text"
     dec = MessageDecoder(100)
     framed = frame_message(b"hello") + frame_message(b"") + frame_message(b"world")
@@ -525,6 +531,117 @@ def test_a_connection_window_update_wakes_only_streams_waiting_for_window(monkey
     h.pump()            # the client reads: connection and stream WINDOW_UPDATEs
     assert busy.pending_bytes() == 0
     assert set(woken) == {sids[7]}, sorted(set(woken))
+
+
+# ---------------------------------------------------------------------------------------
+# What etcd (grpc-go) does with odd requests
+
+def _raw_headers_frame(h, sid, headers, end_stream):
+    import hyperframe.frame
+    f = hyperframe.frame.HeadersFrame(sid)
+    f.data = h.client.encoder.encode(headers)
+    f.flags.add("END_HEADERS")
+    if end_stream:
+        f.flags.add("END_STREAM")
+    return f.serialize()
+
+
+def test_request_trailers_reset_a_grpc_stream():
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    # Unary: HEADERS, DATA, trailers: RST_STREAM PROTOCOL_ERROR, the handler never runs.
+    sid = h.start_call("/etcdserverpb.KV/Range")
+    later = rpc.RangeRequest(key=b"later").SerializeToString()
+    h.client.send_data(sid, frame_message(later))
+    h.client.send_headers(sid, [("x-trailer", "1")], end_stream=True)
+    h.pump()
+    assert _resets(h, sid) == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert h.result(sid) == (None, [], None) and handlers["pending"] == []
+    # A watch: its answers so far stand, then the reset; the handler is cancelled.
+    sid = h.start_call("/etcdserverpb.Watch/Watch")
+    req = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=b"a", watch_id=3))
+    h.send(sid, frame_message(req.SerializeToString()))
+    h.client.send_headers(sid, [("x-trailer", "1")], end_stream=True)
+    h.pump()
+    assert _resets(h, sid) == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert len(h.result(sid)[1]) == 1 and handlers["cancelled"] == handlers["streams"]
+    # Trailers without END_STREAM (malformed; h2 alone makes it a connection error):
+    # the stream is reset, the connection serves on.
+    sid = h.start_call("/etcdserverpb.KV/Range")
+    h.client.send_data(sid, frame_message(rpc.RangeRequest(key=b"x").SerializeToString()))
+    h.pump()
+    h.server.data_received(_raw_headers_frame(h, sid, [("x-trailer", "1")], False))
+    h.pump()
+    assert _resets(h, sid) == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert not _terminated(h) and not h.lost
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"ok"))
+    assert h.result(sid)[2]["grpc-status"] == "0"
+
+
+def test_trailers_end_an_http_request_as_its_end():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.client.get_next_available_stream_id()
+    h.client.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
+                                (":path", "/version"), (":authority", "x")])
+    h.client.send_headers(sid, [("x-trailer", "1")], end_stream=True)
+    h.pump()
+    heads = [dict(e.headers) for e in h.events
+             if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid]
+    assert heads and heads[0][":status"] == "200"
+
+
+def test_one_goaway_on_a_protocol_error():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    del h.to_client[:]
+    h.server.data_received(b"\x00\x00\x08\x07\x00\x00\x00\x00\x01garbage!!")
+    goaways = [f for f in _raw_frames(bytes(h.to_client)) if f.type == 7]
+    assert [f.error_code for f in goaways] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert h.lost
+
+
+@pytest.mark.parametrize("value", ["12x", "S", "1", "123456789S", "1_0S", "-S", ""])
+def test_a_malformed_grpc_timeout_resets_the_stream(value):
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"later"),
+                  extra_headers=[("grpc-timeout", value)])
+    assert _resets(h, sid) == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert handlers["pending"] == [] and not _terminated(h)
+
+
+@pytest.mark.parametrize("value", ["0n", "0S", "-1S", "-0n"])
+def test_a_grpc_timeout_already_past_ends_the_call_before_its_handler(value):
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"later"),
+                  extra_headers=[("grpc-timeout", value)])
+    headers, payloads, trailers = h.result(sid)
+    assert (trailers["grpc-status"], trailers["grpc-message"], payloads) == (
+        str(StatusCode.DEADLINE_EXCEEDED), "context deadline exceeded", [])
+    assert handlers["pending"] == []
+    sid = h.start_call("/etcdserverpb.Watch/Watch", [("grpc-timeout", value)])
+    h.pump()
+    assert h.result(sid)[2]["grpc-status"] == str(StatusCode.DEADLINE_EXCEEDED)
+    assert handlers["streams"] == []
+
+
+def test_repeated_metadata_the_first_value_wins():
+    reg = MethodRegistry()
+    seen = []
+
+    def handler(request, context):
+        seen.append(context.metadata)
+        return rpc.RangeResponse()
+    reg.add(Method("/etcdserverpb.KV/Range", rpc.RangeRequest, rpc.RangeResponse, UNARY,
+                   handler))
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"a"), extra_headers=[
+        ("token", "first"), ("authorization", "a1"), ("token", "second"),
+        ("authorization", "a2")])
+    assert h.result(sid)[2]["grpc-status"] == "0"
+    assert (seen[0]["token"], seen[0]["authorization"]) == ("first", "a1")
 
 
 def test_nested_txns_decode_a_level_at_a_time():

@@ -15,15 +15,21 @@ RST_STREAM REFUSED_STREAM (RFC 7540 5.1.2), which gRPC clients retry transparent
 do we -- after decoding its header block, so the HPACK state stays in step.  A client
 refused more streams than the limit itself ignores it: each refusal still costs a
 header block's decoding, so its connection is then closed (GOAWAY ENHANCE_YOUR_CALM).
+
+And trailers without END_STREAM reset their stream (a malformed request, RFC 7540 8.1:
+a stream error, as etcd does) where h2 would end the connection.
 """
 
 import h2.connection
 import h2.errors
 from h2.connection import ConnectionInputs, _decode_headers
+from h2.events import StreamReset
 from h2.exceptions import DenialOfServiceError
-from h2.stream import StreamInputs
+from h2.stream import StreamInputs, StreamState
 
 MIN_REFUSALS = 100      # refused streams a connection may have even under a small limit
+# States in which the client may still send on a stream.
+_RECEIVING = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
 
 
 class ServerConnection(h2.connection.H2Connection):
@@ -60,9 +66,13 @@ class ServerConnection(h2.connection.H2Connection):
         return events
 
     def _receive_headers_frame(self, frame):
-        if frame.stream_id not in self.streams and \
-                len(self._open_inbound) >= self.max_inbound_streams:
-            return self._refuse(frame)
+        stream = self.streams.get(frame.stream_id)
+        if stream is None:
+            if len(self._open_inbound) >= self.max_inbound_streams:
+                return self._refuse(frame)
+        elif "END_STREAM" not in frame.flags and stream.state_machine.headers_received \
+                and stream.state_machine.state in _RECEIVING:
+            return self._malformed_trailers(stream, frame)
         return h2.connection.H2Connection._receive_headers_frame(self, frame)
 
     def _refuse(self, frame):
@@ -78,6 +88,17 @@ class ServerConnection(h2.connection.H2Connection):
             raise DenialOfServiceError("%d streams over the limit of %d"
                                        % (self.refused_streams, self.max_inbound_streams))
         return stream.reset_stream(h2.errors.ErrorCodes.REFUSED_STREAM), events
+
+    def _malformed_trailers(self, stream, frame):
+        # Trailers without END_STREAM make the request malformed (RFC 7540 8.1), a stream
+        # error (8.1.2.6); h2 makes it a connection error.  etcd resets the stream.
+        _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        code = h2.errors.ErrorCodes.PROTOCOL_ERROR
+        frames = stream.reset_stream(code)
+        events.append(StreamReset(stream_id=stream.stream_id, error_code=code,
+                                  remote_reset=False))
+        return frames, events
 
     # -- sends that can close a stream ---------------------------------------------------
     def send_headers(self, stream_id, headers, end_stream=False, **kwargs):

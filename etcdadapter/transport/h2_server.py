@@ -179,8 +179,11 @@ class H2Server(object):
             try:
                 self._guard.feed(data)
                 events = self.conn.receive_data(data)
-            except (h2.exceptions.ProtocolError, FrameLimitExceeded) as e:
-                self._protocol_error(e)
+            except FrameLimitExceeded as e:
+                self._protocol_error(e, goaway=True)
+                return
+            except h2.exceptions.ProtocolError as e:
+                self._protocol_error(e, goaway=False)    # h2 has queued its GOAWAY
                 return
             for event in events:
                 self._route_event(event)
@@ -265,13 +268,14 @@ class H2Server(object):
         elif self._draining is None:
             self.deadlines.idle()
 
-    def _protocol_error(self, exc):
+    def _protocol_error(self, exc, goaway):
         log.debug("HTTP/2 protocol error from {peer}: {exc}", peer=self.peer, exc=exc)
-        code = getattr(exc, "error_code", None) or h2.errors.ErrorCodes.PROTOCOL_ERROR
-        try:
-            self.conn.close_connection(error_code=code)
-        except h2.exceptions.ProtocolError:
-            pass
+        if goaway:
+            code = getattr(exc, "error_code", None) or h2.errors.ErrorCodes.PROTOCOL_ERROR
+            try:
+                self.conn.close_connection(error_code=code)
+            except h2.exceptions.ProtocolError:
+                pass
         self._in_receive = False
         self._flush()
         self._closed = True
@@ -380,7 +384,16 @@ class H2Server(object):
             self.streams.clear()
             self._lose_connection()
         elif t is h2.events.TrailersReceived:
-            if event.stream_ended:
+            stream = self.streams.get(event.stream_id)
+            if isinstance(stream, GrpcCall):
+                # A gRPC request has no trailers: grpc-go resets the stream (PROTOCOL_ERROR)
+                # and the call ends unanswered.
+                del self.streams[event.stream_id]
+                self._cancel_stream(stream)
+                self._reset(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                self._maybe_close_drained()
+                self._update_activity()
+            elif event.stream_ended:
                 self._stream_ended(event.stream_id)
         # PingReceived (auto-acked by h2), SettingsAcknowledged, PriorityUpdated: nothing
 
@@ -392,20 +405,34 @@ class H2Server(object):
 
     def _request_received(self, event):
         stream_id = event.stream_id
-        headers = dict(event.headers)
+        headers = dict(event.headers)       # pseudo and grpc-* headers: the last wins
         if self._draining is not None:
             self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
+        # Metadata and HTTP headers: the first of a repeated name wins (etcd reads the
+        # first token / Authorization; Go's Header.Get).
+        first = {}
+        for k, v in event.headers:
+            if not k.startswith(":"):
+                first.setdefault(k, v)
         content_type = headers.get("content-type", "")
         if content_type.startswith("application/grpc"):
-            self._start_grpc(stream_id, headers, event.stream_ended)
+            self._start_grpc(stream_id, headers, first, event.stream_ended)
         else:
-            exchange = H2HttpExchange(self, stream_id, headers)
+            exchange = H2HttpExchange(self, stream_id, headers, first)
             self.streams[stream_id] = exchange
             if event.stream_ended:
                 self._stream_ended(stream_id)
 
-    def _start_grpc(self, stream_id, headers, ended):
+    def _start_grpc(self, stream_id, headers, metadata, ended):
+        timeout = headers.get("grpc-timeout")
+        if timeout is not None:
+            try:
+                timeout = grpc_codec.parse_timeout(timeout)
+            except ValueError:
+                # grpc-go refuses the stream before looking at anything else.
+                self._reset(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                return
         path = headers.get(":path", "")
         method = self.registry.lookup(path)
         if headers.get(":method") != "POST":
@@ -421,17 +448,19 @@ class H2Server(object):
                 StatusCode.UNIMPLEMENTED,
                 'grpc: Decompressor is not installed for grpc-encoding "%s"' % encoding))
             return
-        metadata = {k: v for k, v in headers.items() if not k.startswith(":")}
         context = CallContext(metadata=metadata, peer=self.peer, transport="grpc",
                               peer_identity=self.peer_identity)
         decoder = grpc_codec.MessageDecoder(self.settings.max_receive_message_size, encoding)
         call = GrpcCall(self, stream_id, method, context, decoder)
         self.streams[stream_id] = call
-        timeout = grpc_codec.parse_timeout(headers.get("grpc-timeout"))
         if timeout is not None:
             context.deadline = self.clock.seconds() + timeout
-            call.timer = self.clock.callLater(timeout, self._deadline_exceeded, call)
+            if timeout > 0:
+                call.timer = self.clock.callLater(timeout, self._deadline_exceeded, call)
         if method.kind != UNARY:
+            if self._expired(call):
+                self._deadline_exceeded(call)
+                return
             self._invoke_streaming(call)
         if ended and not call.closed:
             self._stream_ended(stream_id)
@@ -497,7 +526,16 @@ class H2Server(object):
                 stream.finish(as_etcd_error(e))
 
     # -- calls ---------------------------------------------------------------------
+    def _expired(self, call):
+        # A deadline already past when the call would start (grpc-timeout 0n, -1S, or 1n
+        # by now) ends it before its handler runs, as an expired context does in etcd.
+        deadline = call.context.deadline
+        return deadline is not None and self.clock.seconds() >= deadline
+
     def _invoke_unary(self, call):
+        if self._expired(call):
+            self._deadline_exceeded(call)
+            return
         payloads = call.request_payloads
         if not payloads:
             # grpc-go reads the request with io.EOF and reports it as is.
@@ -662,10 +700,10 @@ class H2Server(object):
 class H2HttpExchange(HttpExchange):
     """A plain HTTP request carried on an HTTP/2 stream (the JSON gateway over h2)."""
 
-    def __init__(self, server, stream_id, headers):
+    def __init__(self, server, stream_id, headers, fields):
         HttpExchange.__init__(
             self, method=headers.get(":method", "GET"), uri=headers.get(":path", "/"),
-            headers={k: v for k, v in headers.items() if not k.startswith(":")},
+            headers=fields,
             context=CallContext(metadata={}, peer=server.peer, transport="http",
                                 peer_identity=server.peer_identity))
         self.server = server
