@@ -1,7 +1,8 @@
-"""HTTP/2 abuse on the real daemon: a PING flood from a client that never reads, and a
-rapid-reset burst.  Other clients are still answered within normal latency and the
-server's memory does not balloon.  (Pure-Python frame parsing caps a flood at roughly
-2-3 MB/s per connection here, so memory growth is CPU-bound rather than unbounded.)"""
+"""HTTP/2 abuse on the real daemon: a PING flood from a client that never reads, a
+rapid-reset burst, and 200,000 streams opened on one connection.  Other clients are
+still answered within normal latency and the server's memory does not balloon.
+(Pure-Python frame parsing caps a flood at roughly 2-3 MB/s per connection here, so
+memory growth is CPU-bound rather than unbounded.)"""
 
 import select
 import socket
