@@ -96,6 +96,11 @@ ErrLeaseProvided = error_kind("ErrLeaseProvided", _C.INVALID_ARGUMENT,
                               "etcdserver: lease is provided")
 ErrTooManyOps = error_kind("ErrTooManyOps", _C.INVALID_ARGUMENT,
                            "etcdserver: too many operations in txn request")
+# How deep txns may nest (the outer txn is level 1).  Each level spends one op of
+# --max-txn-ops, so etcd's default (128) allows 129 levels; deeper is refused with
+# ErrTooManyOps whatever --max-txn-ops says (the decoders build no deeper, and the code
+# that walks a txn recurses: this bounds its depth).
+MAX_TXN_LEVELS = 129
 ErrDuplicateKey = error_kind("ErrDuplicateKey", _C.INVALID_ARGUMENT,
                              "etcdserver: duplicate key given in txn request")
 ErrCompacted = error_kind("ErrCompacted", _C.OUT_OF_RANGE,

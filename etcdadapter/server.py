@@ -34,7 +34,7 @@ from etcdadapter.services.rpc import MethodRegistry
 from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import WatchHub
 from etcdadapter.store import compactor
-from etcdadapter.transport.h2_server import H2Settings
+from etcdadapter.transport.h2_server import DEFAULT_MAX_CONCURRENT_STREAMS, H2Settings
 from etcdadapter.store.urls import redact
 from etcdadapter.transport.limits import ConnectionLimits, default_max_connections
 from etcdadapter.transport.protocol import EtcdFactory
@@ -65,7 +65,8 @@ def _exit_after_shutdown(code):
 class AdapterConfig(object):
     def __init__(self, listen=("tcp:2379:interface=127.0.0.1",), store="memory://",
                  name="default", advertise_client_urls=(), max_request_bytes=1572864,
-                 max_txn_ops=128, max_concurrent_streams=2 ** 32 - 1, drain_timeout=10.0,
+                 max_txn_ops=128,
+                 max_concurrent_streams=DEFAULT_MAX_CONCURRENT_STREAMS, drain_timeout=10.0,
                  watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
                  trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None,
                  auth_token_ttl=TOKEN_TTL, slow_request_threshold=SLOW_REQUEST,

@@ -14,6 +14,7 @@ from twisted.python import usage
 from etcdadapter import config_file, durations
 from etcdadapter.server import AdapterConfig, AdapterService
 from etcdadapter.store import compactor
+from etcdadapter.transport.h2_server import DEFAULT_MAX_CONCURRENT_STREAMS
 
 ENV_PREFIX = "ETCD_ADAPTER_"
 DEFAULT_LISTEN = "tcp:2379:interface=127.0.0.1"
@@ -96,9 +97,17 @@ class Options(usage.Options):
         ["max-request-bytes", None, 1572864,
          "Largest write request accepted, in bytes (etcd's default 1.5 MiB); gRPC "
          "messages may be 512 KiB larger.", _positive_int],
-        ["max-txn-ops", None, 128, "Most operations in one txn branch.", _positive_int],
-        ["max-concurrent-streams", None, 2 ** 32 - 1,
-         "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection.", _positive_int],
+        ["max-txn-ops", None, 128,
+         "Most operations in one txn branch (a nested txn gets what its parent leaves; "
+         "txns nest at most 129 levels, what etcd's default allows).", _positive_int],
+        ["max-concurrent-streams", None, DEFAULT_MAX_CONCURRENT_STREAMS,
+         "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection: streams (calls, watch "
+         "and keep-alive sessions) open at once on one connection; gRPC clients queue "
+         "calls beyond it, a stream opened over it anyway is refused (REFUSED_STREAM, "
+         "retried by gRPC clients).  etcd's default is unbounded (2^32-1); 1000 is far "
+         "above what clients use (APISIX: about 13 a connection; Go's HTTP/2 server "
+         "allows 250) and bounds what one connection can make the server hold.",
+         _positive_int],
         ["drain-timeout", None, 10.0,
          "Seconds to let in-flight requests finish on shutdown.", float],
         ["cert-file", None, None, "TLS: the server certificate (PEM, chain allowed); "

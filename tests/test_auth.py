@@ -520,14 +520,15 @@ def _types(method):
     return getattr(rpc, message + "Response")
 
 
-def _grpc(server, service, name, request, token, offset=0):
+def _grpc(server, service, name, request, token, offset=0, metadata=None):
     with grpc.insecure_channel(server.endpoint) as channel:
         call = channel.unary_unary("/etcdserverpb.%s/%s" % (service, name),
                                    request_serializer=lambda m: m.SerializeToString(),
                                    response_deserializer=_types((service, name)).FromString)
+        if metadata is None and token:
+            metadata = [("token", token)]
         try:
-            response = call(request, metadata=[("token", token)] if token else None,
-                            timeout=10)
+            response = call(request, metadata=metadata, timeout=10)
         except grpc.RpcError as e:
             return ("error", e.code().name, e.details())
     response = servers.normalise_response(response, offset)
@@ -757,6 +758,52 @@ def test_http_gateway_matches_etcd(pair):
     assert _http(pair.target, "/v3/auth/status", {}) == (
         400, {"error": "etcdserver: user name is empty", "code": 3,
               "message": "etcdserver: user name is empty"})
+
+
+def _http_headers(server, path, body, headers):
+    """POST with ``headers`` as given, names repeated -> (status, JSON without header)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    data = json.dumps(body).encode()
+    conn.putrequest("POST", path)
+    for name, value in list(headers) + [("Content-Length", str(len(data)))]:
+        conn.putheader(name, value)
+    conn.endheaders(data)
+    resp = conn.getresponse()
+    doc = json.loads(resp.read())
+    conn.close()
+    doc.pop("header", None)
+    return resp.status, doc
+
+
+@pytest.mark.adapter
+def test_a_repeated_token_header_the_first_counts(pair):
+    """etcd reads the first value of a repeated token/authorization (gRPC metadata keeps
+    them all; Go's Header.Get and the gateway take the first); we took the last."""
+    for server in (pair.etcd, pair.target):
+        for method, request, _ in _setup_steps():
+            _grpc(server, "Auth", method, request, None)
+    R = rpc.RangeRequest(key=b"/a/x")
+    results = []
+    for server in (pair.etcd, pair.target):
+        alice = _tokens(server)["alice"]
+        out = []
+        for key in ("token", "authorization"):
+            for first, second in ((alice, "bogus"), ("bogus", alice)):
+                out.append(_grpc(server, "KV", "Range", R, None,
+                                 metadata=[(key, first), (key, second)]))
+        for name in ("Authorization", "Grpc-Metadata-Token"):
+            for first, second in ((alice, "bogus"), ("bogus", alice)):
+                out.append(_http_headers(server, "/v3/kv/range", {"key": "L2EveA=="},
+                                         [(name, first), (name, second)]))
+        results.append(out)
+    ref, got = results
+    invalid = ("error", "UNAUTHENTICATED", "etcdserver: invalid auth token")
+    ranged = ("ok", rpc.RangeResponse().SerializeToString())
+    denied = (401, {"error": "etcdserver: invalid auth token", "code": 16,
+                    "message": "etcdserver: invalid auth token"})
+    assert ref == [ranged, invalid] * 2 + [(200, {}), denied] * 2, ref
+    assert got == ref
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,11 @@ import urllib.parse
 import h2.config
 import h2.connection
 import h2.events
+import hyperframe.frame
 import pytest
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.transport.grpc_codec import frame_message
 
 import servers
 
@@ -125,6 +127,97 @@ def test_txn_larger_than_max_request_bytes(pair):
     assert ref.error() == ("INVALID_ARGUMENT", "etcdserver: request is too large")
 
 
+# ---------------------------------------------------------------------------------------
+# Txns nested deep.  etcd (--max-txn-ops 128) gives a nested txn what its parent branch
+# leaves of the budget: 128 levels holding one op each pass (129 if the innermost is
+# empty), deeper is "too many operations in txn request".  The probe: a 490-level txn
+# dropped the whole connection (RecursionError); protobuf's own parser stops at 50.
+
+TXN = "/etcdserverpb.KV/Txn"
+
+
+def _varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def nested_txn(levels, innermost):
+    """A serialized TxnRequest nested ``levels`` deep (the outer one is level 1) through
+    each level's success[0].request_txn, around the serialized ``innermost``.  Built as
+    bytes: protobuf in Python nests no more than 50 levels."""
+    heads = []
+    size = len(innermost)
+    for _ in range(levels - 1):
+        op = b"\x22" + _varint(size)                       # RequestOp.request_txn
+        head = b"\x12" + _varint(len(op) + size) + op       # TxnRequest.success
+        heads.append(head)
+        size += len(head)
+    return b"".join(reversed(heads)) + innermost
+
+
+def _one_op(**op):
+    return rpc.TxnRequest(success=[rpc.RequestOp(**op)]).SerializeToString()
+
+
+RANGE_ONLY = _one_op(request_range=rpc.RangeRequest(key=b"deep"))
+PUT_ONLY = _one_op(request_put=rpc.PutRequest(key=b"deep", value=b"v"))
+DEEP_TXNS = {   # levels, innermost txn, whether etcd runs it
+    "range_at_128": (128, RANGE_ONLY, True),
+    "range_at_129": (129, RANGE_ONLY, False),
+    "empty_at_129": (129, b"", True),
+    "empty_at_130": (130, b"", False),
+    "put_at_490": (490, PUT_ONLY, False),
+    "put_at_100000": (100000, PUT_ONLY, False),
+    "bad_wire_type_at_1000": (1000, b"\x12\x03\x12\x01\x08", False),
+    "truncated_at_100000": (100000, b"\x12\x02\x12\x01", False),
+}
+
+
+def _txn_shape(raw, kind="txn"):
+    """A TxnResponse's fields without the response headers (revisions, member ids), as
+    nested tuples: what must be the same from etcd and from us."""
+    out = []
+    for num, value in servers._fields(raw):
+        if kind == "txn" and num == 3:
+            out.append(("op", _txn_shape(value, "op")))
+        elif kind == "op":
+            out.append((num, _txn_shape(value, "txn" if num == 4 else "response")))
+        elif num != 1:                  # field 1 of every response here is its header
+            out.append((num, value))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("case", list(DEEP_TXNS), ids=list(DEEP_TXNS))
+def test_deeply_nested_txn(pair, case):
+    levels, innermost, runs = DEEP_TXNS[case]
+    body = nested_txn(levels, innermost)
+    log_before = len(pair.target.log_text())
+    ref = pair.etcd_client.call(TXN, body, serializer=_raw)
+    got = pair.target_client.call(TXN, body, serializer=_raw)
+    assert ref.ok == runs, "etcd: %r (the case is wrong)" % (ref,)
+    if runs:
+        assert got.ok, got
+        shape = _txn_shape(ref.response)
+        assert _txn_shape(got.response) == shape
+        depth = 0
+        while shape and shape[-1][0] == "op" and shape[-1][1][0][0] == 4:
+            shape = shape[-1][1][0][1]          # responses[0].response_txn
+            depth += 1
+        assert depth == levels - 1, depth
+    else:
+        assert got.error() == ref.error(), "etcd %r, ours %r" % (ref.error(), got.error())
+        if case.startswith(("range", "empty", "put")):
+            assert ref.error() == ("INVALID_ARGUMENT",
+                                   "etcdserver: too many operations in txn request")
+        else:
+            assert ref.error()[0] == "INTERNAL"
+    assert "Traceback" not in pair.target.log_text()[log_before:]
+
+
 @pytest.mark.parametrize("method,request_", [
     (PUT, rpc.PutRequest(key=b"big", value=b"x" * (2 * 1024 * 1024 + 10))),
     (RANGE, rpc.RangeRequest(key=b"k" * (3 * 1024 * 1024))),
@@ -152,9 +245,11 @@ def test_unknown_method(pair, method):
 # ---------------------------------------------------------------------------------------
 # Raw HTTP/2
 
-def h2_call(port, path, body, timeout=5.0, headers=()):
-    """One gRPC request with a raw body; returns (:status, grpc-status, grpc-message,
-    number of response messages) or a string describing how the connection ended."""
+def h2_call(port, path, body, timeout=5.0, headers=(), trailers=None, trailers_end=True):
+    """One gRPC request with a raw body (then ``trailers``, a second header block, if
+    given: with END_STREAM unless ``trailers_end`` is false, which is malformed); returns
+    (:status, grpc-status, grpc-message, number of response messages) or a string
+    describing how the stream or the connection ended."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(
         client_side=True, header_encoding="utf-8"))
@@ -175,8 +270,17 @@ def h2_call(port, path, body, timeout=5.0, headers=()):
                 if n <= 0 and sent < len(body):
                     break
                 finished = sent + n == len(body)
-                conn.send_data(1, body[sent:sent + n], end_stream=finished)
+                conn.send_data(1, body[sent:sent + n],
+                               end_stream=finished and trailers is None)
                 sent += n
+                if finished and trailers is not None:
+                    if trailers_end:
+                        conn.send_headers(1, trailers, end_stream=True)
+                    else:       # h2 will not send it: framed by hand, HPACK in step
+                        frame = hyperframe.frame.HeadersFrame(1)
+                        frame.data = conn.encoder.encode(trailers)
+                        frame.flags.add("END_HEADERS")
+                        conn._data_to_send += frame.serialize()
             pending = conn.data_to_send()
             if pending:
                 sock.sendall(pending)
@@ -238,6 +342,73 @@ def test_raw_h2_frames(pair, body):
     assert isinstance(ref, tuple), "etcd: %s" % (ref,)
     assert got == ref, "etcd answered %r, ours %r  ((:status, grpc-status, " \
                        "grpc-message, messages))" % (ref, got)
+
+
+# grpc-timeout as grpc-go reads it (decodeTimeout): a signed integer of at most 8 digits
+# and a unit.  Malformed: etcd resets the stream (PROTOCOL_ERROR) before anything else.
+# Zero or negative (or 1n, gone by the time the call starts): the call's context has
+# expired; etcd ends it DeadlineExceeded -- or Unknown with the same message when its
+# handler sees the context first (it is a race there; we always say DeadlineExceeded).
+
+MALFORMED_TIMEOUTS = ["abc", "12x", "1", "S", "123456789S", "1_0S", "0x5S", "5 S", "1.5S"]
+PAST_TIMEOUTS = ["0n", "1n", "-1S", "0S", "-0n"]
+FINE_TIMEOUTS = ["12345678S", "99999999H", "+5S", "5000m"]
+DEADLINE = ("200", "4", "context deadline exceeded", 0)
+
+
+@pytest.mark.parametrize("value", MALFORMED_TIMEOUTS + PAST_TIMEOUTS + FINE_TIMEOUTS)
+def test_grpc_timeout_values(pair, value):
+    body = frame_message(rpc.RangeRequest(key=b"a/1").SerializeToString())
+    headers = [("grpc-timeout", value)]
+    ref = h2_call(pair.etcd.port, RANGE, body, headers=headers)
+    got = h2_call(pair.target.port, RANGE, body, headers=headers)
+    if value in PAST_TIMEOUTS:
+        assert ref in (DEADLINE, ("200", "2") + DEADLINE[2:]), ref
+        assert got == DEADLINE
+        return
+    want = "stream reset (error code 1)" if value in MALFORMED_TIMEOUTS else \
+        ("200", "0", "", 1)
+    assert ref == want, "etcd: %r (the case is wrong)" % (ref,)
+    assert got == ref
+
+
+@pytest.mark.parametrize("end", [True, False], ids=["trailers", "trailers_without_end"])
+def test_request_trailers_reset_the_stream(pair, end):
+    # A second header block from the client on a call: etcd resets the stream, and the
+    # call is not answered (the connection carries on).
+    body = frame_message(rpc.RangeRequest(key=b"a/1").SerializeToString())
+    trailers = [("x-trailer", "1")]
+    ref = h2_call(pair.etcd.port, RANGE, body, trailers=trailers, trailers_end=end)
+    got = h2_call(pair.target.port, RANGE, body, trailers=trailers, trailers_end=end)
+    assert ref == "stream reset (error code 1)", ref
+    assert got == ref
+
+
+CONNECTION_ERRORS = {   # frame -> the GOAWAY error code we send
+    "data_on_stream_0": (b"\x00\x00\x02\x00\x00\x00\x00\x00\x00xx", 0x1),
+    "goaway_on_stream_1": (b"\x00\x00\x08\x07\x00\x00\x00\x00\x01garbage!", 0x1),
+    "ping_of_3_bytes": (b"\x00\x00\x03\x06\x00\x00\x00\x00\x00123", 0x6),
+    "window_update_of_0": (b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00", 0x1),
+}
+
+
+@pytest.mark.parametrize("case", list(CONNECTION_ERRORS), ids=list(CONNECTION_ERRORS))
+def test_a_connection_error_closes_with_one_goaway(pair, case):
+    # etcd (grpc-go 1.26) just closes; we say why first (RFC 7540 5.4.1), once -- h2 had
+    # queued a GOAWAY and we added another.
+    from test_h2_flood import PREFACE, _frame
+    from test_limits import _read_frames
+    frame, code = CONNECTION_ERRORS[case]
+    seen = []
+    for server in (pair.etcd, pair.target):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(PREFACE + _frame(4, 0, 0))
+        s.sendall(frame)
+        frames = _read_frames(s, None)          # until the server closes
+        s.close()
+        seen.append([struct.unpack(">I", f[3][4:8])[0] for f in frames if f[0] == 7])
+    assert seen[0] == [], "etcd sent GOAWAY %r" % (seen[0],)
+    assert seen[1] == [code]
 
 
 # ---------------------------------------------------------------------------------------

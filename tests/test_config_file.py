@@ -85,7 +85,7 @@ def test_command_line_over_environment_over_file(tmp_path, monkeypatch):
     monkeypatch.delenv("ETCD_ADAPTER_LISTEN")
     assert parse([]).config().listen == ["tcp:1"]     # one string is a list of one
     # Defaults where nobody says anything.
-    assert parse([]).config().max_concurrent_streams == 2 ** 32 - 1
+    assert parse([]).config().max_concurrent_streams == 1000
     # The command line's --config-file wins over the environment's.
     other = write(tmp_path, "name: other-file\nmax-txn-ops: 5\n", "other.yaml")
     monkeypatch.delenv("ETCD_ADAPTER_MAX_TXN_OPS")

@@ -7,6 +7,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import pytest
 from twisted.internet import defer, task
 
 from etcdadapter.errors import EtcdError, StatusCode
@@ -281,10 +282,11 @@ def test_ping_answered_and_settings_advertised():
     assert acks and acks[0].ping_data == b"12345678"
 
 
-def test_default_concurrent_streams_far_above_etcd_trap():
+def test_default_concurrent_streams():
+    # Bounded (etcd: 2^32-1), far above the 250 of Go's HTTP/2 server.
     reg, _ = echo_registry()
     h = Harness(reg)
-    assert h.client.remote_settings.max_concurrent_streams > 250 * 1000
+    assert h.client.remote_settings.max_concurrent_streams == 1000
 
 
 def _raw_frames(data):
@@ -350,8 +352,14 @@ def test_codec_helpers():
     assert parse_timeout("100m") == 0.1
     assert parse_timeout("5S") == 5
     assert parse_timeout("1H") == 3600
-    assert parse_timeout("12x") is None
-    assert parse_timeout("") is None
+    assert parse_timeout("12345678S") == 12345678
+    # grpc-go's decodeTimeout: a signed integer; zero or less is a deadline already past
+    assert (parse_timeout("0n"), parse_timeout("-1S"), parse_timeout("+5S")) == (0, -1, 5)
+    assert parse_timeout("1n") == 1e-9
+    for bad in ("12x", "", "S", "1", "123456789S", "1_0S", "0x5S", " 5S", "5 S", "\u0665S",
+                "1.5S"):
+        with pytest.raises(ValueError):
+            parse_timeout(bad)
     assert encode_grpc_message("plain text") == "plain text"
     dec = MessageDecoder(100)
     framed = frame_message(b"hello") + frame_message(b"") + frame_message(b"world")
@@ -433,3 +441,241 @@ def test_pending_bytes_reports_what_flow_control_holds_back():
     h.pump()                                   # the client reads and acknowledges
     assert stream.pending_bytes() == 0
     assert len(h.result(sid)[1]) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Many streams on one connection
+
+def _open_more_than_we_advertise(h):
+    # The h2 client honours our SETTINGS_MAX_CONCURRENT_STREAMS; a hostile one does not.
+    h.client.remote_settings.max_concurrent_streams = 1 << 20
+    h.client.remote_settings.acknowledge()
+
+
+def _resets(h, sid):
+    return [int(e.error_code) for e in h.events
+            if isinstance(e, h2.events.StreamReset) and e.stream_id == sid]
+
+
+def _terminated(h):
+    return [e for e in h.events if isinstance(e, h2.events.ConnectionTerminated)]
+
+
+def test_streams_over_the_limit_are_refused_alone_and_hpack_stays_in_step():
+    reg, handlers = echo_registry()
+    h = Harness(reg, settings=H2Settings(max_concurrent_streams=3))
+    _open_more_than_we_advertise(h)
+    watches = [h.start_call("/etcdserverpb.Watch/Watch") for _ in range(3)]
+    h.pump()
+    assert len(handlers["streams"]) == 3
+    # A fourth stream, with a header the client's HPACK encoder adds to its table.
+    extra = [("x-custom", "value-to-index")]
+    refused = h.start_call("/etcdserverpb.KV/Range", extra_headers=extra)
+    h.pump()
+    assert _resets(h, refused) == [h2.errors.ErrorCodes.REFUSED_STREAM]
+    assert not _terminated(h) and not h.lost
+    assert len(handlers["streams"]) == 3 and h.server.conn.refused_streams == 1
+    # One watch ends: a new stream fits, and its header block (which refers to the entry
+    # the refused one added) decodes.
+    h.client.reset_stream(watches[0])
+    h.pump()
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"abc"), extra)
+    _, payloads, trailers = h.result(sid)
+    assert trailers["grpc-status"] == "0"
+    assert rpc.RangeResponse.FromString(payloads[0]).count == 3
+    assert not _terminated(h)
+
+
+def test_a_new_stream_costs_no_walk_over_the_open_ones():
+    # h2 counts open streams by walking all of them for every new HEADERS (O(n^2) for n
+    # streams); the count is kept as streams open and close instead.
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+
+    def walked(remainder):
+        raise AssertionError("walked every stream to count the open ones")
+    h.server.conn._open_streams = walked
+    for i in range(20):
+        h.start_call("/etcdserverpb.Watch/Watch")
+    for i in range(30):
+        sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"k%d" % i))
+        assert h.result(sid)[2]["grpc-status"] == "0"
+    h.pump()
+    assert not _terminated(h)
+    conn = h.server.conn
+    # Closed streams leave h2's table at once (as h2's walk would have dropped them).
+    assert conn.open_inbound_streams == 20 and len(conn.streams) == 20
+    for stream in handlers["streams"][:5]:
+        stream.finish()
+    h.pump()
+    assert conn.open_inbound_streams == 15 and len(conn.streams) == 15
+
+
+def test_a_connection_window_update_wakes_only_streams_waiting_for_window(monkeypatch):
+    from etcdadapter.transport import h2_server
+    woken = []
+    original = h2_server.GrpcCall._window_opened
+
+    def spy(call):
+        woken.append(call.stream_id)
+        return original(call)
+    monkeypatch.setattr(h2_server.GrpcCall, "_window_opened", spy)
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sids = [h.start_call("/etcdserverpb.Watch/Watch") for _ in range(50)]
+    h.pump()
+    busy = handlers["streams"][7]
+    busy.send(rpc.WatchResponse(cancel_reason="x" * 200000))   # beyond the windows
+    h.clock.advance(0)
+    assert busy.pending_bytes() > 0
+    h.pump()            # the client reads: connection and stream WINDOW_UPDATEs
+    assert busy.pending_bytes() == 0
+    assert set(woken) == {sids[7]}, sorted(set(woken))
+
+
+# ---------------------------------------------------------------------------------------
+# What etcd (grpc-go) does with odd requests
+
+def _raw_headers_frame(h, sid, headers, end_stream):
+    import hyperframe.frame
+    f = hyperframe.frame.HeadersFrame(sid)
+    f.data = h.client.encoder.encode(headers)
+    f.flags.add("END_HEADERS")
+    if end_stream:
+        f.flags.add("END_STREAM")
+    return f.serialize()
+
+
+def test_request_trailers_reset_a_grpc_stream():
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    # Unary: HEADERS, DATA, trailers: RST_STREAM PROTOCOL_ERROR, the handler never runs.
+    sid = h.start_call("/etcdserverpb.KV/Range")
+    later = rpc.RangeRequest(key=b"later").SerializeToString()
+    h.client.send_data(sid, frame_message(later))
+    h.client.send_headers(sid, [("x-trailer", "1")], end_stream=True)
+    h.pump()
+    assert _resets(h, sid) == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert h.result(sid) == (None, [], None) and handlers["pending"] == []
+    # A watch: its answers so far stand, then the reset; the handler is cancelled.
+    sid = h.start_call("/etcdserverpb.Watch/Watch")
+    req = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=b"a", watch_id=3))
+    h.send(sid, frame_message(req.SerializeToString()))
+    h.client.send_headers(sid, [("x-trailer", "1")], end_stream=True)
+    h.pump()
+    assert _resets(h, sid) == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert len(h.result(sid)[1]) == 1 and handlers["cancelled"] == handlers["streams"]
+    # Trailers without END_STREAM (malformed; h2 alone makes it a connection error):
+    # the stream is reset, the connection serves on.
+    sid = h.start_call("/etcdserverpb.KV/Range")
+    h.client.send_data(sid, frame_message(rpc.RangeRequest(key=b"x").SerializeToString()))
+    h.pump()
+    h.server.data_received(_raw_headers_frame(h, sid, [("x-trailer", "1")], False))
+    h.pump()
+    assert _resets(h, sid) == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert not _terminated(h) and not h.lost
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"ok"))
+    assert h.result(sid)[2]["grpc-status"] == "0"
+
+
+def test_trailers_end_an_http_request_as_its_end():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    sid = h.client.get_next_available_stream_id()
+    h.client.send_headers(sid, [(":method", "GET"), (":scheme", "http"),
+                                (":path", "/version"), (":authority", "x")])
+    h.client.send_headers(sid, [("x-trailer", "1")], end_stream=True)
+    h.pump()
+    heads = [dict(e.headers) for e in h.events
+             if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid]
+    assert heads and heads[0][":status"] == "200"
+
+
+def test_one_goaway_on_a_protocol_error():
+    reg, _ = echo_registry()
+    h = Harness(reg)
+    del h.to_client[:]
+    h.server.data_received(b"\x00\x00\x08\x07\x00\x00\x00\x00\x01garbage!!")
+    goaways = [f for f in _raw_frames(bytes(h.to_client)) if f.type == 7]
+    assert [f.error_code for f in goaways] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert h.lost
+
+
+@pytest.mark.parametrize("value", ["12x", "S", "1", "123456789S", "1_0S", "-S", ""])
+def test_a_malformed_grpc_timeout_resets_the_stream(value):
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"later"),
+                  extra_headers=[("grpc-timeout", value)])
+    assert _resets(h, sid) == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    assert handlers["pending"] == [] and not _terminated(h)
+
+
+@pytest.mark.parametrize("value", ["0n", "0S", "-1S", "-0n"])
+def test_a_grpc_timeout_already_past_ends_the_call_before_its_handler(value):
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"later"),
+                  extra_headers=[("grpc-timeout", value)])
+    headers, payloads, trailers = h.result(sid)
+    assert (trailers["grpc-status"], trailers["grpc-message"], payloads) == (
+        str(StatusCode.DEADLINE_EXCEEDED), "context deadline exceeded", [])
+    assert handlers["pending"] == []
+    sid = h.start_call("/etcdserverpb.Watch/Watch", [("grpc-timeout", value)])
+    h.pump()
+    assert h.result(sid)[2]["grpc-status"] == str(StatusCode.DEADLINE_EXCEEDED)
+    assert handlers["streams"] == []
+
+
+def test_repeated_metadata_the_first_value_wins():
+    reg = MethodRegistry()
+    seen = []
+
+    def handler(request, context):
+        seen.append(context.metadata)
+        return rpc.RangeResponse()
+    reg.add(Method("/etcdserverpb.KV/Range", rpc.RangeRequest, rpc.RangeResponse, UNARY,
+                   handler))
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"a"), extra_headers=[
+        ("token", "first"), ("authorization", "a1"), ("token", "second"),
+        ("authorization", "a2")])
+    assert h.result(sid)[2]["grpc-status"] == "0"
+    assert (seen[0]["token"], seen[0]["authorization"]) == ("first", "a1")
+
+
+def test_nested_txns_decode_a_level_at_a_time():
+    # protobuf's parser stops at 100 message levels (50 txn levels); etcd takes 129.
+    from test_bad_input import PUT_ONLY, nested_txn
+    from etcdadapter import errors
+    from etcdadapter.services.kv import check_txn
+    from etcdadapter.transport.proto_decode import decode
+
+    def levels(txn):
+        n = 1
+        while txn.success and txn.success[0].WhichOneof("request") == "request_txn":
+            txn = txn.success[0].request_txn
+            n += 1
+        return n, txn
+    raw = nested_txn(129, PUT_ONLY)
+    txn = decode(rpc.TxnRequest, raw)
+    assert txn.SerializeToString() == raw           # the same message, all of it
+    check_txn(txn, 10 ** 6)
+    with pytest.raises(errors.ErrTooManyOps):
+        check_txn(txn, 128)                         # etcd's budget: 128 levels of 1 op
+    # Deeper than any txn may nest: built to level 130, which is left empty and refused
+    # whatever the op budget.
+    txn = decode(rpc.TxnRequest, nested_txn(300000, PUT_ONLY))
+    depth, innermost = levels(txn)
+    assert depth == errors.MAX_TXN_LEVELS + 1 and innermost == rpc.TxnRequest()
+    for budget in (128, 10 ** 6):
+        with pytest.raises(errors.ErrTooManyOps):
+            check_txn(txn, budget)
+    # A RequestOp's oneof: the last member on the wire wins, at any depth.
+    put = rpc.RequestOp(request_put=rpc.PutRequest(key=b"p")).SerializeToString()
+    inner = rpc.RequestOp(request_txn=rpc.TxnRequest()).SerializeToString()
+    for op, which in ((inner + put, "request_put"), (put + inner, "request_txn")):
+        shallow = b"\x12" + bytes([len(op)]) + op
+        assert rpc.TxnRequest.FromString(shallow).success[0].WhichOneof("request") == which
+        deep = decode(rpc.TxnRequest, nested_txn(60, shallow))
+        assert levels(deep)[0] == 60 + (which == "request_txn")

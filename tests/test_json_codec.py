@@ -210,3 +210,30 @@ def test_error_bodies():
                   "http_status": "Service Unavailable"}}
     line = jc.stream_result(rpc.WatchResponse(created=True))
     assert line == b'{"result":{"created":true}}\n'
+
+
+def test_nested_txns_decode_without_recursion():
+    from etcdadapter import errors
+    from test_gateway_bad_input import PUT_ONLY, nested_txn_json
+    txn = jc.decode_request(rpc.TxnRequest, nested_txn_json(129, PUT_ONLY))
+    n = 1
+    inner = txn
+    while inner.success[0].WhichOneof("request") == "request_txn":
+        inner = inner.success[0].request_txn
+        n += 1
+    assert n == 129 and inner.success[0].request_put.key == b"deep"
+    # 3,000 levels (9,000 JSON levels; Go stops at 10,000): built to level 130, left
+    # empty there; the JSON below is still checked.
+    txn = jc.decode_request(rpc.TxnRequest, nested_txn_json(3000, PUT_ONLY))
+    n, inner = 1, txn
+    while inner.success and inner.success[0].WhichOneof("request") == "request_txn":
+        inner = inner.success[0].request_txn
+        n += 1
+    assert n == errors.MAX_TXN_LEVELS + 1 and inner == rpc.TxnRequest()
+    bad = nested_txn_json(3000, '{"success":[{"request_put":{"key":"YQ"}}]}')
+    try:
+        jc.decode_request(rpc.TxnRequest, bad)
+    except EtcdError as e:
+        assert e.message == "illegal base64 data at input byte 0"
+    else:
+        raise AssertionError("bad base64 at level 3000 accepted")

@@ -27,7 +27,7 @@ import re
 
 from google.protobuf.descriptor import FieldDescriptor as FD
 
-from etcdadapter.errors import HTTP_STATUS, EtcdError, StatusCode
+from etcdadapter.errors import HTTP_STATUS, MAX_TXN_LEVELS, EtcdError, StatusCode
 
 __all__ = ["decode_request", "decode_requests", "encode", "error_body",
            "stream_result", "stream_error", "http_status_text"]
@@ -499,7 +499,33 @@ def _fields_by_json_name(descriptor, cache={}):
 
 
 def fill_message(msg, obj):
-    """Set ``msg``'s fields from the decoded JSON ``obj`` (jsonpb's rules)."""
+    """Set ``msg``'s fields from the decoded JSON ``obj`` (jsonpb's rules).
+
+    Depth first, as jsonpb (the first error on the way is the one reported), with a stack
+    of its own: JSON may nest 10,000 levels.  A message nested in messages of its own type
+    more than errors.MAX_TXN_LEVELS deep (a txn: no other request nests) is left present
+    but empty -- check_txn refuses it as etcd refuses the real one -- and what the JSON
+    holds below is checked on stand-alone messages."""
+    root = type(msg)
+    stack = [(_fill_steps(msg, obj), 1)]
+    while stack:
+        steps, level = stack[-1]
+        step = next(steps, None)
+        if step is None:
+            stack.pop()
+            continue
+        child, child_obj = step
+        if type(child) is root:
+            level += 1
+            if level > MAX_TXN_LEVELS:
+                child = type(child)()
+        stack.append((_fill_steps(child, child_obj), level))
+    return msg
+
+
+def _fill_steps(msg, obj):
+    """Fill ``msg``'s scalar fields from ``obj``; yield (submessage, its JSON) for the
+    message fields, in field order, for the caller to fill."""
     if not isinstance(obj, dict):
         raise _cannot(obj, "map[string]json.RawMessage")
     for name, camel, fd in _fields_by_json_name(msg.DESCRIPTOR):
@@ -517,16 +543,15 @@ def fill_message(msg, obj):
             target = getattr(msg, fd.name)
             for item in value:
                 if fd.type == FD.TYPE_MESSAGE:
-                    fill_message(target.add(), item if item is not None else {})
+                    yield target.add(), item if item is not None else {}
                 elif item is not None:
                     target.append(_scalar_in(fd, item))
         elif fd.type == FD.TYPE_MESSAGE:
             sub = getattr(msg, fd.name)
             sub.SetInParent()
-            fill_message(sub, value)
+            yield sub, value
         else:
             setattr(msg, fd.name, _scalar_in(fd, value))
-    return msg
 
 
 def decode_request(request_type, body):

@@ -57,19 +57,21 @@ def check_delete(r):
         raise errors.ErrKeyNotProvided
 
 
-def check_txn(r, max_txn_ops):
+def check_txn(r, max_txn_ops, level=1):
+    # Nested txns get what their parent leaves of the budget (etcd's checkTxnRequest),
+    # so at most max_txn_ops + 1 levels pass; and never more than MAX_TXN_LEVELS.
     opc = max(len(r.compare), len(r.success), len(r.failure))
-    if opc > max_txn_ops:
+    if opc > max_txn_ops or level > errors.MAX_TXN_LEVELS:
         raise errors.ErrTooManyOps
     for c in r.compare:
         if not c.key:
             raise errors.ErrKeyNotProvided
     for ops in (r.success, r.failure):
         for op in ops:
-            _check_op(op, max_txn_ops - opc)
+            _check_op(op, max_txn_ops - opc, level)
 
 
-def _check_op(op, max_txn_ops):
+def _check_op(op, max_txn_ops, level):
     which = op.WhichOneof("request")
     if which == "request_range":
         check_range(op.request_range)
@@ -78,7 +80,7 @@ def _check_op(op, max_txn_ops):
     elif which == "request_delete_range":
         check_delete(op.request_delete_range)
     elif which == "request_txn":
-        check_txn(op.request_txn, max_txn_ops)
+        check_txn(op.request_txn, max_txn_ops, level + 1)
     else:
         raise errors.ErrKeyNotFound
 

@@ -5,6 +5,7 @@ The wire format (grpc/doc/PROTOCOL-HTTP2.md): each message is a 1-byte compresse
 messages in one frame are both normal, so the decoder is a small buffer machine.
 """
 
+import re
 import struct
 import zlib
 
@@ -89,16 +90,18 @@ class MessageDecoder(object):
 # -- metadata helpers ----------------------------------------------------------------------
 
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_TIMEOUT_DIGITS = re.compile(r"[+-]?[0-9]+\Z")
 
 
 def parse_timeout(value):
-    """Parse a ``grpc-timeout`` header ("100m", "5S", ...) into seconds, or None if
-    malformed (grpc-go then ignores the header)."""
-    if not value or len(value) > 9:
-        return None
+    """A ``grpc-timeout`` header ("100m", "5S", ...) in seconds, as grpc-go's
+    decodeTimeout reads it: 2 to 9 characters, a unit, an integer that may have a sign
+    (zero or less: the deadline has passed).  ValueError if malformed (grpc-go, and so
+    etcd, then resets the stream)."""
     digits, unit = value[:-1], value[-1:]
-    if not digits.isdigit() or unit not in _TIMEOUT_UNITS:
-        return None
+    if not 2 <= len(value) <= 9 or unit not in _TIMEOUT_UNITS or \
+            not _TIMEOUT_DIGITS.match(digits):
+        raise ValueError("malformed grpc-timeout %r" % (value,))
     return int(digits) * _TIMEOUT_UNITS[unit]
 
 

@@ -12,7 +12,6 @@ handed to the HTTP router (the JSON gateway), exactly as HTTP/1.1 requests are.
 from collections import deque
 
 import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -25,6 +24,7 @@ from etcdadapter.errors import EtcdError, StatusCode, ErrStopped
 from etcdadapter.services.rpc import CallContext, ServerStream, UNARY, as_etcd_error
 from etcdadapter.transport import grpc_codec
 from etcdadapter.transport.proto_decode import decode
+from etcdadapter.transport.h2_connection import ServerConnection
 from etcdadapter.transport.h2_frame_guard import FrameGuard, FrameLimitExceeded
 from etcdadapter.transport.hpack_cache import CachingEncoder
 from etcdadapter.transport.http_exchange import HttpExchange
@@ -41,12 +41,17 @@ _STREAM_WINDOW = 1 << 20       # per-stream receive window we advertise
 _CONNECTION_WINDOW = 16 << 20  # connection receive window
 IDLE_LINGER = 1.0              # after an idle GOAWAY, time for the client to see it (Go: 1 s)
 MAX_HELD_STREAMS = 1024        # new streams waiting for output to drain; more are refused
+# SETTINGS_MAX_CONCURRENT_STREAMS: gRPC clients queue calls beyond it (a watch client
+# needs one stream per watch session; APISIX opens about 13).  Each open stream holds
+# state here; Go's HTTP/2 server allows 250, nginx 128.
+DEFAULT_MAX_CONCURRENT_STREAMS = 1000
 
 
 class H2Settings(object):
     """Tunables for one connection (set from the daemon's options)."""
 
-    def __init__(self, max_concurrent_streams=2 ** 32 - 1, max_receive_message_size=2097152,
+    def __init__(self, max_concurrent_streams=DEFAULT_MAX_CONCURRENT_STREAMS,
+                 max_receive_message_size=2097152,
                  max_header_list_size=1 << 20):
         self.max_concurrent_streams = max_concurrent_streams
         self.max_receive_message_size = max_receive_message_size
@@ -131,7 +136,8 @@ class H2Server(object):
             client_side=False, header_encoding="utf-8",
             validate_outbound_headers=False, normalize_outbound_headers=False,
             validate_inbound_headers=False, normalize_inbound_headers=False)
-        self.conn = h2.connection.H2Connection(config=config)
+        self.conn = ServerConnection(config, min(self.settings.max_concurrent_streams,
+                                                 2 ** 32 - 1))
         self.conn.encoder = CachingEncoder(self.conn.encoder, _CONSTANT_HEADER_SETS)
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS:
@@ -157,6 +163,7 @@ class H2Server(object):
         self._draining = None      # Deferred fired when the last stream ends after GOAWAY
         self._dirty = {}           # streaming calls with unflushed messages (ordered set)
         self._dirty_call = None
+        self._waiting = {}         # streams whose output waits for window (ordered set)
 
     # -- lifecycle -----------------------------------------------------------------
     def initiate(self):
@@ -172,8 +179,11 @@ class H2Server(object):
             try:
                 self._guard.feed(data)
                 events = self.conn.receive_data(data)
-            except (h2.exceptions.ProtocolError, FrameLimitExceeded) as e:
-                self._protocol_error(e)
+            except FrameLimitExceeded as e:
+                self._protocol_error(e, goaway=True)
+                return
+            except h2.exceptions.ProtocolError as e:
+                self._protocol_error(e, goaway=False)    # h2 has queued its GOAWAY
                 return
             for event in events:
                 self._route_event(event)
@@ -189,6 +199,7 @@ class H2Server(object):
             self._linger_call.cancel()
         self._held.clear()
         self._held_streams.clear()
+        self._waiting.clear()
         if self._dirty_call is not None and self._dirty_call.active():
             self._dirty_call.cancel()
         self._dirty_call = None
@@ -257,18 +268,20 @@ class H2Server(object):
         elif self._draining is None:
             self.deadlines.idle()
 
-    def _protocol_error(self, exc):
+    def _protocol_error(self, exc, goaway):
         log.debug("HTTP/2 protocol error from {peer}: {exc}", peer=self.peer, exc=exc)
-        code = getattr(exc, "error_code", None) or h2.errors.ErrorCodes.PROTOCOL_ERROR
-        try:
-            self.conn.close_connection(error_code=code)
-        except h2.exceptions.ProtocolError:
-            pass
+        if goaway:
+            code = getattr(exc, "error_code", None) or h2.errors.ErrorCodes.PROTOCOL_ERROR
+            try:
+                self.conn.close_connection(error_code=code)
+            except h2.exceptions.ProtocolError:
+                pass
         self._in_receive = False
         self._flush()
         self._closed = True
         self._held.clear()
         self._held_streams.clear()
+        self._waiting.clear()
         for stream in list(self.streams.values()):
             self._cancel_stream(stream)
         self.streams.clear()
@@ -357,41 +370,69 @@ class H2Server(object):
                 if stream is not None:
                     stream._window_opened()
             else:
-                for stream in list(self.streams.values()):
-                    stream._window_opened()
+                self._windows_opened()
         elif t is h2.events.RemoteSettingsChanged:
             self._settled = True        # the client's first SETTINGS: its head is in
-            for stream in list(self.streams.values()):
-                stream._window_opened()
+            self._windows_opened()
         elif t is h2.events.ConnectionTerminated:
             self._closed = True
             self._held.clear()
             self._held_streams.clear()
+            self._waiting.clear()
             for stream in list(self.streams.values()):
                 self._cancel_stream(stream)
             self.streams.clear()
             self._lose_connection()
         elif t is h2.events.TrailersReceived:
-            if event.stream_ended:
+            stream = self.streams.get(event.stream_id)
+            if isinstance(stream, GrpcCall):
+                # A gRPC request has no trailers: grpc-go resets the stream (PROTOCOL_ERROR)
+                # and the call ends unanswered.
+                del self.streams[event.stream_id]
+                self._cancel_stream(stream)
+                self._reset(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                self._maybe_close_drained()
+                self._update_activity()
+            elif event.stream_ended:
                 self._stream_ended(event.stream_id)
         # PingReceived (auto-acked by h2), SettingsAcknowledged, PriorityUpdated: nothing
 
+    def _windows_opened(self):
+        # Only the streams whose output waits for window: a connection may hold many
+        # streams, and a WINDOW_UPDATE may come with every DATA frame the client reads.
+        for stream in list(self._waiting):
+            stream._window_opened()
+
     def _request_received(self, event):
         stream_id = event.stream_id
-        headers = dict(event.headers)
+        headers = dict(event.headers)       # pseudo and grpc-* headers: the last wins
         if self._draining is not None:
             self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
+        # Metadata and HTTP headers: the first of a repeated name wins (etcd reads the
+        # first token / Authorization; Go's Header.Get).
+        first = {}
+        for k, v in event.headers:
+            if not k.startswith(":"):
+                first.setdefault(k, v)
         content_type = headers.get("content-type", "")
         if content_type.startswith("application/grpc"):
-            self._start_grpc(stream_id, headers, event.stream_ended)
+            self._start_grpc(stream_id, headers, first, event.stream_ended)
         else:
-            exchange = H2HttpExchange(self, stream_id, headers)
+            exchange = H2HttpExchange(self, stream_id, headers, first)
             self.streams[stream_id] = exchange
             if event.stream_ended:
                 self._stream_ended(stream_id)
 
-    def _start_grpc(self, stream_id, headers, ended):
+    def _start_grpc(self, stream_id, headers, metadata, ended):
+        timeout = headers.get("grpc-timeout")
+        if timeout is not None:
+            try:
+                timeout = grpc_codec.parse_timeout(timeout)
+            except ValueError:
+                # grpc-go refuses the stream before looking at anything else.
+                self._reset(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                return
         path = headers.get(":path", "")
         method = self.registry.lookup(path)
         if headers.get(":method") != "POST":
@@ -407,17 +448,19 @@ class H2Server(object):
                 StatusCode.UNIMPLEMENTED,
                 'grpc: Decompressor is not installed for grpc-encoding "%s"' % encoding))
             return
-        metadata = {k: v for k, v in headers.items() if not k.startswith(":")}
         context = CallContext(metadata=metadata, peer=self.peer, transport="grpc",
                               peer_identity=self.peer_identity)
         decoder = grpc_codec.MessageDecoder(self.settings.max_receive_message_size, encoding)
         call = GrpcCall(self, stream_id, method, context, decoder)
         self.streams[stream_id] = call
-        timeout = grpc_codec.parse_timeout(headers.get("grpc-timeout"))
         if timeout is not None:
             context.deadline = self.clock.seconds() + timeout
-            call.timer = self.clock.callLater(timeout, self._deadline_exceeded, call)
+            if timeout > 0:
+                call.timer = self.clock.callLater(timeout, self._deadline_exceeded, call)
         if method.kind != UNARY:
+            if self._expired(call):
+                self._deadline_exceeded(call)
+                return
             self._invoke_streaming(call)
         if ended and not call.closed:
             self._stream_ended(stream_id)
@@ -483,7 +526,16 @@ class H2Server(object):
                 stream.finish(as_etcd_error(e))
 
     # -- calls ---------------------------------------------------------------------
+    def _expired(self, call):
+        # A deadline already past when the call would start (grpc-timeout 0n, -1S, or 1n
+        # by now) ends it before its handler runs, as an expired context does in etcd.
+        deadline = call.context.deadline
+        return deadline is not None and self.clock.seconds() >= deadline
+
     def _invoke_unary(self, call):
+        if self._expired(call):
+            self._deadline_exceeded(call)
+            return
         payloads = call.request_payloads
         if not payloads:
             # grpc-go reads the request with io.EOF and reports it as is.
@@ -536,6 +588,7 @@ class H2Server(object):
             d.cancel()
 
     def _cancel_stream(self, stream):
+        self._waiting.pop(stream, None)
         if isinstance(stream, HttpExchange):
             stream._pending.clear()
             stream._connection_lost()
@@ -604,9 +657,12 @@ class H2Server(object):
             while pending:
                 window = conn.local_flow_control_window(sid)
                 if window <= 0:
+                    self._waiting[call] = None
                     break
                 size = min(window, conn.max_outbound_frame_size, len(pending))
                 conn.send_data(sid, pending.take(size))
+            else:
+                self._waiting.pop(call, None)
             if not pending and call.trailers is not None:
                 conn.send_headers(sid, call.trailers, end_stream=True)
                 call.trailers = None
@@ -614,6 +670,7 @@ class H2Server(object):
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             # The client reset the stream or closed the connection meanwhile.
             pending.clear()
+            self._waiting.pop(call, None)
             self._stream_done(sid)
         if write:
             self._flush()
@@ -643,10 +700,10 @@ class H2Server(object):
 class H2HttpExchange(HttpExchange):
     """A plain HTTP request carried on an HTTP/2 stream (the JSON gateway over h2)."""
 
-    def __init__(self, server, stream_id, headers):
+    def __init__(self, server, stream_id, headers, fields):
         HttpExchange.__init__(
             self, method=headers.get(":method", "GET"), uri=headers.get(":path", "/"),
-            headers={k: v for k, v in headers.items() if not k.startswith(":")},
+            headers=fields,
             context=CallContext(metadata={}, peer=server.peer, transport="http",
                                 peer_identity=server.peer_identity))
         self.server = server
@@ -696,9 +753,11 @@ class H2HttpExchange(HttpExchange):
             while self._pending:
                 window = conn.local_flow_control_window(sid)
                 if window <= 0:
+                    server._waiting[self] = None
                     return
                 size = min(window, conn.max_outbound_frame_size, len(self._pending))
                 conn.send_data(sid, self._pending.take(size))
+            server._waiting.pop(self, None)
             if self._end_after:
                 conn.end_stream(sid)
                 server.streams.pop(sid, None)
@@ -706,6 +765,7 @@ class H2HttpExchange(HttpExchange):
                 server._update_activity()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._pending.clear()
+            server._waiting.pop(self, None)
             server.streams.pop(sid, None)
             server._update_activity()
         finally:

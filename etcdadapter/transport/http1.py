@@ -24,7 +24,9 @@ from etcdadapter.transport.output_budget import unsent_bytes
 
 class TwistedWebExchange(HttpExchange):
     def __init__(self, request, peer_identity=None):
-        headers = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
+        # A repeated header: the first wins, as Go's Header.Get (etcd's gateway reads the
+        # first Authorization).
+        headers = {k.decode("latin-1").lower(): v[0].decode("latin-1")
                    for k, v in request.requestHeaders.getAllRawHeaders()}
         HttpExchange.__init__(
             self, method=request.method.decode("latin-1"),

@@ -10,7 +10,8 @@ the same verdicts and texts; protobuf then does the real parsing.
 
 from google.protobuf.descriptor import FieldDescriptor as FD
 
-from etcdadapter.errors import EtcdError, StatusCode
+from etcdadapter.errors import MAX_TXN_LEVELS, EtcdError, StatusCode
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 _VARINT_TYPES = {FD.TYPE_INT64, FD.TYPE_UINT64, FD.TYPE_INT32, FD.TYPE_UINT32, FD.TYPE_BOOL,
                  FD.TYPE_ENUM, FD.TYPE_SINT32, FD.TYPE_SINT64}
@@ -107,9 +108,20 @@ def _skip(data, i, end):
 
 
 def _check(data, i, end, descriptor):
-    table = _table(descriptor)
-    name = descriptor.name
-    while i < end:
+    """Walk the message in ``data[i:end]``; returns how deep its messages nest (the
+    message itself: 1).  A loop with its own stack, not recursion: a 2 MiB request can
+    nest a txn some 300,000 levels deep."""
+    deepest = 1
+    stack = []
+    table, name = _table(descriptor), descriptor.name
+    while True:
+        if i >= end:
+            if i > end:
+                raise _WireError(UNEXPECTED_EOF)
+            if not stack:
+                return deepest
+            i, end, table, name = stack.pop()
+            continue
         start = i
         tag, i = _varint(data, i, end)
         field, wire = tag >> 3, tag & 7
@@ -136,14 +148,15 @@ def _check(data, i, end, descriptor):
             if post > end:
                 raise _WireError(UNEXPECTED_EOF)
             if sub is not None:
-                _check(data, i, post, sub)
-            i = post
+                stack.append((post, end, table, name))
+                deepest = max(deepest, len(stack) + 1)
+                end, table, name = post, _table(sub), sub.name
+            else:
+                i = post
         elif wire == 1:
             i += 8
         else:
             i += 4
-    if i > end:
-        raise _WireError(UNEXPECTED_EOF)
 
 
 def unmarshal_error(message):
@@ -153,10 +166,98 @@ def unmarshal_error(message):
 def decode(request_type, payload):
     """Parse ``payload`` as ``request_type`` or raise etcd's INTERNAL unmarshal error."""
     try:
-        _check(payload, 0, len(payload), request_type.DESCRIPTOR)
+        depth = _check(payload, 0, len(payload), request_type.DESCRIPTOR)
     except _WireError as e:
         raise unmarshal_error(e.args[0])
     try:
+        if depth > _PARSE_DEPTH and request_type is rpc.TxnRequest:
+            return _parse_txn(payload)
         return request_type.FromString(payload)
     except Exception as e:           # e.g. invalid UTF-8 in a string field
         raise unmarshal_error(str(e))
+
+
+# -- nested txns -------------------------------------------------------------------------
+#
+# protobuf's upb parser refuses messages nested deeper than 100 levels, and a txn level is
+# two (TxnRequest, RequestOp): it refused txns nested 50 levels deep, which etcd accepts
+# up to 129 (--max-txn-ops 128).  A deep TxnRequest is parsed a level at a time instead,
+# each RequestOp's request_txn cut out of its level's bytes and parsed into the op's
+# submessage (top down: nothing is copied twice).  Levels past MAX_TXN_LEVELS are not
+# parsed: the txn there is left present but empty, which check_txn refuses as etcd
+# refuses the real one ("too many operations in txn request"); the wire walk above has
+# checked all of them.
+
+_PARSE_DEPTH = 64            # message levels upb parses in one go (its limit: 100)
+
+
+def _parse_txn(payload):
+    root = rpc.TxnRequest()
+    work = [(root, 0, len(payload), 1)]
+    while work:
+        msg, i, end, level = work.pop()
+        shallow, nested = _cut_txns(payload, i, end)
+        msg.MergeFromString(shallow)
+        for branch, index, start, stop in nested:
+            child = getattr(msg, branch)[index].request_txn
+            child.SetInParent()
+            if level < MAX_TXN_LEVELS:
+                work.append((child, start, stop, level + 1))
+    return root
+
+
+def _field_at(data, i):
+    """(field number, wire type, start of value, end of value, end of field) of the
+    already validated field starting at ``i``."""
+    tag, j = _varint(data, i, len(data))
+    wire = tag & 7
+    if wire == 2:
+        length, j = _varint(data, j, len(data))
+        return tag >> 3, wire, j, j + length, j + length
+    end = _skip(data, i, len(data))
+    return tag >> 3, wire, j, end, end
+
+
+def _cut_txns(data, i, end):
+    """The TxnRequest in ``data[i:end]`` without its ops' nested txns, and where those
+    are: (branch, index of the op in it, start, end).  Of a RequestOp's oneof fields the
+    last one on the wire wins (gogo: a later request_txn replaces an earlier one)."""
+    out = bytearray()
+    nested = []
+    counts = {2: 0, 3: 0}
+    while i < end:
+        field, wire, start, stop, i_next = _field_at(data, i)
+        if field in counts and wire == 2:
+            op = bytearray()
+            txn = None
+            j = start
+            while j < stop:
+                f, w, s, e, j_next = _field_at(data, j)
+                if f == 4 and w == 2:
+                    txn = (s, e)
+                else:
+                    if f in (1, 2, 3) and w == 2:
+                        txn = None
+                    op += data[j:j_next]
+                j = j_next
+            out += _encode_field(field, op)
+            if txn is not None:
+                nested.append(("success" if field == 2 else "failure", counts[field]) + txn)
+            counts[field] += 1
+        else:
+            out += data[i:i_next]
+        i = i_next
+    return bytes(out), nested
+
+
+def _encode_field(field, value):
+    return _varint_bytes((field << 3) | 2) + _varint_bytes(len(value)) + bytes(value)
+
+
+def _varint_bytes(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

@@ -28,6 +28,10 @@ log = Logger()
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 LOG_INTERVAL = 10.0     # refusals and timeouts: at most one log line per this
 ABORT_AFTER = 15.0      # a closing connection whose client takes no bytes (twisted.web's)
+# HTTP/2 bytes one connection gets handled per reactor turn; the rest of a read waits a
+# turn (reading paused), so a client sending many small frames (a stream or PING flood:
+# some 1,000 frames a 64 KiB read, up to 0.2 ms each) cannot hold the others up long.
+H2_SLICE = 16384
 
 
 class _Discard(object):
@@ -56,7 +60,10 @@ class EtcdProtocol(protocol.Protocol):
         self._inner = None       # H2Server, or twisted.web's HTTPChannel
         self._h2 = None
         self._closed = None      # Deferred fired by connectionLost (HTTP/1.1 drain)
-        self._reading_paused = False
+        self._reading_paused = False     # HTTP/2: the socket is full (see dataReceived)
+        self._backlog = b""              # HTTP/2 bytes read, to be handled next turns
+        self._backlog_call = None
+        self._transport_paused = False
         self._abort_call = None
         limits = factory.limits
         self.deadlines = Deadlines(factory.clock, limits.header_timeout,
@@ -82,12 +89,7 @@ class EtcdProtocol(protocol.Protocol):
             if self._h2 is None:
                 self._inner.dataReceived(data)
             else:
-                self._h2.data_received(data)
-                if not self._reading_paused and self.budget.socket_over():
-                    # The client does not read: stop reading its requests until the
-                    # socket drains (resumeProducing).
-                    self._reading_paused = True
-                    self.transport.pauseProducing()
+                self._h2_received(data)
             return
         self._buffer += data
         n = min(len(self._buffer), len(H2_PREFACE))
@@ -102,6 +104,35 @@ class EtcdProtocol(protocol.Protocol):
         elif n == len(H2_PREFACE):
             self._start_h2()
 
+    def _h2_received(self, data):
+        if self._backlog:
+            self._backlog += data       # (a TLS layer may still deliver while paused)
+            return
+        if len(data) > H2_SLICE:
+            data, self._backlog = data[:H2_SLICE], data[H2_SLICE:]
+            self._backlog_call = self.factory.clock.callLater(0, self._h2_backlog)
+        self._h2.data_received(data)
+        if not self._reading_paused and self.budget.socket_over():
+            # The client does not read: stop reading its requests until the socket
+            # drains (resumeProducing).
+            self._reading_paused = True
+        self._update_reading()
+
+    def _h2_backlog(self):
+        self._backlog_call = None
+        data, self._backlog = self._backlog, b""
+        if data and self._h2 is not None:
+            self._h2_received(data)
+
+    def _update_reading(self):
+        paused = self._reading_paused or bool(self._backlog)
+        if paused != self._transport_paused:
+            self._transport_paused = paused
+            if paused:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
     def _start_h2(self):
         f = self.factory
         transport = self.transport
@@ -113,7 +144,7 @@ class EtcdProtocol(protocol.Protocol):
         transport.registerProducer(self, True)
         self._h2.initiate()
         data, self._buffer = self._buffer, b""
-        self._h2.data_received(data)
+        self._h2_received(data)
 
     def _start_http1(self):
         channel = self.factory.site.buildProtocol(self.addr)
@@ -133,7 +164,7 @@ class EtcdProtocol(protocol.Protocol):
         # The write buffer is empty.
         if self._reading_paused:
             self._reading_paused = False
-            self.transport.resumeProducing()
+            self._update_reading()
         if self._h2 is not None:
             self._h2.output_drained()
 
@@ -184,6 +215,10 @@ class EtcdProtocol(protocol.Protocol):
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
+        if self._backlog_call is not None and self._backlog_call.active():
+            self._backlog_call.cancel()
+        self._backlog_call = None
+        self._backlog = b""
         if self._h2 is not None:
             self._h2.connection_lost()
         elif self._inner is not None:

@@ -1,0 +1,129 @@
+"""h2's server connection, with a cost per new stream that does not grow with the open
+streams, and streams over the limit refused one by one.
+
+h2 (4.x) counts the open inbound streams for every new HEADERS by walking all of its
+streams (``H2Connection._open_streams``, which also drops the closed ones): n streams
+cost O(n^2), and one client opening 10,000 HEADERS-only streams held the reactor for
+seconds.  Here the count is kept as streams change state: after each received frame (for
+that frame's stream) and each send on a stream, the stream is looked at once; a closed
+stream moves to ``_closed_streams`` at once, as h2's walk would have moved it.
+
+h2 also makes a HEADERS beyond SETTINGS_MAX_CONCURRENT_STREAMS a connection error
+(PROTOCOL_ERROR: every call on the connection fails).  A client may open streams before
+it has seen our SETTINGS; grpc-go (etcd's server) refuses just the extra stream with
+RST_STREAM REFUSED_STREAM (RFC 7540 5.1.2), which gRPC clients retry transparently.  So
+do we -- after decoding its header block, so the HPACK state stays in step.  A client
+refused more streams than the limit itself ignores it: each refusal still costs a
+header block's decoding, so its connection is then closed (GOAWAY ENHANCE_YOUR_CALM).
+
+And trailers without END_STREAM reset their stream (a malformed request, RFC 7540 8.1:
+a stream error, as etcd does) where h2 would end the connection.
+"""
+
+import h2.connection
+import h2.errors
+from h2.connection import ConnectionInputs, _decode_headers
+from h2.events import StreamReset
+from h2.exceptions import DenialOfServiceError
+from h2.stream import StreamInputs, StreamState
+
+MIN_REFUSALS = 100      # refused streams a connection may have even under a small limit
+# States in which the client may still send on a stream.
+_RECEIVING = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
+
+
+class ServerConnection(h2.connection.H2Connection):
+    """``max_inbound_streams``: the SETTINGS_MAX_CONCURRENT_STREAMS we advertise."""
+
+    def __init__(self, config, max_inbound_streams):
+        h2.connection.H2Connection.__init__(self, config=config)
+        self.max_inbound_streams = max_inbound_streams
+        self.max_refused_streams = max(max_inbound_streams, MIN_REFUSALS)
+        self.refused_streams = 0
+        self._open_inbound = set()      # ids of inbound streams open (or half-closed)
+
+    @property
+    def open_inbound_streams(self):
+        return len(self._open_inbound)
+
+    def _settle(self, stream_id):
+        """Count ``stream_id`` as open or not, after something happened on it."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self._open_inbound.discard(stream_id)
+        elif stream.closed:
+            del self.streams[stream_id]
+            self._closed_streams[stream_id] = stream.closed_by
+            self._open_inbound.discard(stream_id)
+        elif stream.open and stream_id % 2:     # clients open the odd ones
+            self._open_inbound.add(stream_id)
+
+    # -- received frames -------------------------------------------------------------
+    def _receive_frame(self, frame):
+        events = h2.connection.H2Connection._receive_frame(self, frame)
+        if frame.stream_id:
+            self._settle(frame.stream_id)
+        return events
+
+    def _receive_headers_frame(self, frame):
+        stream = self.streams.get(frame.stream_id)
+        if stream is None:
+            if len(self._open_inbound) >= self.max_inbound_streams:
+                return self._refuse(frame)
+        elif "END_STREAM" not in frame.flags and stream.state_machine.headers_received \
+                and stream.state_machine.state in _RECEIVING:
+            return self._malformed_trailers(stream, frame)
+        return h2.connection.H2Connection._receive_headers_frame(self, frame)
+
+    def _refuse(self, frame):
+        # What h2 does with a new stream's HEADERS (HPACK, the connection's state, stream
+        # id rules), then a reset instead of a RequestReceived.
+        _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._begin_new_stream(frame.stream_id,
+                                        h2.connection.AllowedStreamIDs.ODD)
+        stream.state_machine.process_input(StreamInputs.RECV_HEADERS)
+        self.refused_streams += 1
+        if self.refused_streams > self.max_refused_streams:
+            raise DenialOfServiceError("%d streams over the limit of %d"
+                                       % (self.refused_streams, self.max_inbound_streams))
+        return stream.reset_stream(h2.errors.ErrorCodes.REFUSED_STREAM), events
+
+    def _malformed_trailers(self, stream, frame):
+        # Trailers without END_STREAM make the request malformed (RFC 7540 8.1), a stream
+        # error (8.1.2.6); h2 makes it a connection error.  etcd resets the stream.
+        _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        code = h2.errors.ErrorCodes.PROTOCOL_ERROR
+        frames = stream.reset_stream(code)
+        events.append(StreamReset(stream_id=stream.stream_id, error_code=code,
+                                  remote_reset=False))
+        return frames, events
+
+    # -- sends that can close a stream ---------------------------------------------------
+    def send_headers(self, stream_id, headers, end_stream=False, **kwargs):
+        try:
+            h2.connection.H2Connection.send_headers(self, stream_id, headers,
+                                                    end_stream=end_stream, **kwargs)
+        finally:
+            self._settle(stream_id)
+
+    def send_data(self, stream_id, data, end_stream=False, pad_length=None):
+        try:
+            h2.connection.H2Connection.send_data(self, stream_id, data,
+                                                 end_stream=end_stream,
+                                                 pad_length=pad_length)
+        finally:
+            self._settle(stream_id)
+
+    def end_stream(self, stream_id):
+        try:
+            h2.connection.H2Connection.end_stream(self, stream_id)
+        finally:
+            self._settle(stream_id)
+
+    def reset_stream(self, stream_id, error_code=0):
+        try:
+            h2.connection.H2Connection.reset_stream(self, stream_id, error_code)
+        finally:
+            self._settle(stream_id)
