@@ -107,6 +107,19 @@ class Dialect(object):
             "etcdserver: request is too large: key of %d bytes, the %s store takes keys "
             "of at most %d bytes" % (size, self.name, self.max_key_bytes)))
 
+    def script(self, cursor, statements):
+        """Run (sql, params or None) statements in order; their result sets in order
+        (rows, or None).  A dialect whose driver can send several statements at once
+        does, to save round trips (each costs the write thread a wait for the GIL)."""
+        out = []
+        for sql, params in statements:
+            if params is None:
+                cursor.execute(sql)
+            else:
+                cursor.execute(sql, params)
+            out.append(cursor.fetchall() if cursor.description is not None else None)
+        return out
+
     def revision_reader(self, reactor):
         """An object whose ``read()`` returns a Deferred[(revision, compact_revision)] of
         the counter row, read on the reactor thread without a pool thread (the read

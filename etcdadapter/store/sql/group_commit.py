@@ -43,8 +43,8 @@ from etcdadapter import errors
 from etcdadapter.errors import EtcdError
 from etcdadapter.store.keyspace import PendingView
 from etcdadapter.store.sql.dialect import DISCONNECT, LOCK_TIMEOUT, RETRY
-from etcdadapter.store.sql.replica import purged_through, read_meta, read_revisions
-from etcdadapter.store.sql.runner import MAX_ATTEMPTS, WRITE, Session, Tx
+from etcdadapter.store.sql.replica import META_LOCK, purged_through, read_revisions
+from etcdadapter.store.sql.runner import COMMIT, MAX_ATTEMPTS, WRITE, Session, Tx
 from etcdadapter.store.sql.schema import CURRENT, LEASE, LOG, META
 
 log = Logger()
@@ -166,7 +166,7 @@ class GroupCommitter(object):
             return
         if isinstance(self._queue[0], _Exclusive):
             job = self._queue.popleft()
-            d = self.runner.call(lambda _s: self._exclusive(job))
+            d = self.runner.call(lambda _s: self._exclusive(job), pool=COMMIT)
             d.addBoth(self._fire, job)
         else:
             items = [self._queue.popleft()]
@@ -237,7 +237,8 @@ class GroupCommitter(object):
         since = min(item.queued_at for item in items)
         try:
             begun = yield self.runner.call(
-                lambda _s: self._begin(known, sorted(lease_ids), attempt, since))
+                lambda _s: self._begin(known, sorted(lease_ids), attempt, since),
+                pool=COMMIT)
         except _Behind:
             raise _Again(wait=self.feed.reload())
         except _FarBehind as e:
@@ -266,10 +267,11 @@ class GroupCommitter(object):
                     results.append((False, _as_error(f)))
             statements = self._statements(view, batch)
         except BaseException:
-            yield self.runner.call(lambda _s: self._abort(tx))
+            yield self.runner.call(lambda _s: self._abort(tx), pool=COMMIT)
             raise
         try:
-            yield self.runner.call(lambda _s: self._finish(tx, statements, attempt, since))
+            yield self.runner.call(lambda _s: self._finish(tx, statements, attempt, since),
+                                   pool=COMMIT)
         except _Retry as e:
             raise _Again(pause=e.pause)
         self.batches += 1
@@ -314,9 +316,11 @@ class GroupCommitter(object):
             conn = s._connection()
             tx = Tx(conn, d, s)
             try:
-                for stmt in d.begin_write_bounded(wait, s.settings):
-                    tx.run(stmt)
-                revision, compact = read_meta(tx, d.counter_lock)
+                # BEGIN (and the session's bounds) and the counter lock: one round trip.
+                results = tx.script([(stmt, None) for stmt in
+                                     d.begin_write_bounded(wait, s.settings)]
+                                    + [(META_LOCK + d.counter_lock, None)])
+                revision, compact = [r for r in results if r is not None][-1][0]
                 revisions = []
                 if revision > known:
                     if compact > known and purged_through(tx) > known:
@@ -374,8 +378,7 @@ class GroupCommitter(object):
         conn = s.conn
         try:
             try:
-                for sql, params in statements:
-                    tx.run(sql, params)
+                tx.script(statements)
             except Exception as e:
                 self._failed(conn, e, False, attempt, since)
             try:

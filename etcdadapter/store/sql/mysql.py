@@ -81,7 +81,10 @@ class MySQLDialect(Dialect):
             autocommit=True, charset="utf8mb4", binary_prefix=True,
             # UPDATE's row count = rows matched, not rows changed (a keep-alive within
             # the same millisecond changes nothing but found its lease).
-            client_flag=CLIENT.FOUND_ROWS, init_command=self.session_init, **self.params)
+            # Several statements in one round trip (Dialect.script): values are escaped
+            # by PyMySQL into the text, never concatenated unescaped.
+            client_flag=CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
+            init_command=self.session_init, **self.params)
         self.idle_variable = self._idle_variable(conn.get_server_info())
         return conn
 
@@ -147,6 +150,17 @@ class MySQLDialect(Dialect):
                 "AND l.name = t.name AND l.sub <= t.sub WHERE t.revision >= %s "
                 "AND t.revision <= %s AND t.revision < %s AND t.version = 0").format(log=log), \
             (lo, hi, compact)
+
+    def script(self, cursor, statements):
+        if len(statements) < 2:
+            return Dialect.script(self, cursor, statements)
+        cursor.execute(";\n".join(sql if params is None else cursor.mogrify(sql, params)
+                                   for sql, params in statements))
+        out = []
+        while True:
+            out.append(cursor.fetchall() if cursor.description is not None else None)
+            if not cursor.nextset():
+                return out
 
     def revision_reader(self, reactor):
         if any(k.startswith("ssl") for k in self.params):

@@ -122,6 +122,27 @@ class PostgresDialect(Dialect):
                 break
         return best
 
+    def script(self, cursor, statements):
+        if len(statements) < 2:
+            return Dialect.script(self, cursor, statements)
+        if all(params is None for _sql, params in statements):
+            # The simple query protocol takes several statements in one message.
+            cursor.execute("; ".join(sql for sql, _p in statements))
+            out = []
+            while True:
+                out.append(cursor.fetchall() if cursor.description is not None else None)
+                if not cursor.nextset():
+                    return out
+        # With parameters: a pipeline, one round trip for all.
+        conn = cursor.connection
+        cursors = []
+        with conn.pipeline():
+            for sql, params in statements:
+                c = conn.cursor()
+                c.execute(sql, params)
+                cursors.append(c)
+        return [c.fetchall() if c.description is not None else None for c in cursors]
+
     def revision_reader(self, reactor):
         return _RevisionReader(self, reactor)
 

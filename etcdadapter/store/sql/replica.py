@@ -16,6 +16,8 @@ from etcdadapter.store.keyspace import Keyspace
 from etcdadapter.store.sql.schema import COMPACTION, LOG, META
 
 _META = "SELECT revision, compact_revision FROM " + META + " WHERE id = 1"
+#: The counter row's SELECT, to which a dialect's ``counter_lock`` is appended.
+META_LOCK = _META
 _PURGE = "SELECT purged_revision, purge_cursor FROM " + COMPACTION + " WHERE id = 1"
 _ROWS = ("SELECT revision, sub, name, create_revision, version, value, lease FROM " + LOG
          + " WHERE revision > %s AND revision <= %s ORDER BY revision, sub LIMIT %s")

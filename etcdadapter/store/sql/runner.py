@@ -47,6 +47,10 @@ log = Logger()
 
 READ = "read"
 WRITE = "write"
+#: The group committer's thread (:mod:`.group_commit`): its batches never wait for a
+#: thread that other writes hold (a lease keep-alive waiting for a lease row the batch
+#: has locked).
+COMMIT = "commit"
 
 MAX_ATTEMPTS = 5
 # Lock-wait timeouts are logged at most this often (seconds), with the count since.
@@ -59,12 +63,13 @@ CONNECT_BACKOFF = 1.0
 class Tx(object):
     """One transaction's statements on one connection (counted in ``session``)."""
 
-    __slots__ = ("cursor", "_convert", "_session")
+    __slots__ = ("cursor", "_convert", "_session", "_dialect")
 
     def __init__(self, conn, dialect, session):
         self.cursor = conn.cursor()
         self._convert = dialect.placeholder != "%s"
         self._session = session
+        self._dialect = dialect
 
     def _sql(self, sql):
         return _to_qmark(sql) if self._convert else sql
@@ -90,6 +95,15 @@ class Tx(object):
     def many(self, sql, seq):
         self._session.statements += 1
         self.cursor.executemany(self._sql(sql), seq)
+
+    def script(self, statements):
+        """Run (sql, params or None) statements in order, in as few round trips as the
+        dialect can (:meth:`Dialect.script`); the result sets in order (rows, or None
+        for a statement without any)."""
+        self._session.statements += len(statements)
+        if self._convert:
+            statements = [(self._sql(sql), params) for sql, params in statements]
+        return self._dialect.script(self.cursor, statements)
 
 
 _qmark_cache = {}
@@ -275,7 +289,7 @@ class Runner(object):
             pool: ThreadPool(minthreads=0, maxthreads=n,
                              name="etcd-adapter-%s-%s" % (dialect.name, pool))
             for pool, n in ((READ, size), (WRITE, size if write_size is None
-                                           else write_size))}
+                                           else write_size), (COMMIT, 1))}
         self._local = threading.local()
         self.sessions = []
         self._conns = set()
