@@ -136,9 +136,9 @@ class Putter(threading.Thread):
     """Puts of its own keys through one adapter until stopped: (start, end, outcome,
     revision, key, value) each, outcome "OK" or (code, details)."""
 
-    def __init__(self, server, tag, pace=0.0):
+    def __init__(self, server, tag, pace=0.0, lease=0):
         threading.Thread.__init__(self, daemon=True)
-        self.server, self.tag, self.pace = server, tag, pace
+        self.server, self.tag, self.pace, self.lease = server, tag, pace, lease
         self.results = []
         self.stopping = threading.Event()
         self.error = None
@@ -150,7 +150,8 @@ class Putter(threading.Thread):
                 while not self.stopping.is_set():
                     key, value = b"/stall/%s/%05d" % (self.tag, i), b"v%d" % i
                     t0 = time.monotonic()
-                    r = c.call(KV + "Put", rpc.PutRequest(key=key, value=value),
+                    r = c.call(KV + "Put", rpc.PutRequest(key=key, value=value,
+                                                          lease=self.lease),
                                rpc.PutResponse)
                     self.results.append((t0, time.monotonic(), "OK" if r.ok else r.error(),
                                          r.response.header.revision if r.ok else None,
@@ -269,7 +270,16 @@ def test_paused_adapter_holding_the_lock(db, request, bound):
                   rpc.PutResponse).header.revision
     watchers = [Watcher(s, key=b"/stall/", range_end=b"/stall0", start_revision=base)
                 for s in (a, b)]
-    a_putters = [Putter(a, b"a%d" % i) for i in range(4)]
+    # A's puts carry a lease: a batch that needs lease rows locks the counter, reads
+    # them, evaluates, then writes -- it holds the lock across a round trip to the
+    # adapter, so a pause can catch it holding it.  (A batch of puts without leases is
+    # one round trip, run by the database alone: a paused adapter cannot hold the lock.)
+    with servers.GrpcClient(a.endpoint) as c:
+        granted = c.call("/etcdserverpb.Lease/LeaseGrant", rpc.LeaseGrantRequest(TTL=3600),
+                         rpc.LeaseGrantResponse)
+        assert granted.ok, granted
+        lease = granted.response.ID
+    a_putters = [Putter(a, b"a%d" % i, lease=lease) for i in range(4)]
     # B's puts at a modest pace: they probe the write path; the reads are what is timed.
     b_putters = [Putter(b, b"b%d" % i, pace=0.01) for i in range(4)]
     reader = None

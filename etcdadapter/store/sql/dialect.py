@@ -67,6 +67,15 @@ class Dialect(object):
     #: rolls back and releases its locks (None: no bound).
     idle_transaction_timeout = None
 
+    #: Statements to send right after the statement that took the counter lock (a
+    #: dialect that bounded the lock wait puts its bound back here).
+    after_counter_lock = ()
+
+    def guard_failed(self, exc):
+        """Whether ``exc`` is the error of a NOT NULL column set to NULL (the guard of
+        an optimistic write batch, :mod:`.group_commit`)."""
+        return False
+
     def begin_write_bounded(self, wait, settings):
         """The statements opening a write transaction whose lock waits end after ``wait``
         seconds (None: no bound of ours).  ``settings``: a dict kept with the connection
@@ -119,6 +128,11 @@ class Dialect(object):
                 cursor.execute(sql, params)
             out.append(cursor.fetchall() if cursor.description is not None else None)
         return out
+
+    def reactor_connection(self, reactor, timeout):
+        """A :class:`~.reactor_conn.ReactorConnection` (scripts of statements sent and
+        answered on the reactor, no pool thread), or None when the driver cannot."""
+        return None
 
     def revision_reader(self, reactor):
         """An object whose ``read()`` returns a Deferred[(revision, compact_revision)] of

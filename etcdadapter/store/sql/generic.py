@@ -59,6 +59,9 @@ DEFAULT_POOL_SIZE = 4             # read threads (= connections)
 # their own), lease grants and keep-alives, auth saves, the purge.
 DEFAULT_WRITE_POOL_SIZE = 2
 POLL_BATCH = 500                  # log rows per poll
+# Seconds a write batch's statement may go unanswered on the reactor's connection (beyond
+# the lock timeout) before the database counts as hung: the connection is dropped.
+WRITE_TIMEOUT = 30.0
 
 
 class _AuthSaveConflict(EtcdError):
@@ -102,8 +105,15 @@ class SQLStore(Store):
         self._revision_reader = dialect.revision_reader(reactor)
         if self._revision_reader is not None:
             self._revision_reader.on_connected = self.runner.available
+        #: The write batches' connection when the reactor can drive it (no thread).
+        self.write_connection = dialect.reactor_connection(
+            reactor, (dialect.lock_timeout or 0) + WRITE_TIMEOUT)
+        if self.write_connection is not None:
+            self.write_connection.on_connected = self.runner.available
         self.committer = GroupCommitter(self.runner, dialect, self.feed, self.clock,
-                                        max_batch, max_batch_bytes)
+                                        max_batch, max_batch_bytes,
+                                        connection=self.write_connection,
+                                        catch_up=self._linearized)
         self.purger = Purger(self.committer, dialect, compact_batch, on_done=self._purged)
         #: What the last purge pass of this process did (:class:`~etcdadapter.store.base.Purged`).
         self.last_purge = None
@@ -171,6 +181,8 @@ class SQLStore(Store):
         yield self.feed.stop()
         if self._revision_reader is not None:
             self._revision_reader.close()
+        if self.write_connection is not None:
+            self.write_connection.close()
         self.runner.stop()
 
     def drain(self):
@@ -354,6 +366,7 @@ class SQLStore(Store):
             ("etcd_adapter_sql_statements", "counter",
              "SQL statements sent to the database.",
              self.runner.statements()
+             + (self.write_connection.statements if self.write_connection else 0)
              + (self._revision_reader.queries if self._revision_reader else 0)),
         ]
 

@@ -44,7 +44,9 @@ from etcdadapter.errors import EtcdError
 from etcdadapter.store.keyspace import PendingView
 from etcdadapter.store.sql.dialect import DISCONNECT, LOCK_TIMEOUT, RETRY
 from etcdadapter.store.sql.replica import META_LOCK, purged_through, read_revisions
-from etcdadapter.store.sql.runner import COMMIT, MAX_ATTEMPTS, WRITE, Session, Tx
+from etcdadapter.store.sql.reactor_conn import NotConnected
+from etcdadapter.store.sql.runner import (COMMIT, CONNECT_BACKOFF, MAX_ATTEMPTS, WRITE,
+                                          Session, Tx)
 from etcdadapter.store.sql.schema import CURRENT, LEASE, LOG, META
 
 log = Logger()
@@ -91,12 +93,14 @@ class Batch(object):
 
 
 class _Again(Exception):
-    """Run the batch again from the start (after ``wait`` fires, if set)."""
+    """Run the batch again from the start (after ``wait`` fires, if set); ``error`` is
+    the answer when the attempts are used up (default: request timed out)."""
 
-    def __init__(self, wait=None, pause=0.0):
+    def __init__(self, wait=None, pause=0.0, error=None):
         Exception.__init__(self)
         self.wait = wait
         self.pause = pause
+        self.error = error
 
 
 class _Exclusive(object):
@@ -110,9 +114,14 @@ class _Exclusive(object):
 
 class GroupCommitter(object):
     def __init__(self, runner, dialect, feed, clock, max_items=MAX_ITEMS,
-                 max_bytes=MAX_BYTES):
+                 max_bytes=MAX_BYTES, connection=None, catch_up=None):
         """``runner``: the pool the batches' database work runs in (on a connection of
-        the committer's own); ``feed``: the change feed holding the replica."""
+        the committer's own), unless a ``connection`` (:class:`.reactor_conn.
+        ReactorConnection`) lets the reactor do it; ``feed``: the change feed holding
+        the replica; ``catch_up()``: Deferred firing once the replica holds what the
+        database holds now (revision and compaction: the store's read barrier)."""
+        self.connection = connection
+        self.catch_up = catch_up
         self.runner = runner
         self.dialect = dialect
         self.feed = feed
@@ -212,7 +221,7 @@ class GroupCommitter(object):
                 if attempt >= MAX_AGAIN:
                     log.warn("database {db}: a write batch could not run after {n} "
                              "attempts", db=self.dialect.describe(), n=attempt)
-                    _fail_all(items, errors.ErrTimeout())
+                    _fail_all(items, again.error or errors.ErrTimeout())
                     return
                 if again.wait is not None:
                     try:
@@ -235,10 +244,17 @@ class GroupCommitter(object):
             lease_ids.update(item.leases)
         known = self.feed.delivered
         since = min(item.queued_at for item in items)
+        if self.connection is not None and not lease_ids:
+            yield self._optimistic(items, attempt, since)
+            return
         try:
-            begun = yield self.runner.call(
-                lambda _s: self._begin(known, sorted(lease_ids), attempt, since),
-                pool=COMMIT)
+            if self.connection is not None:
+                begun = yield self._begin_on_reactor(known, sorted(lease_ids), attempt,
+                                                     since)
+            else:
+                begun = yield self.runner.call(
+                    lambda _s: self._begin(known, sorted(lease_ids), attempt, since),
+                    pool=COMMIT)
         except _Behind:
             raise _Again(wait=self.feed.reload())
         except _FarBehind as e:
@@ -253,27 +269,50 @@ class GroupCommitter(object):
             if feed.delivered != revision:
                 raise AssertionError("replica at %d after catching up to %d"
                                      % (feed.delivered, revision))
-            batch = Batch(lease_rows)
-            view = PendingView(feed.keyspace, batch.lease_exists, self._check_keys)
-            results = []
-            for item in items:
-                try:
-                    results.append((True, item.evaluate(view, batch)))
-                except EtcdError as e:
-                    results.append((False, e))
-                except Exception:
-                    f = Failure()
-                    log.failure("write request failed", f)
-                    results.append((False, _as_error(f)))
+            batch, view, results = self._evaluate(items, lease_rows)
             statements = self._statements(view, batch)
         except BaseException:
-            yield self.runner.call(lambda _s: self._abort(tx), pool=COMMIT)
+            if self.connection is not None:
+                yield self._rollback_on_reactor()
+            else:
+                yield self.runner.call(lambda _s: self._abort(tx), pool=COMMIT)
             raise
         try:
-            yield self.runner.call(lambda _s: self._finish(tx, statements, attempt, since),
-                                   pool=COMMIT)
+            if self.connection is not None:
+                yield self._finish_on_reactor(statements, attempt, since)
+            else:
+                yield self.runner.call(
+                    lambda _s: self._finish(tx, statements, attempt, since), pool=COMMIT)
         except _Retry as e:
             raise _Again(pause=e.pause)
+        self._committed(items, batch, view, results)
+
+    def _check_keys(self, events):
+        d = self.dialect
+        limit = d.max_key_bytes
+        if limit is not None:
+            for ev in events:
+                if len(ev.kv.key) > limit:
+                    raise d.key_too_long(len(ev.kv.key))
+
+    def _evaluate(self, items, lease_rows):
+        """Each item over one PendingView of the replica: (batch, view, [(ok, result or
+        error)])."""
+        batch = Batch(lease_rows)
+        view = PendingView(self.feed.keyspace, batch.lease_exists, self._check_keys)
+        results = []
+        for item in items:
+            try:
+                results.append((True, item.evaluate(view, batch)))
+            except EtcdError as e:
+                results.append((False, e))
+            except Exception:
+                f = Failure()
+                log.failure("write request failed", f)
+                results.append((False, _as_error(f)))
+        return batch, view, results
+
+    def _committed(self, items, batch, view, results):
         self.batches += 1
         self.items += len(items)
         self.last_batch = len(items)
@@ -286,13 +325,161 @@ class GroupCommitter(object):
             else:
                 item.deferred.errback(value)
 
-    def _check_keys(self, events):
+    # -- one round trip: evaluated first, committed if nothing else was (no leases) -------
+    @defer.inlineCallbacks
+    def _optimistic(self, items, attempt, since):
+        """The batch evaluated against the replica as it is, then sent in one script:
+        BEGIN, a guarded move of the counter -- it fails (the column is NOT NULL) unless
+        the counter still holds the replica's revision and compact revision, which also
+        takes the counter lock --, the rows, COMMIT.  When another adapter committed
+        meanwhile, the guard fails, nothing is written, and the batch runs again once
+        the change feed has brought those revisions in.  Batches that need lease rows
+        (leases are not in the replica) take the locking path."""
         d = self.dialect
-        limit = d.max_key_bytes
-        if limit is not None:
-            for ev in events:
-                if len(ev.kv.key) > limit:
-                    raise d.key_too_long(len(ev.kv.key))
+        c = self.connection
+        feed = self.feed
+        revision = feed.delivered
+        compact = feed.keyspace.compact_revision
+        batch, view, results = self._evaluate(items, {})
+        wait = yield self._connected_bounded(since)
+        statements = [(stmt, None) for stmt in d.begin_write_bounded(wait, c.settings)]
+        if view.changes or batch.compact is not None:
+            top = view.changes[-1].revision if view.changes else revision
+            statements.append(
+                ("UPDATE " + META + " SET revision = CASE WHEN revision = %s AND "
+                 "compact_revision = %s THEN %s END WHERE id = 1",
+                 (revision, compact, top)))
+            statements.extend((stmt, None) for stmt in d.after_counter_lock)
+            statements.extend(self._statements(view, batch, counter=False))
+        statements.append((d.commit, None))
+        try:
+            yield c.script(statements)
+        except NotConnected:
+            # Nothing was sent (the server had closed the connection): connect again.
+            raise _Again(pause=0.05, error=errors.ErrNoLeader())
+        except Exception as e:
+            if d.guard_failed(e):
+                # Another adapter moved the counter (or compacted): nothing was written.
+                yield self._rollback_on_reactor()
+                raise _Again(wait=self.catch_up())
+            if self._kind(e) == DISCONNECT and not getattr(e, "answered", False):
+                # No answer: the COMMIT may have been run, its outcome is unknown.
+                c.close_connection()
+                log.warn("database {db}: connection lost during a write: {err}",
+                         db=d.describe(), err="%s: %s" % (e.__class__.__name__, e))
+                self.runner.unavailable("connection lost during a write", e)
+                raise errors.ErrTimeout()
+            try:
+                yield self._failed_on_reactor(e, attempt, since)
+            except _Retry as r:
+                raise _Again(pause=r.pause)
+        self._committed(items, batch, view, results)
+
+    @defer.inlineCallbacks
+    def _connected_bounded(self, since):
+        """Connect if needed; the lock-wait bound left (None: none)."""
+        d = self.dialect
+        c = self.connection
+        wait = None
+        if d.lock_timeout:
+            wait = since + d.lock_timeout - time.monotonic()
+            if wait <= 0:
+                raise self.runner.lock_timed_out(since)
+        if not c.connected:
+            runner = self.runner
+            if time.monotonic() < runner.connect_blocked_until:
+                raise errors.ErrNoLeader()
+            try:
+                yield c.connect()
+            except Exception as e:
+                runner.connect_blocked_until = time.monotonic() + CONNECT_BACKOFF
+                runner.unavailable("cannot connect", e)
+                raise errors.ErrNoLeader()
+            runner.connect_blocked_until = 0.0
+        return wait
+
+    # -- database work on the reactor (MySQL, PostgreSQL: .reactor_conn) -------------------
+    @defer.inlineCallbacks
+    def _begin_on_reactor(self, known, lease_ids, attempt, since):
+        """:meth:`_begin` on the reactor's own connection.  Revisions other adapters
+        committed since ``known`` are not read here: the change feed brings them in, and
+        the batch runs again."""
+        d = self.dialect
+        c = self.connection
+        wait = yield self._connected_bounded(since)
+        try:
+            results = yield c.script(
+                [(stmt, None) for stmt in d.begin_write_bounded(wait, c.settings)]
+                + [(META_LOCK + d.counter_lock, None)])
+            revision, compact = [r for r in results if r is not None][-1][0]
+            if revision > known:
+                yield self._rollback_on_reactor()
+                raise _FarBehind(revision)
+            leases = {}
+            if lease_ids:
+                rows = (yield c.script([("SELECT id, expiry FROM " + LEASE
+                                         + " WHERE id IN (%s)"
+                                         % ", ".join(["%s"] * len(lease_ids))
+                                         + d.for_update, lease_ids)]))[0]
+                leases = {r[0]: r[1] for r in rows}
+        except (_FarBehind, EtcdError):
+            raise
+        except Exception as e:
+            yield self._failed_on_reactor(e, attempt, since)
+        return None, revision, compact, [], leases
+
+    @defer.inlineCallbacks
+    def _finish_on_reactor(self, statements, attempt, since):
+        d = self.dialect
+        c = self.connection
+        try:
+            if statements:
+                yield c.script(statements)
+        except Exception as e:
+            yield self._failed_on_reactor(e, attempt, since)
+        try:
+            yield c.script([(d.commit, None)])
+        except Exception as e:
+            if self._kind(e) == DISCONNECT:
+                log.warn("database {db}: connection lost during COMMIT: {err}",
+                         db=d.describe(), err="%s: %s" % (e.__class__.__name__, e))
+                self.runner.unavailable("connection lost during COMMIT", e)
+                raise errors.ErrTimeout()
+            yield self._failed_on_reactor(e, attempt, since)
+
+    @defer.inlineCallbacks
+    def _failed_on_reactor(self, e, attempt, since):
+        """As :meth:`_failed`, for the reactor's connection (always raises)."""
+        kind = self._kind(e)
+        if kind == DISCONNECT:
+            self.connection.close_connection()
+            if attempt + 1 < MAX_ATTEMPTS:
+                raise _Retry(0.0)
+            self.runner.unavailable("connection lost", e)
+            raise errors.ErrNoLeader()
+        yield self._rollback_on_reactor()
+        if kind == LOCK_TIMEOUT:
+            raise self.runner.lock_timed_out(since)
+        if kind == RETRY:
+            if attempt + 1 >= MAX_ATTEMPTS:
+                raise errors.ErrTimeout()
+            raise _Retry(random.uniform(0.001, 0.01) * (attempt + 1))
+        raise e
+
+    @defer.inlineCallbacks
+    def _rollback_on_reactor(self):
+        c = self.connection
+        if not c.connected:
+            return
+        try:
+            yield c.script([(self.dialect.rollback, None)])
+        except Exception:
+            c.close_connection()
+
+    def _kind(self, e):
+        if isinstance(e, NotConnected):
+            return DISCONNECT
+        return self.dialect.classify(e)
 
     # -- database work (pool thread) --------------------------------------------------------
     def _begin(self, known, lease_ids, attempt, since):
@@ -405,9 +592,10 @@ class GroupCommitter(object):
                 d.write_lock.release()
 
     # -- statements ------------------------------------------------------------------------
-    def _statements(self, view, batch):
+    def _statements(self, view, batch, counter=True):
         """The statements writing a batch's revisions (log rows, the keys' latest rows,
-        the counter), the leases it revoked and a compaction."""
+        the counter unless ``counter`` is false), the leases it revoked and a
+        compaction."""
         out = []
         changes = view.changes
         if changes:
@@ -446,8 +634,9 @@ class GroupCommitter(object):
             upsert = d.upsert(CURRENT, _CURRENT_COLUMNS, "name")
             out.extend(_multi_row(_values_slot(upsert, len(_CURRENT_COLUMNS)),
                                   len(_CURRENT_COLUMNS), list(current.values())))
-            out.append(("UPDATE " + META + " SET revision = %s WHERE id = 1",
-                        (changes[-1].revision,)))
+            if counter:
+                out.append(("UPDATE " + META + " SET revision = %s WHERE id = 1",
+                            (changes[-1].revision,)))
         if batch.revoked:
             ids = sorted(batch.revoked)
             out.append(("DELETE FROM " + LEASE + " WHERE id IN (%s)"

@@ -22,14 +22,17 @@ Keys are VARBINARY(3000) (InnoDB indexes take at most 3072 bytes), values LONGBL
 """
 
 import math
+import socket
 import struct
 
 import pymysql
-from pymysql.constants import CLIENT
+from pymysql.constants import CLIENT, FIELD_TYPE, SERVER_STATUS
+from pymysql.protocol import (EOFPacketWrapper, FieldDescriptorPacket, MysqlPacket,
+                              OKPacketWrapper)
 
 from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT, RETRY,
                                            Dialect)
-from etcdadapter.store.sql.revision_reader import QUERY, SocketRevisionReader
+from etcdadapter.store.sql.reactor_conn import ReactorConnection, RevisionReader
 
 # Deadlock, MariaDB "record has changed since last read" (snapshot isolation), TiDB write
 # conflicts / retryable errors.
@@ -162,10 +165,18 @@ class MySQLDialect(Dialect):
             if not cursor.nextset():
                 return out
 
-    def revision_reader(self, reactor):
+    def reactor_connection(self, reactor, timeout):
         if any(k.startswith("ssl") for k in self.params):
-            return None          # TLS buffers what epoll cannot see: the pool reads
-        return _RevisionReader(self, reactor)
+            return None          # TLS buffers what epoll cannot see: the pool does it
+        return _ReactorConnection(self, reactor, timeout)
+
+    def revision_reader(self, reactor):
+        conn = self.reactor_connection(reactor, 2.0)
+        return RevisionReader(conn) if conn is not None else None
+
+    def guard_failed(self, exc):
+        # 1048: column cannot be null (an error: the connection is in strict mode).
+        return isinstance(exc, pymysql.err.MySQLError) and exc.args[:1] == (1048,)
 
     def classify(self, exc):
         if isinstance(exc, pymysql.err.InterfaceError):
@@ -220,58 +231,124 @@ class TiDBDialect(MySQLDialect):
         return conn
 
 
-class _RevisionReader(SocketRevisionReader):
-    """The read barrier's query in MySQL's text protocol, on a connection PyMySQL opened
-    (and authenticated) whose socket the reactor then drives: one COM_QUERY packet out;
-    in: the column count, the column definitions and an EOF, the row, an EOF."""
-
-    _packet = b"\x03" + QUERY.encode()
-    _packet = struct.pack("<I", len(_packet))[:3] + b"\x00" + _packet
+class _ReactorConnection(ReactorConnection):
+    """MySQL's text protocol on a connection PyMySQL opened (and authenticated), whose
+    socket the reactor then drives: a script is one COM_QUERY (statements joined with
+    ``;``, values escaped into the text by PyMySQL -- the connection allows several
+    statements), answered by one OK, error or result set per statement."""
 
     def _connect(self):
         conn = self.dialect.connect()
+        try:
+            # A NULL for a NOT NULL column must be an error, never a zero with a warning:
+            # an optimistic write batch's guard relies on it.
+            conn.cursor().execute("SET SESSION sql_mode = "
+                                  "CONCAT_WS(',', @@SESSION.sql_mode, 'STRICT_ALL_TABLES')")
+        except Exception:
+            conn.close()
+            raise
         conn._sock.setblocking(False)
         return conn
 
     def _fileno(self, conn):
         return conn._sock.fileno()
 
-    def _send(self, conn):
+    def _lost(self, message="MySQL closed the connection"):
+        return pymysql.err.OperationalError(2013, "Lost connection to MySQL server: %s"
+                                            % message)
+
+    def _send(self, conn, statements):
+        cursor = conn.cursor()
+        text = ";\n".join(sql if params is None else cursor.mogrify(sql, params)
+                           for sql, params in statements).encode("utf-8")
+        payload = b"\x03" + text
+        out = []
+        seq = 0
+        while True:                      # 16 MiB - 1 per packet; a full one continues
+            chunk, payload = payload[:0xFFFFFF], payload[0xFFFFFF:]
+            out.append(struct.pack("<I", len(chunk))[:3] + bytes([seq & 0xFF]) + chunk)
+            seq += 1
+            if len(chunk) < 0xFFFFFF:
+                break
         self._buffer = b""
-        self._packets = []
-        conn._sock.send(self._packet)        # a hundred bytes: written at once
+        self._results = []
+        self._result = None              # the result set being read: [types, rows]
+        self._expect = "first"
+        return b"".join(out)
+
+    def _socket_send(self, conn, data):
+        return conn._sock.send(data)
+
+    def _peek_closed(self, conn):
+        try:
+            return conn._sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
 
     def _receive(self, conn):
-        data = conn._sock.recv(65536)
+        try:
+            data = conn._sock.recv(1 << 20)
+        except BlockingIOError:
+            return None
         if not data:
-            raise ConnectionError("MySQL closed the connection")
+            raise self._lost()
         buf = self._buffer + data
         pos = 0
+        done = False
         while len(buf) - pos >= 4:
             n = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
             if len(buf) - pos - 4 < n:
                 break
-            self._packets.append(buf[pos + 4:pos + 4 + n])
+            try:
+                done = self._packet(buf[pos + 4:pos + 4 + n])
+            except pymysql.err.MySQLError as e:
+                # The server's error for one statement: it runs none of the next ones.
+                self._buffer = b""
+                return e
             pos += 4 + n
         self._buffer = buf[pos:]
-        return self._answer()
+        return self._results if done else None
 
-    def _answer(self):
-        p = self._packets
-        if not p:
-            return None
-        if p[0][:1] == b"\xff":
-            raise pymysql.err.OperationalError(p[0][3:].decode("utf-8", "replace"))
-        i = 1 + p[0][0] + 1              # the row follows the columns and their EOF
-        if len(p) < i + 2:
-            return None
-        row, end = p[i], p[i + 1]
-        if end[:1] != b"\xfe" or len(end) >= 9:
-            raise pymysql.err.OperationalError("unexpected answer")
-        values = []
-        j = 0
-        while j < len(row):              # length-encoded strings, each < 251 bytes
-            n = row[j]
-            values.append(int(row[j + 1:j + 1 + n]))
-            j += 1 + n
-        return values[0], values[1]
+    def _packet(self, data):
+        """One packet of the answer; True once the last result set is complete."""
+        packet = MysqlPacket(data, "utf8")
+        state = self._expect
+        if state == "first":
+            if packet.is_error_packet():
+                packet.raise_for_error()
+            if packet.is_ok_packet():
+                ok = OKPacketWrapper(packet)
+                self._results.append(None)
+                return self._ended(ok.server_status)
+            self._result = [[], [], packet.read_length_encoded_integer()]
+            self._expect = "columns"
+            return False
+        if state == "columns":
+            if packet.is_eof_packet():
+                self._expect = "rows"
+                return False
+            self._result[0].append(FieldDescriptorPacket(data, "utf8").type_code)
+            return False
+        if packet.is_error_packet():
+            packet.raise_for_error()
+        if packet.is_eof_packet():
+            types, rows, _n = self._result
+            self._results.append(rows)
+            self._result = None
+            return self._ended(EOFPacketWrapper(packet).server_status)
+        row = []
+        for t in self._result[0]:
+            v = packet.read_length_coded_string()
+            row.append(v if v is None or t not in _INTEGER_TYPES else int(v))
+        self._result[1].append(tuple(row))
+        return False
+
+    def _ended(self, status):
+        if status & SERVER_STATUS.SERVER_MORE_RESULTS_EXISTS:
+            self._expect = "first"
+            return False
+        return True
+
+
+_INTEGER_TYPES = frozenset((FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.LONG,
+                            FIELD_TYPE.LONGLONG, FIELD_TYPE.INT24, FIELD_TYPE.YEAR))

@@ -33,7 +33,7 @@ import psycopg
 
 from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT, RETRY,
                                            Dialect)
-from etcdadapter.store.sql.revision_reader import QUERY, SocketRevisionReader
+from etcdadapter.store.sql.reactor_conn import ReactorConnection, RevisionReader
 
 _RETRY_STATES = ("40001", "40P01")             # serialization, deadlock
 _LOCK_TIMEOUT = ("55P03", "57014")            # lock not available, statement timeout
@@ -143,8 +143,11 @@ class PostgresDialect(Dialect):
                 cursors.append(c)
         return [c.fetchall() if c.description is not None else None for c in cursors]
 
+    def reactor_connection(self, reactor, timeout):
+        return _ReactorConnection(self, reactor, timeout)
+
     def revision_reader(self, reactor):
-        return _RevisionReader(self, reactor)
+        return RevisionReader(self.reactor_connection(reactor, 2.0))
 
     def schema_extras(self):
         return [
@@ -179,6 +182,12 @@ class PostgresDialect(Dialect):
                 "AND l.revision = t.revision AND l.name = t.name "
                 "AND l.sub <= t.sub").format(log=log), (lo, hi, compact)
 
+    # The counter lock's bound ends with the locking statement.
+    after_counter_lock = ("SET LOCAL statement_timeout = DEFAULT",)
+
+    def guard_failed(self, exc):
+        return getattr(exc, "sqlstate", None) == "23502"       # not_null_violation
+
     def classify(self, exc):
         state = getattr(exc, "sqlstate", None)
         if state in _RETRY_STATES:
@@ -203,10 +212,10 @@ class PostgresDialect(Dialect):
         return size, size
 
 
-class _RevisionReader(SocketRevisionReader):
-    """The read barrier's query through libpq's asynchronous API on the reactor."""
-
-    _query = QUERY.encode()
+class _ReactorConnection(ReactorConnection):
+    """Through libpq's asynchronous API on the reactor: a script without parameters is
+    one simple query (several statements, one result each); with parameters, one
+    pipeline of extended-protocol queries (values sent as text, bytes as binary)."""
 
     def _connect(self):
         conn = self.dialect.connect()
@@ -216,28 +225,126 @@ class _RevisionReader(SocketRevisionReader):
     def _fileno(self, conn):
         return conn.pgconn.socket
 
-    def _send(self, conn):
+    def _lost(self, message="the server closed the connection"):
+        return psycopg.OperationalError("connection lost: %s" % message)
+
+    def _send(self, conn, statements):
         pg = conn.pgconn
-        pg.send_query(self._query)
-        while pg.flush():        # a few dozen bytes: written at once
-            pass
+        self._results = []
+        self._current = None
+        if all(params is None for _sql, params in statements):
+            self._pipeline = False
+            pg.send_query("; ".join(sql for sql, _p in statements).encode("utf-8"))
+        else:
+            self._pipeline = True
+            self._left = len(statements)
+            pg.enter_pipeline_mode()
+            for sql, params in statements:
+                # One command per extended query: a parameterless "a; b" (the bounded
+                # BEGIN) goes as its parts; our SQL has no "; " inside a literal.
+                for part in (sql.split("; ") if params is None else (sql,)):
+                    text, values, types, formats = _extended(part, params or ())
+                    pg.send_query_params(text, values, param_types=types,
+                                         param_formats=formats)
+            pg.pipeline_sync()
+        return b"-"                      # libpq writes: see _socket_send
+
+    def _socket_send(self, conn, data):
+        return len(data) if conn.pgconn.flush() == 0 else 0
+
+    def _peek_closed(self, conn):
+        pg = conn.pgconn
+        pg.consume_input()               # raises when the server has gone
+        return pg.status != _pq.ConnStatus.OK
 
     def _receive(self, conn):
         pg = conn.pgconn
         pg.consume_input()
-        if pg.is_busy():
-            return None
-        answer = None
-        while True:
+        while not pg.is_busy():
             res = pg.get_result()
             if res is None:
-                break
-            if res.status != psycopg.pq.ExecStatus.TUPLES_OK or res.ntuples != 1:
-                raise psycopg.OperationalError(
-                    (res.error_message or b"unexpected result").decode("utf-8", "replace"))
-            answer = (int(res.get_value(0, 0)), int(res.get_value(0, 1)))
-        if answer is None:
-            raise psycopg.OperationalError("no result")
-        return answer
+                if not self._pipeline:
+                    return self._done()
+                continue                 # the end of one query of the pipeline
+            status = res.status
+            if status == _PIPELINE_SYNC:
+                pg.exit_pipeline_mode()
+                return self._done()
+            if status in (_FATAL_ERROR, _PIPELINE_ABORTED):
+                if self._current is None:
+                    self._current = _error_of(res)
+                continue
+            self._results.append(_rows_of(res))
+        return None
+
+    def _done(self):
+        return self._current if self._current is not None else self._results
+
+
+_pq = psycopg.pq
+_PIPELINE_SYNC = _pq.ExecStatus.PIPELINE_SYNC
+_FATAL_ERROR = _pq.ExecStatus.FATAL_ERROR
+_PIPELINE_ABORTED = _pq.ExecStatus.PIPELINE_ABORTED
+_TUPLES_OK = _pq.ExecStatus.TUPLES_OK
+_INT_TYPES = frozenset((20, 21, 23))     # int8, int2, int4
+_BYTEA = 17
+_INT8 = 20
+
+
+def _extended(sql, params):
+    """``%s`` placeholders as $1, $2, ...; values as libpq takes them (ints as text
+    bigint, bytes as binary bytea)."""
+    parts = sql.split("%s")
+    text = parts[0]
+    for i, part in enumerate(parts[1:]):
+        text += "$%d" % (i + 1) + part
+    values, types, formats = [], [], []
+    for v in params:
+        if v is None:
+            values.append(None)
+            types.append(0)
+            formats.append(0)
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            values.append(bytes(v))
+            types.append(_BYTEA)
+            formats.append(1)
+        else:
+            values.append(str(int(v)).encode())
+            types.append(_INT8)
+            formats.append(0)
+    return text.encode("utf-8"), values, types, formats
+
+
+def _rows_of(res):
+    if res.status != _TUPLES_OK:
+        return None
+    ncols = res.nfields
+    types = [res.ftype(i) for i in range(ncols)]
+    rows = []
+    for r in range(res.ntuples):
+        row = []
+        for c in range(ncols):
+            v = res.get_value(r, c)
+            if v is not None:
+                if types[c] in _INT_TYPES:
+                    v = int(v)
+                elif types[c] == _BYTEA:
+                    v = bytes.fromhex(v[2:].decode()) if v[:2] == b"\\x" else v
+            row.append(v)
+        rows.append(tuple(row))
+    return rows
+
+
+def _error_of(res):
+    state = res.error_field(_pq.DiagnosticField.SQLSTATE)
+    state = state.decode() if state else None
+    message = (res.error_message or b"").decode("utf-8", "replace").strip()
+    try:
+        cls = psycopg.errors.lookup(state) if state else psycopg.OperationalError
+    except KeyError:
+        cls = psycopg.DatabaseError
+    return cls(message)
+
+
 def _ms(seconds):
     return max(1, int(math.ceil(seconds * 1000)))
