@@ -393,10 +393,11 @@ class PendingView(mvcc.WriteView):
     ``validate(events)``, if given, may refuse a commit by raising."""
 
     def __init__(self, keyspace, lease_exists, validate=None):
+        self.keyspace = keyspace
         self.base = keyspace.view
-        self.base_revision = keyspace.revision
-        self.revision = keyspace.revision
-        self.compact_revision = keyspace.compact_revision
+        self.base_revision = self.base.revision
+        self.revision = self.base.revision
+        self.compact_revision = self.base.compact_revision
         self._lease_exists = lease_exists
         self._validate = validate
         self.pending = SortedDict()      # key -> its versions written in this view
@@ -465,7 +466,7 @@ class PendingView(mvcc.WriteView):
 
     def lease_keys(self, lease_id):
         """The keys attached to ``lease_id`` as of this view's revision."""
-        keys = set(self.base.ks.lease_keys.get(lease_id, ()))
+        keys = set(self.keyspace.lease_keys.get(lease_id, ()))
         for k, versions in self.pending.items():
             if versions[-1].version and versions[-1].lease == lease_id:
                 keys.add(k)

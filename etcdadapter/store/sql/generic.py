@@ -105,7 +105,8 @@ class SQLStore(Store):
         self._revision_reader = dialect.revision_reader(reactor)
         if self._revision_reader is not None:
             self._revision_reader.on_connected = self.runner.available
-        #: The write batches' connection when the reactor can drive it (no thread).
+        #: The write batches' connection when the reactor can drive it (no thread);
+        #: None: the committer uses its pool thread.
         self.write_connection = dialect.reactor_connection(
             reactor, (dialect.lock_timeout or 0) + WRITE_TIMEOUT)
         if self.write_connection is not None:

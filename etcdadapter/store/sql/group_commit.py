@@ -233,8 +233,13 @@ class GroupCommitter(object):
                 if self._stopping:
                     _fail_all(items, errors.ErrStopped())
                     return
-            except Exception:
+            except EtcdError:
                 _fail_all(items, _as_error(Failure()))
+                return
+            except Exception:
+                f = Failure()
+                log.failure("write batch failed", f)
+                _fail_all(items, _as_error(f))
                 return
 
     @defer.inlineCallbacks
@@ -693,10 +698,12 @@ def _fail_all(items, error):
 
 
 def _as_error(failure):
+    # Anything but an etcd error: the outcome may be unknown (the batch may have been
+    # sent): "request timed out", etcd's answer for exactly that.
     e = failure.value
     if isinstance(e, EtcdError):
         return e
-    return errors.ErrTimeout() if isinstance(e, AssertionError) else errors.ErrNoLeader()
+    return errors.ErrTimeout()
 
 
 def _sleep(clock, seconds):
