@@ -18,10 +18,15 @@ Query parameters, every store:
 
 ``poll_interval``  how often to look for other instances' writes: seconds or ``50ms``
                    (default 40 ms; this instance's own writes are seen at once)
-``pool_size``      read threads, each with one connection (default 4): reads, the change
-                   feed's polls and ``/health`` run there, never behind writes
-``write_pool_size``  write threads, each with one connection (default 2): writes take the
-                   revision-counter lock one at a time, so more threads mostly wait
+``pool_size``      read threads, each with one connection (default 4): the change feed's
+                   polls, the replica's load, lease and auth reads run there, never
+                   behind writes (reads of keys are answered from the replica)
+``write_pool_size``  write threads, each with one connection (default 2): lease grants
+                   and keep-alives, auth saves.  The write batches (group commit) and
+                   the read barrier have a connection each, driven by the reactor on
+                   MySQL/MariaDB/TiDB (without TLS) and PostgreSQL, a thread otherwise;
+                   PostgreSQL adds the LISTEN connection: pool_size + write_pool_size +
+                   3 or 4 connections per adapter
 ``initial_revision``  first revision of a database created now (default: the wall clock
                    in ms, like the memory store, so a recreated database never goes back)
 ``compact_batch``  log rows a compaction deletes per transaction (default 1000; writers
