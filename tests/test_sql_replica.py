@@ -28,7 +28,7 @@ from etcdadapter.store.memory import MemoryStore
 from etcdadapter.store.sql.group_commit import Item
 from db_proxy import DatabaseProxy
 from fired import error_of, result
-from stores import MYSQL_URL, POSTGRES_URL, call, raw, reactor
+from stores import MYSQL_URL, POSTGRES_URL, call, raw
 
 import servers
 from test_sql_multi import db_url, start_adapters  # noqa: F401  (fixture)

@@ -380,16 +380,22 @@ class GroupCommitter(object):
                 raise _Again(pause=r.pause)
         self._committed(items, batch, view, results)
 
+    def _lock_wait(self, since):
+        """Seconds a batch whose oldest request was queued at ``since`` may still wait
+        for locks (None: no bound); answers "request timed out" once there are none."""
+        limit = self.dialect.lock_timeout
+        if not limit:
+            return None
+        wait = since + limit - time.monotonic()
+        if wait <= 0:
+            raise self.runner.lock_timed_out(since)
+        return wait
+
     @defer.inlineCallbacks
     def _connected_bounded(self, since):
         """Connect if needed; the lock-wait bound left (None: none)."""
-        d = self.dialect
         c = self.connection
-        wait = None
-        if d.lock_timeout:
-            wait = since + d.lock_timeout - time.monotonic()
-            if wait <= 0:
-                raise self.runner.lock_timed_out(since)
+        wait = self._lock_wait(since)
         if not c.connected:
             runner = self.runner
             if time.monotonic() < runner.connect_blocked_until:
@@ -495,11 +501,7 @@ class GroupCommitter(object):
         was queued)."""
         d = self.dialect
         s = self.session
-        wait = None
-        if d.lock_timeout:
-            wait = since + d.lock_timeout - time.monotonic()
-            if wait <= 0:
-                raise self.runner.lock_timed_out(since)
+        wait = self._lock_wait(since)
         lock = d.write_lock
         if lock is not None and not lock.acquire(timeout=-1 if wait is None else wait):
             raise self.runner.lock_timed_out(since)
