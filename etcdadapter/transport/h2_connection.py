@@ -27,6 +27,8 @@ from h2.events import StreamReset
 from h2.exceptions import DenialOfServiceError
 from h2.stream import StreamInputs, StreamState
 
+from etcdadapter.transport.hpack_cache import CachingDecoder
+
 MIN_REFUSALS = 100      # refused streams a connection may have even under a small limit
 # States in which the client may still send on a stream.
 _RECEIVING = (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
@@ -37,6 +39,9 @@ class ServerConnection(h2.connection.H2Connection):
 
     def __init__(self, config, max_inbound_streams):
         h2.connection.H2Connection.__init__(self, config=config)
+        decoder = CachingDecoder(self.decoder.max_header_list_size)
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
         self.max_inbound_streams = max_inbound_streams
         self.max_refused_streams = max(max_inbound_streams, MIN_REFUSALS)
         self.refused_streams = 0

@@ -1,10 +1,18 @@
-"""Pre-encoded HPACK blocks for the header sets every gRPC response repeats.
+"""HPACK work done once instead of once per call: pure-Python hpack is a large share of a
+unary call's cost.
 
-h2 hands every header block to ``connection.encoder.encode()``.  For our constant response
-headers and OK trailers we return bytes computed once, written with representations that
-never touch the HPACK dynamic table (static-table indexes and "literal without
-indexing"), so the real encoder's state stays valid for everything else it encodes.
-This saves a large share of the per-call header cost in pure-Python hpack.
+Encoding: h2 hands every header block to ``connection.encoder.encode()``.  For our
+constant response headers and OK trailers we return bytes computed once, written with
+representations that never touch the HPACK dynamic table (static-table indexes and
+"literal without indexing"), so the real encoder's state stays valid for everything else
+it encodes.
+
+Decoding: a gRPC client repeats the same request headers call after call, and once they
+are in its dynamic table it sends them as the same few index bytes (grpcio: 9 bytes per
+Range).  The result of decoding such a block depends only on the bytes and on the dynamic
+table, so :class:`CachingDecoder` keeps the headers of blocks whose decoding left the
+table unchanged, valid while the table's generation (bumped by every insertion and
+resize) is the one they were decoded under.
 """
 
 import hpack
@@ -76,3 +84,51 @@ class CachingEncoder(object):
 
     def __setattr__(self, name, value):
         setattr(self._encoder, name, value)
+
+
+class _CountingTable(hpack.table.HeaderTable):
+    """A dynamic table that counts its changes (insertions and resizes)."""
+
+    generation = 0
+
+    def add(self, name, value):
+        self.generation += 1
+        hpack.table.HeaderTable.add(self, name, value)
+
+    @property
+    def maxsize(self):
+        return self._maxsize
+
+    @maxsize.setter
+    def maxsize(self, newmax):
+        self.generation += 1
+        hpack.table.HeaderTable.maxsize.fset(self, newmax)
+
+
+class CachingDecoder(hpack.Decoder):
+    """An hpack Decoder that answers a repeated, table-neutral block from a cache."""
+
+    MAX_BLOCKS = 256        # blocks remembered (grpc-timeout values make many distinct)
+    MAX_BLOCK_BYTES = 512   # longer blocks are decoded every time
+
+    def __init__(self, max_header_list_size=hpack.hpack.DEFAULT_MAX_HEADER_LIST_SIZE):
+        hpack.Decoder.__init__(self, max_header_list_size)
+        self.header_table = _CountingTable()
+        self._blocks = {}
+
+    def decode(self, data, raw=False):
+        table = self.header_table
+        # What a cached result was checked against: the table, the list size limit and
+        # the table size limit (both set from our SETTINGS).
+        state = (table.generation, raw, self.max_header_list_size,
+                 self.max_allowed_table_size)
+        key = bytes(data)
+        hit = self._blocks.get(key)
+        if hit is not None and hit[0] == state:
+            return list(hit[1])
+        headers = hpack.Decoder.decode(self, data, raw)
+        if table.generation == state[0] and len(key) <= self.MAX_BLOCK_BYTES:
+            if len(self._blocks) >= self.MAX_BLOCKS:
+                self._blocks.clear()
+            self._blocks[key] = (state, tuple(headers))
+        return headers
