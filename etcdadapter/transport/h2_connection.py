@@ -24,7 +24,8 @@ import h2.connection
 import h2.errors
 from h2.connection import ConnectionInputs, _decode_headers
 from h2.events import StreamReset
-from h2.exceptions import DenialOfServiceError
+from h2.exceptions import DenialOfServiceError, StreamClosedError, StreamIDTooLowError
+from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame
 from h2.stream import StreamInputs, StreamState
 
 from etcdadapter.transport.hpack_cache import CachingDecoder
@@ -65,8 +66,28 @@ class ServerConnection(h2.connection.H2Connection):
 
     # -- received frames -------------------------------------------------------------
     def _receive_frame(self, frame):
-        events = h2.connection.H2Connection._receive_frame(self, frame)
-        if frame.stream_id:
+        # h2's own version formats every frame with repr() for a trace log line, even
+        # when nothing logs (4 % of a unary call).  The rest is as h2 does it: a frame
+        # for a stream we reset is answered with RST_STREAM (a stream error); one for a
+        # stream ended normally is a connection error.
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except StreamClosedError as e:
+            if not self._stream_is_closed_by_reset(e.stream_id):
+                raise
+            frames, events = [_rst_stream(e.stream_id, e.error_code)], e._events
+        except StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                frames = [_rst_stream(e.stream_id, h2.errors.ErrorCodes.STREAM_CLOSED)]
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        if frames:
+            self._prepare_for_sending(frames)
+        # Only these can open or close a stream (WINDOW_UPDATE, PRIORITY: never).
+        if frame.stream_id and frame.__class__ in _STATE_FRAMES:
             self._settle(frame.stream_id)
         return events
 
@@ -119,7 +140,8 @@ class ServerConnection(h2.connection.H2Connection):
                                                  end_stream=end_stream,
                                                  pad_length=pad_length)
         finally:
-            self._settle(stream_id)
+            if end_stream:
+                self._settle(stream_id)
 
     def end_stream(self, stream_id):
         try:
@@ -132,3 +154,12 @@ class ServerConnection(h2.connection.H2Connection):
             h2.connection.H2Connection.reset_stream(self, stream_id, error_code)
         finally:
             self._settle(stream_id)
+
+
+_STATE_FRAMES = frozenset((HeadersFrame, DataFrame, RstStreamFrame))
+
+
+def _rst_stream(stream_id, error_code):
+    frame = RstStreamFrame(stream_id)
+    frame.error_code = error_code
+    return frame
