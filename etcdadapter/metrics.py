@@ -8,10 +8,13 @@ are prefixed ``etcd_adapter_``.  Each adapter has its own registry (several can 
 one process, e.g. embedded or in tests).
 """
 
+import bisect
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
+from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import choose_encoder
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -46,27 +49,70 @@ def _log_slow(method, request, context, elapsed, code):
              key=key[:128] if isinstance(key, bytes) and key else None)
 
 
-class _MethodMetrics(object):
-    """The labelled children of one method, bound once (labels() costs a lock and a
-    dict lookup per call otherwise)."""
+# grpc_server_handling_seconds buckets (upper bounds, seconds).
+_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 
-    def __init__(self, metrics, method):
+
+class _MethodMetrics(object):
+    """One method's call counts, kept as plain numbers: every call updates them, and
+    prometheus_client's metric objects take a lock per update and walk the histogram's
+    buckets in Python (all updates happen on the reactor thread).  Read at scrape time
+    by :class:`_CallCollector`."""
+
+    def __init__(self, method):
         service, _, name = method.path[1:].rpartition("/")
         self.labels = (method.kind, service, name)
-        self.started = metrics.started.labels(*self.labels)
-        if method.kind == UNARY:
-            self.seconds = metrics.seconds.labels(*self.labels)
-        else:
-            self.open = metrics.open_streams.labels(*self.labels[1:])
-        self._handled = metrics.handled
-        self._by_code = {}
+        self.started = 0
+        self.by_code = {}                       # StatusCode -> calls handled
+        self.open = 0                           # streaming calls open now
+        self.buckets = [0] * (len(_BUCKETS) + 1)    # per bucket (not cumulative), +Inf
+        self.seconds = 0.0
 
     def handled(self, code):
-        child = self._by_code.get(code)
-        if child is None:
-            child = self._handled.labels(*self.labels, CODE_NAMES.get(code, str(code)))
-            self._by_code[code] = child
-        child.inc()
+        self.by_code[code] = self.by_code.get(code, 0) + 1
+
+    def observe(self, elapsed):
+        self.buckets[bisect.bisect_left(_BUCKETS, elapsed)] += 1
+        self.seconds += elapsed
+
+
+class _CallCollector(object):
+    """The grpc_server_* families (go-grpc-prometheus' names) and our open streams."""
+
+    def __init__(self):
+        self.methods = []
+
+    def collect(self):
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        started = CounterMetricFamily("grpc_server_started_total",
+                                      "RPCs started on the server (gRPC and JSON gateway).",
+                                      labels=labels)
+        handled = CounterMetricFamily("grpc_server_handled_total",
+                                      "RPCs completed on the server, by status code.",
+                                      labels=labels + ("grpc_code",))
+        seconds = HistogramMetricFamily("grpc_server_handling_seconds",
+                                        "Time to answer a unary RPC.", labels=labels)
+        open_streams = GaugeMetricFamily("etcd_adapter_open_streams",
+                                         "Streaming calls (Watch, LeaseKeepAlive) now open.",
+                                         labels=("grpc_service", "grpc_method"))
+        for m in self.methods:
+            if not m.started:
+                continue                        # as a labelled child made on first use
+            started.add_metric(m.labels, m.started)
+            for code, n in sorted(m.by_code.items()):
+                handled.add_metric(m.labels + (CODE_NAMES.get(code, str(code)),), n)
+            if m.labels[0] == UNARY:
+                cumulative, buckets = 0, []
+                for bound, n in zip(_BUCKETS + (float("inf"),), m.buckets):
+                    cumulative += n
+                    buckets.append((floatToGoString(bound), cumulative))
+                seconds.add_metric(m.labels, buckets, m.seconds)
+            else:
+                open_streams.add_metric(m.labels[1:], m.open)
+        return (started, handled, seconds, open_streams)
+
+    def describe(self):
+        return []
 
 
 class AdapterMetrics(object):
@@ -77,20 +123,8 @@ class AdapterMetrics(object):
         self.clock = clock
         self.slow_request = slow_request
         r = self.registry = CollectorRegistry(auto_describe=True)
-        labels = ("grpc_type", "grpc_service", "grpc_method")
-        self.started = Counter("grpc_server_started_total",
-                               "RPCs started on the server (gRPC and JSON gateway).",
-                               labels, registry=r)
-        self.handled = Counter("grpc_server_handled_total",
-                               "RPCs completed on the server, by status code.",
-                               labels + ("grpc_code",), registry=r)
-        self.seconds = Histogram("grpc_server_handling_seconds",
-                                 "Time to answer a unary RPC.", labels, registry=r,
-                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1,
-                                          .25, .5, 1, 2.5, 5, 10))
-        self.open_streams = Gauge("etcd_adapter_open_streams",
-                                  "Streaming calls (Watch, LeaseKeepAlive) now open.",
-                                  ("grpc_service", "grpc_method"), registry=r)
+        self.calls = _CallCollector()
+        r.register(self.calls)
         Gauge("etcd_debugging_mvcc_current_revision", "The store's current revision.",
               registry=r).set_function(lambda: store.revision)
         Gauge("etcd_debugging_mvcc_compact_revision", "The revision compacted to.",
@@ -125,36 +159,43 @@ class AdapterMetrics(object):
     # -- instrumentation ----------------------------------------------------------------
     def instrument(self, method):
         """The same method with its handler counted and timed."""
-        m = _MethodMetrics(self, method)
+        m = _MethodMetrics(method)
+        self.calls.methods.append(m)
         handler = method.handler
         clock = self.clock
         slow = self.slow_request
         if method.kind == UNARY:
             def unary(request, context):
-                m.started.inc()
+                m.started += 1
                 t0 = clock()
-                d = defer.maybeDeferred(handler, request, context)
 
                 def done(result):
                     elapsed = clock() - t0
-                    m.seconds.observe(elapsed)
+                    m.observe(elapsed)
                     code = _code_of(result if isinstance(result, Failure) else None)
                     m.handled(code)
                     if elapsed >= slow:
                         _log_slow(method, request, context, elapsed, code)
                     return result
-                return d.addBoth(done)
+                try:
+                    result = handler(request, context)
+                except Exception:
+                    done(Failure())
+                    raise
+                if isinstance(result, defer.Deferred):
+                    return result.addBoth(done)
+                return done(result)
             wrapped = unary
         else:
             def streaming(stream):
-                m.started.inc()
-                m.open.inc()
+                m.started += 1
+                m.open += 1
                 ended = []
 
                 def end(code):
                     if not ended:
                         ended.append(code)
-                        m.open.dec()
+                        m.open -= 1
                         m.handled(code)
 
                 finish = stream.finish
