@@ -10,7 +10,8 @@ one process, e.g. embedded or in tests).
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
+                               ProcessCollector)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from twisted.internet import defer
@@ -99,8 +100,14 @@ class AdapterMetrics(object):
               registry=r).set_function(self._watch_streams)
         Gauge("etcd_debugging_mvcc_watcher_total", "Watchers on open watch streams.",
               registry=r).set_function(self._watchers)
-        Gauge("etcd_server_has_leader", "Always 1: the adapter needs no raft leader.",
-              registry=r).set(1)
+        # etcd's NoLeader alert: 0 while the store cannot be reached (requests then fail
+        # with "etcdserver: no leader"); a store without the notion is always there.
+        Gauge("etcd_server_has_leader", "1 while the store answers (no raft here: the "
+              "store's availability is what a leader means to clients).",
+              registry=r).set_function(lambda: 1 if getattr(store, "available", True)
+                                       else 0)
+        _version_gauges(r)
+        ProcessCollector(registry=r)
         self.db_size = Gauge("etcd_mvcc_db_total_size_in_bytes",
                              "Store size as Maintenance.Status reports it.", registry=r)
         self.db_size_in_use = Gauge("etcd_mvcc_db_total_size_in_use_in_bytes",
@@ -113,6 +120,10 @@ class AdapterMetrics(object):
     def watch_connections(self, factory):
         """Export the client port's connection counts (an EtcdFactory's)."""
         self.registry.register(_ConnectionCollector(factory))
+
+    def watch_tls(self, tls):
+        """Export the refused TLS handshakes of a ServerTLS."""
+        self.registry.register(_TLSCollector(tls))
 
     def _watch_streams(self):
         return len(self.watch_service.streams) if self.watch_service else 0
@@ -239,3 +250,28 @@ class _ConnectionCollector(object):
             "etcd_adapter_output_paused",
             "Times a connection's unsent output went over its budget, so its new "
             "requests waited.", value=stats.paused)
+
+
+def _version_gauges(registry):
+    """etcd's ``etcd_server_version{server_version}`` (the etcd version our API follows)
+    and ours, ``etcd_adapter_version{version}``: 1, the information is in the label."""
+    from etcdadapter import __version__
+    from etcdadapter.services.identity import SERVER_VERSION
+    Gauge("etcd_server_version", "Which etcd version the API follows.",
+          ("server_version",), registry=registry).labels(SERVER_VERSION).set(1)
+    Gauge("etcd_adapter_version", "Which etcd-adapter version is running.", ("version",),
+          registry=registry).labels(__version__).set(1)
+
+
+class _TLSCollector(object):
+    def __init__(self, tls):
+        self.tls = tls
+
+    def collect(self):
+        yield CounterMetricFamily(
+            "etcd_adapter_tls_handshakes_refused",
+            "TLS handshakes that failed: no or untrusted client certificate, no common "
+            "protocol or cipher, not TLS.", value=self.tls.handshakes_refused)
+
+    def describe(self):
+        return []
