@@ -28,6 +28,7 @@ def fail(text, status):
 def parse(argv):
     from etcdadapter import tap
     options = tap.Options()
+    options.synopsis = "Usage: %s [options]" % PROG     # not twistd's sub-command form
     options.parseOptions(argv)
     return options
 
@@ -82,6 +83,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         options = parse(argv)
+    except BrokenPipeError:          # --help piped into head
+        return 0
     except usage.UsageError as e:
         text = str(e)
         if "not recognized" in text:

@@ -58,7 +58,9 @@ def classify(error):
 
 
 def _postgres(error):
-    text = _flat(str(error))
+    diag = getattr(error, "diag", None)
+    # The server's message without the statement excerpt ("LINE 1: CREATE ...").
+    text = _flat(getattr(diag, "message_primary", None) or str(error))
     state = getattr(error, "sqlstate", None)
     if state in _PG_STATES:
         return _PG_STATES[state], text

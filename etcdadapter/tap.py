@@ -92,6 +92,21 @@ def _log_format(value):
 _log_format.coerceDoc = "text or json."
 
 
+class _NamedCoerce(usage.CoerceParameter):
+    """Twisted's check of a parameter's value, with an error that names the option
+    and the value ("--max-txn-ops zero: ..."), not "Parameter type enforcement
+    failed"."""
+
+    def dispatch(self, parameterName, value):
+        if value is None:
+            return usage.CoerceParameter.dispatch(self, parameterName, value)
+        try:
+            value = self.coerce(value)
+        except ValueError as e:
+            raise usage.UsageError("--%s %s: %s" % (parameterName, value, e))
+        self.options.opts[parameterName] = value
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Serve etcd's v3 API (gRPC and the HTTP/JSON gateway, one port) from the "
@@ -208,6 +223,9 @@ class Options(usage.Options):
 
     def __init__(self):
         usage.Options.__init__(self)
+        for name, dispatcher in list(self._dispatch.items()):
+            if type(dispatcher) is usage.CoerceParameter:
+                self._dispatch[name] = _NamedCoerce(self, dispatcher.coerce)
         self["listen"] = []
         self._given = set()
         self._from_environment(os.environ)

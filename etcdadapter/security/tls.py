@@ -66,12 +66,16 @@ class ServerTLS(object):
         # One file at a time, so that the error names the file and the reason.
         _load("--cert-file", self.cert_file, "a PEM certificate",
               ctx.use_certificate_chain_file)
-        _load("--key-file", self.key_file, "a PEM private key", ctx.use_privatekey_file)
         try:
+            _load("--key-file", self.key_file, "a PEM private key",
+                  ctx.use_privatekey_file)
             ctx.check_privatekey()
-        except SSL.Error as e:
-            raise TLSConfigError("--key-file %s is not the key of --cert-file %s (%s)" % (
-                self.key_file, self.cert_file, _ssl_reason(e)))
+        except (SSL.Error, TLSConfigError) as e:
+            # OpenSSL compares the key with the certificate while loading it.
+            if isinstance(e, TLSConfigError) and "mismatch" not in str(e):
+                raise
+            raise TLSConfigError("--key-file %s is not the key of --cert-file %s" % (
+                self.key_file, self.cert_file))
         if self.trusted_ca_file:
             _load("--trusted-ca-file", self.trusted_ca_file, "PEM CA certificates",
                   ctx.load_verify_locations)
