@@ -202,6 +202,18 @@ def test_serves_metrics_port_and_drains(tmp_path):
         # The v3 API is on the client port only.
         assert get(metrics_port, "/v3/kv/range")[0] == 404
         assert get(port, "/version")[0] == 200
+        # etcdctl move-leader: Unimplemented, saying why.
+        import grpc
+        with grpc.insecure_channel("127.0.0.1:%d" % port) as channel:
+            call = channel.unary_unary("/etcdserverpb.Maintenance/MoveLeader",
+                                       request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as info:
+                call(b"", timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert info.value.details() == (
+            "etcd-adapter has no raft leader to move: every adapter serves reads and "
+            "writes from the shared store (README: Migrating from etcd)")
         events = [__import__("json").loads(line) for line in server.stdout().splitlines()]
         ready = [e for e in events if e.get("event") == "ready"]
         assert ready and ready[0]["version"] == __version__
