@@ -317,9 +317,10 @@ class Options(usage.Options):
         environment set."""
         path = self["config-file"]
         data = config_file.read(path)
-        for alias, (option, _split) in flag_aliases.by_name().items():
+        for alias, (option, split) in flag_aliases.by_name().items():
             if alias in data and option not in data:
-                data[option] = data.pop(alias)
+                value = data.pop(alias)
+                data[option] = split(value) if split and isinstance(value, str) else value
         found = config_file.values(
             data, path=path, refused=("config-file",),
             parameters={p[0]: (p[4] if len(p) > 4 else None) for p in self.optParameters},

@@ -169,12 +169,13 @@ def test_etcd_flag_aliases_everywhere(monkeypatch, tmp_path):
         if k.startswith(tap.ENV_PREFIX):
             monkeypatch.delenv(k)
     path = tmp_path / "c.yaml"
-    path.write_text("listen-client-urls: http://127.0.0.1:4\n"
+    path.write_text("listen-client-urls: http://127.0.0.1:4,http://127.0.0.1:6\n"
                     "experimental-watch-progress-notify-interval: 9s\n"
                     "listen-metrics-urls: [http://127.0.0.1:5]\n")
     c = parse(["--config-file", str(path)]).config()
     assert (c.listen, c.watch_progress_notify_interval, c.metrics_listen) == (
-        ["tcp:4:interface=127.0.0.1"], 9.0, ["tcp:5:interface=127.0.0.1"])
+        ["tcp:4:interface=127.0.0.1", "tcp:6:interface=127.0.0.1"], 9.0,
+        ["tcp:5:interface=127.0.0.1"])
 
 
 def test_unknown_environment_variables(monkeypatch):
