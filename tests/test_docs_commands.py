@@ -9,7 +9,8 @@ What differs from a user's terminal, and only that (``Paste.text``):
 * names: the database and user ``etcd_adapter`` become a fresh ``ops16_docs_<hex>`` (and
   are dropped afterwards); ``/var/lib/etcd-adapter`` a temporary folder;
 * ``sudo mysql`` / ``sudo -u postgres psql`` become the local servers' administrator
-  (``mysql -h 127.0.0.1 -u root``, ``psql -h 127.0.0.1 -U postgres``);
+  (``mysql -h 127.0.0.1 -u root``, ``psql -h 127.0.0.1 -U postgres``); any other
+  ``sudo`` is dropped (the tests run as root);
 * ``pip install ...`` is not run (the test's own install is there); the extra it names
   must exist in setup.cfg.
 
@@ -78,6 +79,7 @@ class Paste(object):
         block = block.replace("sudo mysql", "mysql -h 127.0.0.1 -u root")
         block = block.replace("sudo -u postgres psql",
                               "psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1")
+        block = re.sub(r"^sudo ", "", block, flags=re.M)      # the tests run as root
         block = re.sub(r"\betcd_adapter\b", self.name, block)
         block = block.replace("/var/lib/etcd-adapter", self.state)
         block = block.replace(":2379", ":%d" % self.port)
