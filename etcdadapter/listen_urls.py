@@ -85,6 +85,19 @@ def _twisted(where, text):
     return text
 
 
+def every_interface_warning(description, option="--listen"):
+    """A warning for a Twisted TCP endpoint without ``interface=``: Twisted listens on
+    every interface then, which a reader of ``tcp:2379`` may not expect; None if the
+    endpoint says where it listens."""
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6") or "interface=" in rest:
+        return None
+    port = rest.split(":", 1)[0]
+    return ("etcd-adapter: warning: %s %s listens on every interface; write "
+            "0.0.0.0:%s to say so, or 127.0.0.1:%s for this host only"
+            % (option, description, port, port))
+
+
 def url_list(text):
     """The items of a comma-separated list of URLs (etcd's flag format)."""
     return [u.strip() for u in text.split(",") if u.strip()]

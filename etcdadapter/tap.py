@@ -388,6 +388,10 @@ class Options(usage.Options):
                 listen_urls.endpoint(x, False, "--listen-metrics-urls") for x in urls]
         except listen_urls.ListenError as e:
             raise usage.UsageError(str(e))
+        for description in self["listen"]:
+            warning = listen_urls.every_interface_warning(description)
+            if warning:
+                sys.stderr.write(warning + "\n")
         if self["client-cert-policy"] and not self["client-cert-auth"]:
             raise usage.UsageError(
                 "--client-cert-policy needs --client-cert-auth (with --cert-file, "

@@ -194,3 +194,12 @@ def test_unknown_environment_variables(monkeypatch):
         "ignored",
         "etcd-adapter: warning: unknown environment variable ETCD_ADAPTER_STOR ignored "
         "(did you mean ETCD_ADAPTER_STORE?)"]
+
+
+def test_tcp_endpoint_without_interface_is_warned_about(capsys):
+    assert parse(["--listen", "tcp:2379"]).config().listen == ["tcp:2379"]
+    assert capsys.readouterr().err == (
+        "etcd-adapter: warning: --listen tcp:2379 listens on every interface; write "
+        "0.0.0.0:2379 to say so, or 127.0.0.1:2379 for this host only\n")
+    parse(["--listen", "0.0.0.0:2379", "--listen", "tcp:2380:interface=127.0.0.1"])
+    assert capsys.readouterr().err == ""
