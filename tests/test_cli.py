@@ -141,12 +141,18 @@ def test_port_in_use_is_etcds_line():
     port = sock.getsockname()[1]
     try:
         status, out, err = run(["--listen-client-urls", "http://127.0.0.1:%d" % port])
+        assert status == 1
+        assert one_line(err) == ("etcd-adapter: listen tcp 127.0.0.1:%d: bind: address "
+                                 "already in use" % port)
+        assert "Traceback" not in out
+        # The metrics port too.
+        status, out, err = run(["--listen", "127.0.0.1:%d" % free_port(),
+                                "--listen-metrics-urls", "http://127.0.0.1:%d" % port])
+        assert status == 1
+        assert one_line(err) == ("etcd-adapter: listen tcp 127.0.0.1:%d: bind: address "
+                                 "already in use" % port)
     finally:
         sock.close()
-    assert status == 1
-    assert one_line(err) == ("etcd-adapter: listen tcp 127.0.0.1:%d: bind: address "
-                             "already in use" % port)
-    assert "Traceback" not in out
 
 
 def test_sqlite_folder_missing(tmp_path):
@@ -214,6 +220,14 @@ def test_serves_metrics_port_and_drains(tmp_path):
         assert info.value.details() == (
             "etcd-adapter has no raft leader to move: every adapter serves reads and "
             "writes from the shared store (README: Migrating from etcd)")
+        member_add = subprocess.run(
+            ["etcdctl", "--endpoints", "http://127.0.0.1:%d" % port, "member", "add", "b",
+             "--peer-urls", "http://127.0.0.1:1"], capture_output=True, text=True,
+            timeout=30)
+        assert member_add.returncode != 0
+        assert ("Unimplemented desc = etcd-adapter's members are its processes: start or "
+                "stop an adapter on the same store instead (docs/deployment.md)"
+                in member_add.stderr), member_add.stderr
         events = [__import__("json").loads(line) for line in server.stdout().splitlines()]
         ready = [e for e in events if e.get("event") == "ready"]
         assert ready and ready[0]["version"] == __version__

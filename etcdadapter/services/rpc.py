@@ -40,10 +40,16 @@ class Method(object):
 
 # etcd methods left out on purpose, and the answer that says why (instead of grpc-go's
 # "unknown method ..."); a method registered later wins over its row here.
+_MEMBERS = ("etcd-adapter's members are its processes: start or stop an adapter on the "
+            "same store instead (docs/deployment.md)")
 NOT_IMPLEMENTED = {
     "/etcdserverpb.Maintenance/MoveLeader":
         "etcd-adapter has no raft leader to move: every adapter serves reads and writes "
         "from the shared store (README: Migrating from etcd)",
+    "/etcdserverpb.Cluster/MemberAdd": _MEMBERS,
+    "/etcdserverpb.Cluster/MemberRemove": _MEMBERS,
+    "/etcdserverpb.Cluster/MemberUpdate": _MEMBERS,
+    "/etcdserverpb.Cluster/MemberPromote": _MEMBERS,
 }
 
 
