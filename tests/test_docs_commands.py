@@ -213,13 +213,24 @@ def test_quickstart_postgresql(paste):
 
 @pytest.mark.adapter
 def test_etcd_flag_spellings(paste):
+    from conftest import require_etcd_binaries
+    require_etcd_binaries()
     paste.run(SH["etcd-flags"])
     status, text = get(paste.metrics_port, "/metrics")
     assert status == 200 and metric(text, "etcd_server_has_leader") == 1
-    out = subprocess.run([servers.ETCDCTL_BIN or "etcdctl", "--endpoints",
+    out = subprocess.run([servers.ETCDCTL_BIN, "--endpoints",
                           "http://127.0.0.1:%d" % paste.port, "member", "list"],
                          capture_output=True, text=True, timeout=30).stdout
     assert ", adapter-1, " in out and "http://127.0.0.1:%d" % paste.port in out
+    # etcdctl member add: Unimplemented, saying why.
+    member_add = subprocess.run(
+        [servers.ETCDCTL_BIN, "--endpoints", "http://127.0.0.1:%d" % paste.port, "member",
+         "add", "b", "--peer-urls", "http://127.0.0.1:1"], capture_output=True, text=True,
+        timeout=30)
+    assert member_add.returncode != 0
+    assert ("Unimplemented desc = etcd-adapter's members are its processes: start or "
+            "stop an adapter on the same store instead (docs/deployment.md)"
+            in member_add.stderr), member_add.stderr
     paste.stop()
 
 
