@@ -6,8 +6,9 @@ go-grpc-prometheus' ``grpc_server_*`` (every call, whichever face carried it -- 
 dispatch to the same handlers), ``etcd_debugging_mvcc_*`` revisions and watchers,
 ``etcd_mvcc_db_total_size_in_bytes``, ``etcd_server_has_leader`` (0 while the store
 cannot be reached) and ``etcd_server_version``; the process (``process_*``, as every
-Prometheus client exports them).  Our own additions are prefixed ``etcd_adapter_``.  Each adapter has its own registry (several can run in
-one process, e.g. embedded or in tests).
+Prometheus client exports them).  Our own additions are prefixed ``etcd_adapter_``.
+Each adapter has its own registry (several can run in one process, e.g. embedded or in
+tests).
 """
 
 import time

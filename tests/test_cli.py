@@ -125,7 +125,8 @@ def test_tls_file_errors_name_the_file_and_the_reason(pki):
 
 def test_missing_driver_names_the_extra(tmp_path):
     # psycopg made unimportable, as in an install without the [postgresql] extra.
-    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['psycopg'] = None\n")
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['psycopg'] = None\n")
     status, out, err = run(["--store", "postgresql://etcd@127.0.0.1/etcd"],
                            {"PYTHONPATH": str(tmp_path)})
     assert (status, out) == (2, "")

@@ -76,8 +76,8 @@ def test_mariadb_errors_are_one_line():
             "'%s'@'127.0.0.1' for table `%s`.`etcd_schema_version`; grant the user its "
             "rights (README: Quick start per store)" % (ro, hp, db, ro, db))
     finally:
-        _admin("mariadb", "DROP DATABASE IF EXISTS " + db, "DROP USER IF EXISTS '%s'@'%%'" % ro,
-                     "DROP USER IF EXISTS '%s'@'%%'" % none)
+        _admin("mariadb", "DROP DATABASE IF EXISTS " + db,
+               "DROP USER IF EXISTS '%s'@'%%'" % ro, "DROP USER IF EXISTS '%s'@'%%'" % none)
 
 
 def test_postgresql_errors_are_one_line():

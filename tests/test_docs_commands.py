@@ -47,8 +47,8 @@ def marked(kind, lang=None):
     """{name: text} of the blocks marked ``<!-- KIND: NAME -->`` in README and docs."""
     out = {}
     for text in [README] + list(DOCS.values()):
-        for m in re.finditer(r"<!-- %s: ([\w-]+) -->\n```%s\n(.*?)```" % (kind, lang or kind),
-                             text, re.S):
+        pattern = r"<!-- %s: ([\w-]+) -->\n```%s\n(.*?)```" % (kind, lang or kind)
+        for m in re.finditer(pattern, text, re.S):
             assert m.group(1) not in out, "two %s blocks named %s" % (kind, m.group(1))
             out[m.group(1)] = m.group(2)
     return out
@@ -254,6 +254,8 @@ def _post(port, path, body, token=None):
 def test_apisix_auth(paste):
     """The etcdctl commands of docs/apisix.md, then APISIX's user and password from its
     config block: authenticated, may write its prefix only."""
+    from conftest import require_etcd_binaries
+    require_etcd_binaries()
     paste.start(["--store", "sqlite://%s/etcd.db" % paste.state.replace(
         "var-lib-etcd-adapter", "")])
     paste.run(SH["apisix-auth"])
@@ -301,7 +303,7 @@ def test_migrating_with_make_mirror(paste):
                        "http://127.0.0.1:%d" % paste.port]
 
             def keys():
-                out = subprocess.run(adapter + ["get", "--prefix", "/", "--print-value-only=false"],
+                out = subprocess.run(adapter + ["get", "--prefix", "/"],
                                      capture_output=True, text=True, timeout=30).stdout
                 return out.splitlines()
             wait_for(lambda: len(keys()) == 6)
