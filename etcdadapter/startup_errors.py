@@ -18,6 +18,10 @@ def one_line(error):
         return str(error)
     if isinstance(error, CannotListenError):
         return _listen_error(error)
+    # The memory store's own refusal, whose message says what to fix.
+    from etcdadapter.store.memory import RevisionFloorError
+    if isinstance(error, RevisionFloorError):
+        return str(error)
     return None
 
 

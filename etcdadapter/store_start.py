@@ -16,6 +16,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from etcdadapter.startup_errors import StartupError
+from etcdadapter.store.sql.schema import SchemaError
 from etcdadapter.store.urls import redact
 
 log = Logger()
@@ -153,6 +154,8 @@ def start_store(store, timeout, reactor):
     yield wait_for_database(dialect, timeout, reactor)
     try:
         yield store.start()
+    except SchemaError as e:            # written by a newer adapter
+        raise StartupError("store %s: %s" % (redact(dialect.describe()), e))
     except Exception as e:
         kind, line = _failure_line(dialect, e)
         if kind == OTHER and type(e).__module__.startswith("etcdadapter"):

@@ -14,6 +14,7 @@ import pytest
 import stores
 from command import Running, free_port, get, metric, run
 from db_proxy import DatabaseProxy
+from etcdadapter.store.sql import schema
 
 pytestmark = pytest.mark.adapter
 
@@ -99,6 +100,21 @@ def test_postgresql_errors_are_one_line():
             % (role, hp, db))
     finally:
         _admin("postgresql", "DROP DATABASE IF EXISTS " + db, "DROP ROLE IF EXISTS " + role)
+
+
+def test_newer_schema_is_one_line():
+    url, drop = stores.create_database("mariadb")
+    db = urlsplit(url).path.lstrip("/")
+    try:
+        _admin("mariadb", "CREATE TABLE %s.etcd_schema_version (id INT PRIMARY KEY, "
+               "version INT NOT NULL)" % db,
+               "INSERT INTO %s.etcd_schema_version VALUES (1, 99)" % db)
+        assert fails_with(url) == (
+            "etcd-adapter: store mysql://root@%s/%s: the database has schema version 99; "
+            "this etcd-adapter knows versions up to %d (upgrade etcd-adapter)"
+            % (host_port(MYSQL), db, schema.LATEST))
+    finally:
+        drop()
 
 
 @pytest.fixture
