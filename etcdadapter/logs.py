@@ -127,8 +127,13 @@ def text_line(event):
     return line.rstrip("\n").replace("\r", "\\r").replace("\n", "\\n") + "\n"
 
 
+#: The level ``--log-level`` chose (set before twistd calls the observer factory);
+#: None: ETCD_ADAPTER_LOG_LEVEL, else info.
+DEFAULT_LEVEL = None
+
+
 def _level_from_environment():
-    name = os.environ.get(LEVEL_ENV, "info").strip().lower() or "info"
+    name = DEFAULT_LEVEL or os.environ.get(LEVEL_ENV, "info").strip().lower() or "info"
     try:
         return LogLevel.levelWithName({"warning": "warn"}.get(name, name))
     except Exception:

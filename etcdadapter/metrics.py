@@ -1,17 +1,20 @@
-"""Prometheus metrics, served at ``GET /metrics`` on the client port like etcd's.
+"""Prometheus metrics, served at ``GET /metrics`` on the client port like etcd's (and on
+the ``--listen-metrics-urls`` listeners, :mod:`etcdadapter.metrics_port`).
 
 Names follow what etcd exports so existing dashboards and alerts keep working:
 go-grpc-prometheus' ``grpc_server_*`` (every call, whichever face carried it -- both
 dispatch to the same handlers), ``etcd_debugging_mvcc_*`` revisions and watchers,
-``etcd_mvcc_db_total_size_in_bytes`` and ``etcd_server_has_leader``.  Our own additions
-are prefixed ``etcd_adapter_``.  Each adapter has its own registry (several can run in
-one process, e.g. embedded or in tests).
+``etcd_mvcc_db_total_size_in_bytes``, ``etcd_server_has_leader`` (0 while the store
+cannot be reached) and ``etcd_server_version``; the process (``process_*``, as every
+Prometheus client exports them).  Our own additions are prefixed ``etcd_adapter_``.
+Each adapter has its own registry (several can run in one process, e.g. embedded or in
+tests).
 """
 
 import bisect
 import time
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
@@ -133,8 +136,14 @@ class AdapterMetrics(object):
               registry=r).set_function(self._watch_streams)
         Gauge("etcd_debugging_mvcc_watcher_total", "Watchers on open watch streams.",
               registry=r).set_function(self._watchers)
-        Gauge("etcd_server_has_leader", "Always 1: the adapter needs no raft leader.",
-              registry=r).set(1)
+        # etcd's NoLeader alert: 0 while the store cannot be reached (requests then fail
+        # with "etcdserver: no leader"); a store without the notion is always there.
+        Gauge("etcd_server_has_leader", "1 while the store answers (no raft here: the "
+              "store's availability is what a leader means to clients).",
+              registry=r).set_function(lambda: 1 if getattr(store, "available", True)
+                                       else 0)
+        _version_gauges(r)
+        ProcessCollector(registry=r)
         self.db_size = Gauge("etcd_mvcc_db_total_size_in_bytes",
                              "Store size as Maintenance.Status reports it.", registry=r)
         self.db_size_in_use = Gauge("etcd_mvcc_db_total_size_in_use_in_bytes",
@@ -147,6 +156,10 @@ class AdapterMetrics(object):
     def watch_connections(self, factory):
         """Export the client port's connection counts (an EtcdFactory's)."""
         self.registry.register(_ConnectionCollector(factory))
+
+    def watch_tls(self, tls):
+        """Export the refused TLS handshakes of a ServerTLS."""
+        self.registry.register(_TLSCollector(tls))
 
     def _watch_streams(self):
         return len(self.watch_service.streams) if self.watch_service else 0
@@ -280,3 +293,28 @@ class _ConnectionCollector(object):
             "etcd_adapter_output_paused",
             "Times a connection's unsent output went over its budget, so its new "
             "requests waited.", value=stats.paused)
+
+
+def _version_gauges(registry):
+    """etcd's ``etcd_server_version{server_version}`` (the etcd version our API follows)
+    and ours, ``etcd_adapter_version{version}``: 1, the information is in the label."""
+    from etcdadapter import __version__
+    from etcdadapter.services.identity import SERVER_VERSION
+    Gauge("etcd_server_version", "Which etcd version the API follows.",
+          ("server_version",), registry=registry).labels(SERVER_VERSION).set(1)
+    Gauge("etcd_adapter_version", "Which etcd-adapter version is running.", ("version",),
+          registry=registry).labels(__version__).set(1)
+
+
+class _TLSCollector(object):
+    def __init__(self, tls):
+        self.tls = tls
+
+    def collect(self):
+        yield CounterMetricFamily(
+            "etcd_adapter_tls_handshakes_refused",
+            "TLS handshakes that failed: no or untrusted client certificate, no common "
+            "protocol or cipher, not TLS.", value=self.tls.handshakes_refused)
+
+    def describe(self):
+        return []

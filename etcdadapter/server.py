@@ -12,6 +12,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from etcdadapter import __version__, metrics_port, startup_errors, store_start
 from etcdadapter.errors import ErrStopped
 from etcdadapter.gateway import endpoints as http_endpoints
 from etcdadapter.gateway import rpc_routes
@@ -73,7 +74,8 @@ class AdapterConfig(object):
                  auto_compaction_mode=compactor.DEFAULT_MODE,
                  auto_compaction_retention=compactor.DEFAULT_RETENTION,
                  auto_compaction_check_interval=None, header_timeout=10.0,
-                 idle_timeout=300.0, max_connections=None):
+                 idle_timeout=300.0, max_connections=None, metrics_listen=(),
+                 store_start_timeout=60.0):
         """``auto_compaction_retention``: text as the flag takes it ("1h", "30m", "0",
         "1000"; see :func:`etcdadapter.store.compactor.parse_retention`);
         ``auto_compaction_check_interval``: seconds, None for etcd's.
@@ -101,6 +103,10 @@ class AdapterConfig(object):
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        #: Endpoints serving /metrics, /health, /version in plain HTTP (metrics_port).
+        self.metrics_listen = list(metrics_listen)
+        #: Seconds to wait for an unreachable database at start (store_start).
+        self.store_start_timeout = store_start_timeout
 
 
 class AdapterService(service.Service):
@@ -191,15 +197,20 @@ class AdapterService(service.Service):
             tls = ServerTLS(config.cert_file, config.key_file, config.trusted_ca_file,
                             config.client_cert_auth)
         self.tls = tls
+        if tls is not None:
+            self.metrics.watch_tls(tls)
         self.ports = []
+        self.metrics_factory = metrics_port.factory(self.metrics, self.health, reactor)
+        self.metrics_ports = []
 
     @defer.inlineCallbacks
     def _start(self):
-        yield self.store.start()
+        yield store_start.start_store(self.store, self.config.store_start_timeout,
+                                      self.reactor)
         yield self.auth.start()
         self.lease.start()
         self.compactor.start()
-        factory = self.tls.wrap(self.factory) if self.tls else self.factory
+        factory = self.tls.wrap(self.factory, self.reactor) if self.tls else self.factory
         for description in self.config.listen:
             ep = endpoints.serverFromString(self.reactor, with_backlog(description))
             port = yield ep.listen(factory)
@@ -207,10 +218,12 @@ class AdapterService(service.Service):
             log.info("etcd-adapter listening on {listen} ({address})", event="listening",
                      listen=description, address=address_text(port.getHost()),
                      tls=self.tls is not None)
+        yield self._listen_metrics()
         if not self.identity.client_urls:
             self.identity.client_urls = [u for u in map(self._url, self.ports) if u]
         log.info("etcd-adapter ready: store {store}, revision {revision}, member "
                  "{member_id}", event="ready", store=redact(self.config.store),
+                 version=__version__,
                  revision=self.store.revision,
                  compact_revision=self.store.compact_revision,
                  member_id="%x" % self.identity.member_id, name=self.identity.name,
@@ -218,6 +231,16 @@ class AdapterService(service.Service):
         if self.notify_systemd:
             sd_notify("READY=1", "STATUS=serving %s on %s" % (
                 redact(self.config.store), ", ".join(self.identity.client_urls)))
+
+    @defer.inlineCallbacks
+    def _listen_metrics(self):
+        for description in self.config.metrics_listen:
+            ep = endpoints.serverFromString(self.reactor, description)
+            port = yield ep.listen(self.metrics_factory)
+            self.metrics_ports.append(port)
+            log.info("etcd-adapter serving /metrics and /health on {address} (plain HTTP)",
+                     event="listening-metrics", listen=description,
+                     address=address_text(port.getHost()))
 
     def _url(self, port):
         host = port.getHost()
@@ -268,7 +291,12 @@ class AdapterService(service.Service):
     def _start_failed(self, failure):
         # Exit non-zero (so systemd's Restart=on-failure and supervisors notice) instead
         # of idling without a listener.
-        log.failure("etcd-adapter failed to start", failure)
+        line = startup_errors.one_line(failure.value)
+        if line is None:
+            log.failure("etcd-adapter failed to start", failure)
+        else:
+            log.error("etcd-adapter failed to start: {error}", event="start-failed",
+                      error=line)
         self.exit_code = 1
         if self.reactor.running:
             self.reactor.stop()
@@ -286,7 +314,8 @@ class AdapterService(service.Service):
         if self.notify_systemd:
             sd_notify("STOPPING=1", "STATUS=draining")
         t0 = time.monotonic()
-        ports, self.ports = self.ports, []
+        ports, self.ports = self.ports + self.metrics_ports, []
+        self.metrics_ports = []
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
         connections = len(self.factory.connections)
         streams = self.open_streams.end_all(ErrStopped())

@@ -8,10 +8,11 @@ defaults, option by option (etcd itself ignores its flags when given a config fi
 """
 
 import os
+import sys
 
 from twisted.python import usage
 
-from etcdadapter import config_file, durations
+from etcdadapter import config_file, durations, env_check, flag_aliases, listen_urls
 from etcdadapter.server import AdapterConfig, AdapterService
 from etcdadapter.store import compactor
 from etcdadapter.transport.h2_server import DEFAULT_MAX_CONCURRENT_STREAMS
@@ -65,6 +66,45 @@ def _connection_limit(value):
 
 _connection_limit.coerceDoc = ("A number, 0 for no limit, or auto (the open-file limit "
                                "minus 256).")
+
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _log_level(value):
+    name = {"warning": "warn", "fatal": "critical", "panic": "critical"}.get(
+        value.strip().lower(), value.strip().lower())
+    if name not in LOG_LEVELS:
+        raise ValueError("must be one of %s" % ", ".join(LOG_LEVELS))
+    return name
+
+
+_log_level.coerceDoc = "One of debug, info, warn, error, critical."
+
+
+def _log_format(value):
+    name = {"console": "text"}.get(value.strip().lower(), value.strip().lower())
+    if name not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return name
+
+
+_log_format.coerceDoc = "text or json."
+
+
+class _NamedCoerce(usage.CoerceParameter):
+    """Twisted's check of a parameter's value, with an error that names the option
+    and the value ("--max-txn-ops zero: ..."), not "Parameter type enforcement
+    failed"."""
+
+    def dispatch(self, parameterName, value):
+        if value is None:
+            return usage.CoerceParameter.dispatch(self, parameterName, value)
+        try:
+            value = self.coerce(value)
+        except ValueError as e:
+            raise usage.UsageError("--%s %s: %s" % (parameterName, value, e))
+        self.options.opts[parameterName] = value
 
 
 class Options(usage.Options):
@@ -153,6 +193,22 @@ class Options(usage.Options):
         ["max-connections", None, "auto",
          "Most client connections open at once; more are closed at once (counted in "
          "/metrics).", _connection_limit],
+        # -- operating: metrics port, logs, waiting for the database --
+        ["listen-metrics-urls", None, "",
+         "Comma-separated http://IP:PORT URLs serving /metrics, /health and /version in "
+         "plain HTTP, without client certificates even with --client-cert-auth (etcd's "
+         "flag): for Prometheus and load-balancer or kubelet probes."],
+        ["log-level", None, "info",
+         "Lowest level logged: debug, info, warn, error (etcd-adapter command; twistd: "
+         "with --logger etcdadapter.logs.text or .json).", _log_level],
+        ["log-format", None, "text",
+         "etcd-adapter command: log lines on standard output as text (time level "
+         "[module] message) or json (one object per line).", _log_format],
+        ["store-start-timeout", None, 60.0,
+         "At start-up, how long to keep trying a database that refuses or does not "
+         "answer connections (back-off up to 5s, each try logged) before giving up; "
+         "a wrong password, a missing database or missing rights fail at once.",
+         _duration_or_off],
     ]
 
     optFlags = [
@@ -161,12 +217,15 @@ class Options(usage.Options):
     ]
 
     # Parameters that hold comma-separated lists (a YAML list in the config file).
-    commaListParameters = ("advertise-client-urls",)
+    commaListParameters = ("advertise-client-urls", "listen-metrics-urls")
 
     _given = None    # options set by the command line or the environment (while parsing)
 
     def __init__(self):
         usage.Options.__init__(self)
+        for name, dispatcher in list(self._dispatch.items()):
+            if type(dispatcher) is usage.CoerceParameter:
+                self._dispatch[name] = _NamedCoerce(self, dispatcher.coerce)
         self["listen"] = []
         self._given = set()
         self._from_environment(os.environ)
@@ -185,7 +244,48 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def opt_version(self):
+        """Print the adapter's version (and the etcd API version it serves) and exit."""
+        from etcdadapter import version_text
+        print(version_text())
+        sys.exit(0)
+
+    def set_alias(self, option, value, split):
+        """An etcd spelling of ``option`` was given (see flag_aliases)."""
+        if option == "listen":
+            for item in split(value) if split else [value]:
+                self.opt_listen(item)
+        else:
+            self[option] = self._coerce(option, value, "--" + option)
+
+    def _coerce(self, name, value, where):
+        for p in self.optParameters:
+            if p[0] == name and len(p) > 4:
+                try:
+                    return p[4](value)
+                except ValueError as e:
+                    raise usage.UsageError("%s: %s" % (where, e))
+        return value
+
+    def _environment_aliases(self, environ):
+        for alias, (option, split) in flag_aliases.by_name().items():
+            name = ENV_PREFIX + alias.upper().replace("-", "_")
+            if name not in environ:
+                continue
+            if option == "listen":
+                self._env_listen += (split or (lambda v: [v]))(environ[name])
+            else:
+                self[option] = self._coerce(option, environ[name], name)
+
+    def _unknown_environment(self, environ):
+        known = {p[0] for p in self.optParameters} | {f[0] for f in self.optFlags}
+        known |= {"listen"} | set(flag_aliases.by_name())
+        self.environment_warnings = [
+            env_check.warning(name, guess) for name, guess in env_check.unknown(
+                environ, ENV_PREFIX, {k.upper().replace("-", "_") for k in known})]
+
     def _from_environment(self, environ):
+        self._unknown_environment(environ)
         listen = environ.get(ENV_PREFIX + "LISTEN")
         if listen:
             self._env_listen = [x.strip() for x in listen.split(",") if x.strip()]
@@ -210,12 +310,17 @@ class Options(usage.Options):
                     raise usage.UsageError("%s%s: expected true or false" % (
                         ENV_PREFIX, name.upper().replace("-", "_")))
                 self[name] = value.lower() in ("1", "true", "yes", "on")
+        self._environment_aliases(environ)
 
     def _from_config_file(self, given):
         """Options from --config-file that neither the command line nor the
         environment set."""
         path = self["config-file"]
         data = config_file.read(path)
+        for alias, (option, split) in flag_aliases.by_name().items():
+            if alias in data and option not in data:
+                value = data.pop(alias)
+                data[option] = split(value) if split and isinstance(value, str) else value
         found = config_file.values(
             data, path=path, refused=("config-file",),
             parameters={p[0]: (p[4] if len(p) > 4 else None) for p in self.optParameters},
@@ -229,6 +334,8 @@ class Options(usage.Options):
                 self[name] = value
 
     def postOptions(self):
+        for line in self.environment_warnings:
+            sys.stderr.write(line + "\n")
         given, self._given = self._given, None
         if self["config-file"]:
             self._from_config_file(given)
@@ -239,6 +346,7 @@ class Options(usage.Options):
             if isinstance(urls, str) else list(urls)
         if bool(self["cert-file"]) != bool(self["key-file"]):
             raise usage.UsageError("--cert-file and --key-file go together")
+        self._check_operator_options()
         if self["client-cert-auth"] and not (self["trusted-ca-file"] and self["cert-file"]):
             raise usage.UsageError(
                 "--client-cert-auth needs --cert-file, --key-file and --trusted-ca-file")
@@ -268,6 +376,28 @@ class Options(usage.Options):
         except StoreURLError as e:
             raise usage.UsageError(str(e))
 
+    def _check_operator_options(self):
+        """Listen addresses and the options that depend on each other, checked now so
+        that a mistake stops the start with one line (see listen_urls)."""
+        tls = bool(self["cert-file"])
+        try:
+            self["listen"] = [listen_urls.endpoint(x, tls) for x in self["listen"]]
+            urls = self["listen-metrics-urls"]
+            urls = listen_urls.url_list(urls) if isinstance(urls, str) else list(urls)
+            self["listen-metrics-urls"] = [
+                listen_urls.endpoint(x, False, "--listen-metrics-urls") for x in urls]
+        except listen_urls.ListenError as e:
+            raise usage.UsageError(str(e))
+        for description in self["listen"]:
+            warning = listen_urls.every_interface_warning(description)
+            if warning:
+                sys.stderr.write(warning + "\n")
+        if self["client-cert-policy"] and not self["client-cert-auth"]:
+            raise usage.UsageError(
+                "--client-cert-policy needs --client-cert-auth (with --cert-file, "
+                "--key-file and --trusted-ca-file): without verified client "
+                "certificates it would deny every request")
+
     def config(self):
         return AdapterConfig(
             listen=self["listen"], store=self["store"], name=self["name"],
@@ -286,9 +416,16 @@ class Options(usage.Options):
             auto_compaction_retention=self["auto-compaction-retention"],
             auto_compaction_check_interval=self["auto-compaction-check-interval"],
             header_timeout=self["header-timeout"], idle_timeout=self["idle-timeout"],
-            max_connections=_connection_limit(self["max-connections"]))
+            max_connections=_connection_limit(self["max-connections"]),
+            metrics_listen=self["listen-metrics-urls"],
+            store_start_timeout=self["store-start-timeout"])
+
+
+flag_aliases.install(Options)
 
 
 def makeService(options):
+    from etcdadapter import logs
+    logs.DEFAULT_LEVEL = options["log-level"]
     return AdapterService(options.config(), store=options.store, tls=options.tls,
                           cert_policy=options.cert_policy, notify_systemd=True)

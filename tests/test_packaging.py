@@ -33,6 +33,12 @@ def test_wheel_contains_packages_and_twisted_plugin(tmp_path):
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
     assert not any(n.endswith("dropin.cache") for n in names)
+    # `pip install .` puts the etcd-adapter command on PATH.
+    wheel = zipfile.ZipFile(os.path.join(tmp_path, wheels[0]))
+    entry_points = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert len(entry_points) == 1, names
+    text = wheel.read(entry_points[0]).decode()
+    assert "[console_scripts]\netcd-adapter = etcdadapter.cli:main" in text, text
 
 
 def test_twistd_help_lists_the_plugin():

@@ -3,7 +3,7 @@ systemd would run it.
 
 No systemd runs as PID 1 here (no ``systemd-run``), so the test does systemd's part
 itself, from the unit file: ``systemd-analyze verify`` on the unit (ExecStart pointed at
-this interpreter's twistd), then the ExecStart command with the unit's ``Environment=``,
+this interpreter's etcd-adapter), then the ExecStart command with the unit's ``Environment=``,
 an ``EnvironmentFile=`` of ETCD_ADAPTER_* lines, the state directory as working
 directory, an unprivileged user (as root: ``nobody``, standing in for ``DynamicUser``),
 and a notify socket (``Type=notify``): READY=1 only once it serves, STOPPING=1 at the
@@ -54,7 +54,7 @@ def service(key):
 
 
 def local_unit(tmp_path):
-    """The unit with ExecStart pointing at this interpreter's twistd."""
+    """The unit with ExecStart pointing at this interpreter's etcd-adapter."""
     text = open(UNIT).read().replace(INSTALLED_BIN, os.path.dirname(sys.executable) + "/")
     path = tmp_path / "etcd-adapter.service"
     path.write_text(text)
@@ -70,9 +70,8 @@ def test_unit_declares_the_hardening():
                        ("StateDirectory", "etcd-adapter"), ("KillSignal", "SIGTERM")]:
         assert entries.get(("Service", key)) == value, key
     assert entries[("Install", "WantedBy")] == "multi-user.target"
-    exec_start = service("ExecStart")[0].split()
-    assert exec_start[0] == INSTALLED_BIN + "twistd"
-    assert "--nodaemon" in exec_start and exec_start[-1] == "etcd-adapter"
+    # The etcd-adapter command: foreground, no pid file, one-line start-up errors.
+    assert service("ExecStart") == [INSTALLED_BIN + "etcd-adapter"]
     # The drain (10 s by default) fits in the stop timeout.
     assert int(entries[("Service", "TimeoutStopSec")]) > 10
 
@@ -196,5 +195,7 @@ def test_service_runs_as_systemd_runs_it(service_dir):
     result = subprocess.run(_as_service_user(_command(), str(state)), cwd=str(state),
                             env=_environment(env_file), capture_output=True, text=True,
                             timeout=60)
-    assert result.returncode != 0
-    assert "unsupported store URL" in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert result.stderr == ("etcd-adapter: unsupported store URL 'nosuch://x' (supported: "
+                             "memory://, sqlite://, mysql://, tidb://, postgresql://, "
+                             "postgres://)\n")

@@ -146,3 +146,60 @@ def test_connection_limit_options(monkeypatch):
     service = AdapterService(parse(["--max-connections", "auto"]).config())
     assert service.limits.max_connections == soft - 256
     assert AdapterService(c).limits.max_connections == 50
+
+
+def test_etcd_flag_aliases_everywhere(monkeypatch, tmp_path):
+    """Each row of flag_aliases works on the command line, as ETCD_ADAPTER_<ALIAS> and as
+    a config-file key, and names a real option."""
+    from etcdadapter import flag_aliases
+    options = tap.Options()
+    names = {p[0] for p in options.optParameters} | {"listen"}
+    for alias, option, _split, doc in flag_aliases.ALIASES:
+        assert option in names and len(doc) >= 20
+    c = parse(["--listen-client-urls", "http://127.0.0.1:1,http://[::1]:2",
+               "--experimental-watch-progress-notify-interval", "5s"]).config()
+    assert c.listen == ["tcp:1:interface=127.0.0.1", "tcp6:2:interface=\\:\\:1"]
+    assert c.watch_progress_notify_interval == 5.0
+    c = parse([], {"ETCD_ADAPTER_LISTEN_CLIENT_URLS": "http://127.0.0.1:3",
+                   "ETCD_ADAPTER_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL": "7s"},
+              monkeypatch).config()
+    assert (c.listen, c.watch_progress_notify_interval) == (["tcp:3:interface=127.0.0.1"],
+                                                            7.0)
+    for k in list(__import__("os").environ):
+        if k.startswith(tap.ENV_PREFIX):
+            monkeypatch.delenv(k)
+    path = tmp_path / "c.yaml"
+    path.write_text("listen-client-urls: http://127.0.0.1:4,http://127.0.0.1:6\n"
+                    "experimental-watch-progress-notify-interval: 9s\n"
+                    "listen-metrics-urls: [http://127.0.0.1:5]\n")
+    c = parse(["--config-file", str(path)]).config()
+    assert (c.listen, c.watch_progress_notify_interval, c.metrics_listen) == (
+        ["tcp:4:interface=127.0.0.1", "tcp:6:interface=127.0.0.1"], 9.0,
+        ["tcp:5:interface=127.0.0.1"])
+
+
+def test_unknown_environment_variables(monkeypatch):
+    for k in list(__import__("os").environ):
+        if k.startswith(tap.ENV_PREFIX):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("ETCD_ADAPTER_STOR", "sqlite:///x.db")
+    monkeypatch.setenv("ETCD_ADAPTER_FROBNICATE", "1")
+    monkeypatch.setenv("ETCD_ADAPTER_LOG_LEVEL", "debug")        # an option: known
+    for k in ("SERVICE_HOST", "SERVICE_PORT", "SERVICE_PORT_CLIENT", "PORT",
+              "PORT_2379_TCP", "PORT_2379_TCP_PROTO", "PORT_2379_TCP_PORT",
+              "PORT_2379_TCP_ADDR"):                               # Kubernetes' own
+        monkeypatch.setenv("ETCD_ADAPTER_" + k, "x")
+    assert tap.Options().environment_warnings == [
+        "etcd-adapter: warning: unknown environment variable ETCD_ADAPTER_FROBNICATE "
+        "ignored",
+        "etcd-adapter: warning: unknown environment variable ETCD_ADAPTER_STOR ignored "
+        "(did you mean ETCD_ADAPTER_STORE?)"]
+
+
+def test_tcp_endpoint_without_interface_is_warned_about(capsys):
+    assert parse(["--listen", "tcp:2379"]).config().listen == ["tcp:2379"]
+    assert capsys.readouterr().err == (
+        "etcd-adapter: warning: --listen tcp:2379 listens on every interface; write "
+        "0.0.0.0:2379 to say so, or 127.0.0.1:2379 for this host only\n")
+    parse(["--listen", "0.0.0.0:2379", "--listen", "tcp:2380:interface=127.0.0.1"])
+    assert capsys.readouterr().err == ""

@@ -38,6 +38,21 @@ class Method(object):
         return "<Method %s %s>" % (self.path, self.kind)
 
 
+# etcd methods left out on purpose, and the answer that says why (instead of grpc-go's
+# "unknown method ..."); a method registered later wins over its row here.
+_MEMBERS = ("etcd-adapter's members are its processes: start or stop an adapter on the "
+            "same store instead (docs/deployment.md)")
+NOT_IMPLEMENTED = {
+    "/etcdserverpb.Maintenance/MoveLeader":
+        "etcd-adapter has no raft leader to move: every adapter serves reads and writes "
+        "from the shared store (README: Migrating from etcd)",
+    "/etcdserverpb.Cluster/MemberAdd": _MEMBERS,
+    "/etcdserverpb.Cluster/MemberRemove": _MEMBERS,
+    "/etcdserverpb.Cluster/MemberUpdate": _MEMBERS,
+    "/etcdserverpb.Cluster/MemberPromote": _MEMBERS,
+}
+
+
 class MethodRegistry(object):
     def __init__(self):
         self._by_path = {}
@@ -63,6 +78,9 @@ class MethodRegistry(object):
             # grpc-go of etcd 3.4/3.5 answers this with RESOURCE_EXHAUSTED.
             return EtcdError(StatusCode.RESOURCE_EXHAUSTED,
                              "malformed method name: %s" % _go_quote(path))
+        why = NOT_IMPLEMENTED.get("/" + name)
+        if why is not None:
+            return EtcdError(StatusCode.UNIMPLEMENTED, why)
         if service in self._services:
             return EtcdError(StatusCode.UNIMPLEMENTED,
                              "unknown method %s for service %s" % (method, service))

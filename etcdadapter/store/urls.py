@@ -51,6 +51,21 @@ def open_store(url, **store_kw):
             raise StoreURLError(str(e))
     from etcdadapter.store import sql
     if scheme in sql.SCHEMES:
-        return sql.open_sql_store(scheme, parts, query, **store_kw)
+        try:
+            return sql.open_sql_store(scheme, parts, query, **store_kw)
+        except ImportError as e:
+            raise StoreURLError(_missing_driver(scheme, e))
     raise StoreURLError("unsupported store URL %r (supported: memory://, %s)"
                         % (url, ", ".join(s + "://" for s in sql.SCHEMES)))
+
+
+# The driver each store needs that `pip install .` alone does not bring (an extra).
+_EXTRAS = {"postgresql": ("psycopg", "postgresql"), "postgres": ("psycopg", "postgresql")}
+
+
+def _missing_driver(scheme, error):
+    driver, extra = _EXTRAS.get(scheme, (getattr(error, "name", None) or str(error), None))
+    text = "%s:// needs the Python package %s, which is not installed" % (scheme, driver)
+    if extra:
+        text += ": pip install 'etcd-adapter[%s]'" % extra
+    return text

@@ -142,6 +142,12 @@ class SQLStore(Store):
         ks = self.feed.keyspace
         return ks.compact_revision if ks is not None else -1
 
+    @property
+    def available(self):
+        """False while the database cannot be reached (between the store-unavailable
+        and store-available events); /metrics' etcd_server_has_leader follows it."""
+        return self.runner.down_since is None
+
     # -- lifecycle ------------------------------------------------------------------------
     @defer.inlineCallbacks
     def start(self):

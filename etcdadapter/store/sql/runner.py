@@ -343,6 +343,11 @@ class Runner(object):
         return errors.ErrTimeout()
 
     # -- the database's state, as seen by the pool threads --------------------------------
+    @property
+    def down_since(self):
+        """Monotonic time the database went away, None while it answers."""
+        return self._down_since
+
     def unavailable(self, what, error):
         with self._lock:
             if self._down_since is not None:

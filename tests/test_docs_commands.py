@@ -1,0 +1,369 @@
+"""The shell commands of README.md and docs/ work when pasted: every block marked
+``<!-- sh: NAME -->`` is run here, as a user would run it, against the installed
+``etcd-adapter`` command, the local MariaDB and PostgreSQL and the real etcd/etcdctl.
+
+What differs from a user's terminal, and only that (``Paste.text``):
+
+* ports: ``2379`` and ``9379`` become free ports; a bare ``etcd-adapter`` (default
+  127.0.0.1:2379) gets ``ETCD_ADAPTER_LISTEN=127.0.0.1:<port>``;
+* names: the database and user ``etcd_adapter`` become a fresh ``ops16_docs_<hex>`` (and
+  are dropped afterwards); ``/var/lib/etcd-adapter`` a temporary folder;
+* ``sudo mysql`` / ``sudo -u postgres psql`` become the local servers' administrator
+  (``mysql -h 127.0.0.1 -u root``, ``psql -h 127.0.0.1 -U postgres``); any other
+  ``sudo`` is dropped (the tests run as root);
+* ``pip install ...`` is not run (the test's own install is there); the extra it names
+  must exist in setup.cfg.
+
+A line starting with ``etcd-adapter`` starts the server in the background (and must
+serve); the other lines of a block run in one ``bash -euo pipefail`` script.
+"""
+
+import base64
+import configparser
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import yaml
+
+import servers
+import stores
+from command import Running, free_port, get, metric
+
+ROOT = servers.REPO_ROOT
+README = open(os.path.join(ROOT, "README.md")).read()
+DOCS = {name: open(os.path.join(ROOT, "docs", name)).read()
+        for name in sorted(os.listdir(os.path.join(ROOT, "docs"))) if name.endswith(".md")}
+
+
+def marked(kind, lang=None):
+    """{name: text} of the blocks marked ``<!-- KIND: NAME -->`` in README and docs."""
+    out = {}
+    for text in [README] + list(DOCS.values()):
+        pattern = r"<!-- %s: ([\w-]+) -->\n```%s\n(.*?)```" % (kind, lang or kind)
+        for m in re.finditer(pattern, text, re.S):
+            assert m.group(1) not in out, "two %s blocks named %s" % (kind, m.group(1))
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+SH = marked("sh")
+
+
+def extras():
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    return {k for k in cfg["options.extras_require"]}
+
+
+class Paste(object):
+    """One user's session: the substitutions, the servers started, the clean-up."""
+
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.name = "ops16_docs_" + uuid.uuid4().hex[:8]
+        self.state = str(tmp_path / "var-lib-etcd-adapter")
+        self.servers = []
+        self.env = {"PATH": os.path.dirname(sys.executable) + os.pathsep
+                    + os.environ.get("PATH", "")}
+
+    def text(self, block):
+        block = block.replace("sudo mysql", "mysql -h 127.0.0.1 -u root")
+        block = block.replace("sudo -u postgres psql",
+                              "psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1")
+        block = re.sub(r"^sudo ", "", block, flags=re.M)      # the tests run as root
+        block = re.sub(r"\betcd_adapter\b", self.name, block)
+        block = block.replace("/var/lib/etcd-adapter", self.state)
+        block = block.replace(":2379", ":%d" % self.port)
+        return block.replace(":9379", ":%d" % self.metrics_port)
+
+    def run(self, block):
+        """Run a block: scripts in bash, etcd-adapter lines as servers.  The script
+        outputs, joined."""
+        outputs = []
+        script = []
+        for line in _lines(self.text(block)):
+            if line.startswith("pip install"):
+                for extra in re.findall(r"\[(\w+)\]", line):
+                    assert extra in extras(), line
+                continue
+            if line.startswith("etcd-adapter"):
+                outputs.append(self.script(script))
+                script = []
+                self.start(shlex.split(line)[1:])
+            else:
+                script.append(line)
+        outputs.append(self.script(script))
+        return "".join(outputs)
+
+    def script(self, lines):
+        if not lines:
+            return ""
+        env = dict(os.environ, **self.env)
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, (lines, r.stdout, r.stderr)
+        return r.stdout
+
+    def start(self, args):
+        env = dict(self.env)
+        if not any(a.startswith(("--listen", "--config-file")) for a in args):
+            env["ETCD_ADAPTER_LISTEN"] = "127.0.0.1:%d" % self.port
+        server = Running(args, env)
+        self.servers.append(server)
+        server.wait_http(self.port)
+        return server
+
+    def stop(self):
+        for server in self.servers:
+            assert server.terminate() == 0, server.stdout()
+            assert server.stderr() == "", server.stderr()
+
+
+def _lines(text):
+    """Shell commands: continuation lines joined, a here-document kept with its
+    command."""
+    out, heredoc = [], None
+    for line in text.replace("\\\n", " ").splitlines():
+        if heredoc is not None:
+            out[-1] += "\n" + line
+            if line.strip() == heredoc:
+                heredoc = None
+            continue
+        m = re.search(r"<<-?'?(\w+)'?", line)
+        if line.strip():
+            out.append(line)
+        if m:
+            heredoc = m.group(1)
+    return out
+
+
+@pytest.fixture
+def paste(tmp_path):
+    p = Paste(tmp_path)
+    yield p
+    for server in p.servers:
+        server.kill()
+
+
+def check(paste):
+    """The README's check: a put and /health through curl."""
+    out = paste.run(SH["check"])
+    put, health = out.splitlines()
+    assert int(json.loads(put)["header"]["revision"]) > 0
+    assert health == '{"health":"true","reason":""}'
+
+
+def test_readme_opens_with_install_and_start():
+    first = re.search(r"```sh\n(.*?)```", README, re.S).group(1)
+    assert first.splitlines() == ["pip install .", "etcd-adapter"]
+    assert re.findall(r"```sh\n(.*?)```", README, re.S)[1] == "./run-tests\n"
+
+
+@pytest.mark.adapter
+def test_start_and_check(paste):
+    paste.run(SH["start"])
+    check(paste)
+    paste.stop()
+
+
+@pytest.mark.adapter
+def test_quickstart_sqlite(paste):
+    paste.run(SH["quickstart-sqlite"])
+    check(paste)
+    paste.stop()
+    assert os.path.getsize(os.path.join(paste.state, "etcd.db")) > 0
+
+
+@pytest.mark.adapter
+def test_quickstart_mariadb(paste):
+    stores._require("mariadb")
+    try:
+        paste.run(SH["quickstart-mariadb"])
+        check(paste)
+        paste.stop()
+    finally:
+        def drop(cur):
+            cur.execute("DROP DATABASE IF EXISTS " + paste.name)
+            cur.execute("DROP USER IF EXISTS '%s'@'%%'" % paste.name)
+        stores._admin("mariadb", drop)
+
+
+@pytest.mark.adapter
+def test_quickstart_postgresql(paste):
+    stores._require("postgresql")
+    try:
+        paste.run(SH["quickstart-postgresql"])
+        check(paste)
+        paste.stop()
+    finally:
+        def drop(cur):
+            cur.execute("DROP DATABASE IF EXISTS " + paste.name)
+            cur.execute("DROP ROLE IF EXISTS " + paste.name)
+        stores._admin("postgresql", drop)
+
+
+@pytest.mark.adapter
+def test_etcd_flag_spellings(paste):
+    from conftest import require_etcd_binaries
+    require_etcd_binaries()
+    paste.run(SH["etcd-flags"])
+    status, text = get(paste.metrics_port, "/metrics")
+    assert status == 200 and metric(text, "etcd_server_has_leader") == 1
+    out = subprocess.run([servers.ETCDCTL_BIN, "--endpoints",
+                          "http://127.0.0.1:%d" % paste.port, "member", "list"],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert ", adapter-1, " in out and "http://127.0.0.1:%d" % paste.port in out
+    # etcdctl member add: Unimplemented, saying why.
+    member_add = subprocess.run(
+        [servers.ETCDCTL_BIN, "--endpoints", "http://127.0.0.1:%d" % paste.port, "member",
+         "add", "b", "--peer-urls", "http://127.0.0.1:1"], capture_output=True, text=True,
+        timeout=30)
+    assert member_add.returncode != 0
+    assert ("Unimplemented desc = etcd-adapter's members are its processes: start or "
+            "stop an adapter on the same store instead (docs/deployment.md)"
+            in member_add.stderr), member_add.stderr
+    paste.stop()
+
+
+def _b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def _post(port, path, body, token=None):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, json.dumps(body),
+                     {"Authorization": token} if token else {})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.adapter
+def test_apisix_auth(paste):
+    """The etcdctl commands of docs/apisix.md, then APISIX's user and password from its
+    config block: authenticated, may write its prefix only."""
+    from conftest import require_etcd_binaries
+    require_etcd_binaries()
+    paste.start(["--store", "sqlite://%s/etcd.db" % paste.state.replace(
+        "var-lib-etcd-adapter", "")])
+    paste.run(SH["apisix-auth"])
+    etcd = yaml.safe_load(re.search(r"<!-- yaml: apisix-auth -->\n```yaml\n(.*?)```",
+                                    DOCS["apisix.md"], re.S).group(1))["deployment"]["etcd"]
+    status, body = _post(paste.port, "/v3/auth/authenticate",
+                         {"name": etcd["user"], "password": etcd["password"]})
+    assert status == 200, body
+    token = body["token"]
+    status, _ = _post(paste.port, "/v3/kv/put", {"key": _b64(etcd["prefix"] + "/routes/1"),
+                                                 "value": _b64("{}")}, token)
+    assert status == 200
+    status, body = _post(paste.port, "/v3/kv/put", {"key": _b64("/other"),
+                                                    "value": _b64("x")}, token)
+    assert (status, body["message"]) == (403, "etcdserver: permission denied")
+    status, body = _post(paste.port, "/v3/kv/put", {"key": _b64("/apisix/x"),
+                                                    "value": _b64("x")})
+    assert status != 200
+    paste.stop()
+
+
+@pytest.mark.adapter
+def test_migrating_with_make_mirror(paste):
+    """``etcdctl make-mirror`` from a real etcd into the adapter: the keys arrive (with
+    the adapter's revisions), and later writes to etcd follow."""
+    from conftest import require_etcd_binaries
+    require_etcd_binaries()
+    etcd = servers.EtcdServer("docs-mirror")
+    etcd.start()
+    try:
+        ctl = [servers.ETCDCTL_BIN, "--endpoints", etcd.client_url]
+        for i in range(3):
+            subprocess.run(ctl + ["put", "/apisix/routes/%d" % i, "r%d" % i], check=True,
+                           capture_output=True, timeout=30)
+        subprocess.run(ctl + ["put", "/other", "not copied"], check=True,
+                       capture_output=True, timeout=30)
+        paste.start([])
+        command = paste.text(SH["migrate"]).strip().replace(
+            "http://etcd.internal:%d" % paste.port, etcd.client_url)
+        mirror = subprocess.Popen(["bash", "-c", "exec " + command],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=dict(os.environ, **paste.env))
+        try:
+            adapter = [servers.ETCDCTL_BIN, "--endpoints",
+                       "http://127.0.0.1:%d" % paste.port]
+
+            def keys():
+                out = subprocess.run(adapter + ["get", "--prefix", "/"],
+                                     capture_output=True, text=True, timeout=30).stdout
+                return out.splitlines()
+            wait_for(lambda: len(keys()) == 6)
+            assert keys() == ["/apisix/routes/0", "r0", "/apisix/routes/1", "r1",
+                              "/apisix/routes/2", "r2"]
+            subprocess.run(ctl + ["put", "/apisix/routes/9", "later"], check=True,
+                           capture_output=True, timeout=30)
+            wait_for(lambda: "/apisix/routes/9" in keys())
+        finally:
+            mirror.terminate()
+            mirror.wait(10)
+        paste.stop()
+    finally:
+        etcd.stop()
+        etcd.cleanup()
+
+
+@pytest.mark.adapter
+def test_kubernetes_pod_probes(paste):
+    """The pod of docs/deployment.md: its probes point at the metrics port the adapter's
+    arguments open, and answer there."""
+    block = re.search(r"<!-- yaml: kubernetes-pod -->\n```yaml\n(.*?)```",
+                      DOCS["deployment.md"], re.S).group(1)
+    pod = yaml.safe_load(re.sub(r"\b9379\b", str(paste.metrics_port), paste.text(block)))
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["etcd-adapter"]
+    port = paste.metrics_port
+    assert container["ports"][0]["containerPort"] == port
+    assert container["readinessProbe"]["httpGet"]["port"] == port
+    assert container["livenessProbe"]["tcpSocket"]["port"] == port
+    assert container["startupProbe"]["httpGet"]["port"] == port
+    args = [a.replace("0.0.0.0", "127.0.0.1") for a in container["args"]]
+    paste.env["ETCD_ADAPTER_STORE"] = "memory://"    # the Secret's store URL
+    paste.start(args)
+    assert get(port, container["readinessProbe"]["httpGet"]["path"]) == (
+        200, '{"health":"true","reason":""}')
+    assert get(port, container["startupProbe"]["httpGet"]["path"])[0] == 200
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    paste.stop()
+
+
+def test_policy_and_store_options_in_the_readme_are_accepted():
+    from etcdadapter.security.cert_policy import CertPolicy
+    from etcdadapter.store.urls import StoreURLError, open_store
+    policy = CertPolicy.from_json(json.loads(marked("json")["cert-policy"]))
+    assert len(policy.rules) == 3 and policy.default is not None
+    table = README[README.index("#### Store URL options"):]
+    table = table[:table.index("\n\n", table.index("| parameter |"))]
+    names = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert names == ["poll_interval", "pool_size", "write_pool_size", "initial_revision",
+                     "compact_batch"]
+    for name in names:
+        try:
+            open_store("mysql://root@127.0.0.1/etcd?%s=2" % name)
+        except StoreURLError as e:
+            raise AssertionError("%s: %s" % (name, e))
+
+
+def wait_for(predicate, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in %ss" % timeout
+        time.sleep(0.2)
