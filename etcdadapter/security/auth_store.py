@@ -16,6 +16,7 @@ agree), and slides from then on.
 
 Passwords are hashed with scrypt (stdlib ``hashlib.scrypt``, random salt) in a thread
 (``twisted.internet.threads.deferToThread``) so the reactor never waits for the KDF.
+etcd's bcrypt hashes (users restored from an etcd snapshot) are verified too.
 Plain passwords are never stored or logged.
 """
 
@@ -53,6 +54,16 @@ _READ, _WRITE, _READWRITE = (authpb.Permission.READ, authpb.Permission.WRITE,
 
 # -- password hashing (pure, run in a thread) ----------------------------------------------
 
+def _check_bcrypt(password, stored):
+    """etcd's check (Go's bcrypt.CompareHashAndPassword), which reads only the first 72
+    bytes of the password, as bcrypt does."""
+    import bcrypt
+    try:
+        return bcrypt.checkpw(password.encode("utf-8")[:72], stored.encode("ascii"))
+    except (ValueError, UnicodeError):
+        return False
+
+
 def hash_password(password):
     """The stored form of ``password``: ``scrypt$N$r$p$<salt>$<hash>`` (base64)."""
     salt = os.urandom(16)
@@ -64,7 +75,11 @@ def hash_password(password):
 
 
 def check_password(password, stored):
-    """Does ``password`` match the stored hash?  (Constant-time comparison.)"""
+    """Does ``password`` match the stored hash?  (Constant-time comparison.)  Besides
+    our scrypt hashes, etcd's bcrypt hashes (``$2a$...``, users restored from an etcd
+    snapshot) are checked as etcd checks them."""
+    if stored.startswith("$2"):
+        return _check_bcrypt(password, stored)
     try:
         kind, n, r, p, salt, digest = stored.split("$")
         if kind != "scrypt":

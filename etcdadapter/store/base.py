@@ -238,3 +238,20 @@ class Store(object):
         cannot lose one change: False (nothing saved) when another saved first.
         ``expected`` left out: unconditionally."""
         raise NotImplementedError
+
+    # -- etcd snapshots (etcdadapter.snapshot) ----------------------------------------
+
+    def snapshot_view(self):
+        """Deferred[a :class:`~etcdadapter.store.keyspace.Frozen` keyspace]: every
+        retained version as of one moment at or after the call (a SQL store first
+        catches up with the database), to read in another thread."""
+        raise NotImplementedError
+
+    def import_history(self, history):
+        """Deferred: fill this empty, not yet started store with ``history`` (an
+        :class:`etcdadapter.store.importing.Imported`): every version at its exact
+        revision and sub-revision, the compact revision, the current revision, the
+        leases (each starting its full granted TTL) and the auth state.  Fails with
+        :class:`~etcdadapter.store.importing.StoreNotEmpty` when the store holds any
+        key, history, lease or auth state.  Start the store afterwards."""
+        raise NotImplementedError

@@ -28,7 +28,7 @@ from etcdadapter.errors import EtcdError
 from etcdadapter.store import lease as lease_rules
 from etcdadapter.store import mvcc
 from etcdadapter.store.base import ANY, LeaseTTL, Store, StoreStatus, Subscribers
-from etcdadapter.store.keyspace import Keyspace
+from etcdadapter.store.keyspace import Keyspace, KeyspaceView
 
 log = Logger()
 
@@ -334,3 +334,34 @@ class MemoryStore(Store):
             self._revoke(lease)
             revoked.append(lease_id)
         return succeed(revoked)
+
+    # -- etcd snapshots ---------------------------------------------------------------------
+    def snapshot_view(self):
+        return succeed(self.keyspace.frozen())
+
+    def import_history(self, history):
+        from etcdadapter.store import importing
+        ks = self.keyspace
+        what = ("keys" if ks.keys else "history" if ks.log else "leases" if self.leases
+                else "auth state" if self._auth_blob is not None else None)
+        if what is not None:
+            return fail(importing.StoreNotEmpty(what))
+        if self.floor is not None:
+            return fail(importing.ImportError_(
+                "a restore sets the store's revisions: not with a revision floor file"))
+        try:
+            ks = importing.build_keyspace(history)
+        except Exception as e:
+            return fail(e)
+        ks.on_commit = self._unnotified.append
+        ks.before_commit = self._before_commit
+        ks.view = KeyspaceView(ks, self.leases.__contains__)
+        self.keyspace = ks
+        self._view = ks.view
+        now = self.clock.seconds()
+        for lease_id, ttl in history.leases:
+            lease = Lease(lease_id, ttl, now + ttl)
+            self.leases[lease_id] = lease
+            heapq.heappush(self._expiries, (lease.expiry, lease_id))
+        self._auth_blob = history.auth_blob
+        return succeed(None)
