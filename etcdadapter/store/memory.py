@@ -111,10 +111,12 @@ class MemoryStore(Store):
     """In-memory :class:`~etcdadapter.store.base.Store`."""
 
     def __init__(self, initial_revision=None, clock=None, run_in_thread=None,
-                 floor_file=None, seed=clock_seed):
+                 floor_file=None, seed=clock_seed, snapshot_file=None):
         """``floor_file``: see :class:`RevisionFloor` (read here: RevisionFloorError);
         ``seed``: where the first revision comes from when ``initial_revision`` is not
-        given (tests pass a clock that went back)."""
+        given (tests pass a clock that went back); ``snapshot_file``: an etcd snapshot
+        the store starts from (restored at start)."""
+        self.snapshot_file = snapshot_file
         self.floor = RevisionFloor(floor_file) if floor_file else None
         self._reserved = None
         floor = self.floor.read() if self.floor is not None else None
@@ -161,6 +163,22 @@ class MemoryStore(Store):
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self):
+        if self.snapshot_file is not None:
+            from etcdadapter.snapshot.restore import imported, open_snapshot
+            try:
+                f, snapshot = open_snapshot(self.snapshot_file)
+            except Exception as e:
+                return fail(e)
+            try:
+                d = self.import_history(imported(snapshot))   # reads the file at once
+            finally:
+                f.close()
+
+            def restored(_):
+                log.info("memory store restored from the etcd snapshot {path}: revision "
+                         "{rev}, compact revision {compact}", path=self.snapshot_file,
+                         rev=self.revision, compact=self.compact_revision)
+            return d.addCallback(restored)
         if self.floor is not None:
             try:
                 self._reserve(self.revision)
