@@ -14,9 +14,11 @@ seconds after its last use here; one this adapter has not seen yet is accepted i
 issued less than ``token_ttl`` seconds ago (by the wall clock; adapters' clocks should
 agree), and slides from then on.
 
-Passwords are hashed with scrypt (stdlib ``hashlib.scrypt``, random salt) in a thread
-(``twisted.internet.threads.deferToThread``) so the reactor never waits for the KDF.
-etcd's bcrypt hashes (users restored from an etcd snapshot) are verified too.
+Passwords are hashed as etcd hashes them, with bcrypt (cost 10; scrypt for passwords
+beyond bcrypt's 72 bytes), in a thread (``twisted.internet.threads.deferToThread``) so
+the reactor never waits for the KDF.  So an etcd snapshot saved from the adapter carries
+hashes etcd checks, and users restored from an etcd snapshot keep their passwords here.
+Hashes made by older adapters (scrypt) keep working here, not on etcd.
 Plain passwords are never stored or logged.
 """
 
@@ -45,6 +47,10 @@ REFRESH_INTERVAL = 2.0
 # with "request timed out" (Unavailable: clients retry).
 MUTATE_ATTEMPTS = 20
 
+# bcrypt as etcd: golang.org/x/crypto/bcrypt's DefaultCost (etcd's --bcrypt-cost), and
+# the longest password bcrypt reads whole.
+BCRYPT_COST = 10
+BCRYPT_MAX = 72
 # scrypt parameters: about 16 MiB and a few tens of milliseconds per hash.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2 ** 14, 8, 1
 _NONE = PermissionSet()
@@ -59,13 +65,22 @@ def _check_bcrypt(password, stored):
     bytes of the password, as bcrypt does."""
     import bcrypt
     try:
-        return bcrypt.checkpw(password.encode("utf-8")[:72], stored.encode("ascii"))
+        return bcrypt.checkpw(password.encode("utf-8")[:BCRYPT_MAX], stored.encode("ascii"))
     except (ValueError, UnicodeError):
         return False
 
 
 def hash_password(password):
-    """The stored form of ``password``: ``scrypt$N$r$p$<salt>$<hash>`` (base64)."""
+    """The stored form of ``password``: etcd's own, a bcrypt hash of cost 10
+    (``$2a$10$...``, what etcd 3.4 stores), so that users carried to etcd in a snapshot
+    keep their passwords there; a password longer than bcrypt's 72 bytes, which bcrypt
+    would cut short, gets ``scrypt$N$r$p$<salt>$<hash>`` (base64) instead, which only
+    the adapter can check."""
+    data = password.encode("utf-8")
+    if len(data) <= BCRYPT_MAX:
+        import bcrypt
+        hashed = bcrypt.hashpw(data, bcrypt.gensalt(BCRYPT_COST, prefix=b"2a"))
+        return hashed.decode("ascii")
     salt = os.urandom(16)
     digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R,
                             p=_SCRYPT_P, maxmem=64 * 1024 * 1024, dklen=32)

@@ -10,10 +10,10 @@ What the file holds: the history etcd's compaction would keep (each key's versio
 at the compact revision, then every version above it, tombstones included), the
 compact revision, the leases with their granted TTLs (etcd restarts them in full), users
 with their password hashes and roles with their permissions, the auth flag and revision.
-A password the adapter hashed itself (scrypt) is carried as it is, but etcd only checks
-bcrypt hashes: such a user cannot authenticate on etcd until an admin sets the password
-again (users restored from an etcd snapshot keep etcd's bcrypt hashes, which work
-everywhere).
+Passwords: the adapter hashes them with bcrypt as etcd does, so they work on etcd too;
+a hash made with scrypt (older adapters, or a password longer than bcrypt's 72 bytes) is
+carried as it is, but etcd checks only bcrypt: such a user cannot authenticate on etcd
+until an admin sets the password again.
 """
 
 import tempfile

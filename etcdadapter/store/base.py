@@ -222,7 +222,7 @@ class Store(object):
     # -- auth (etcd users, roles, enabled flag, auth revision) ---------------------------
     #
     # etcdadapter.security.auth_store keeps etcd's auth state as one opaque blob (JSON,
-    # a few KiB: user names with scrypt password hashes, roles with key permissions).
+    # a few KiB: user names with password hashes, roles with key permissions).
     # Adapters sharing one database share it.  Saving it never changes the KV revision
     # and never reaches the change feed.
 
