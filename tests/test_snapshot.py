@@ -14,6 +14,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -265,9 +266,14 @@ def etcd_snapshot(tmp_path_factory):
             AUTH + "Authenticate", rpc.AuthenticateRequest(name="alice", password="nope"),
             rpc.AuthenticateResponse)
         c.close()
-        path = str(tmp_path_factory.mktemp("etcd-snapshot") / "etcd.db")
+        where = tmp_path_factory.mktemp("etcd-snapshot")
+        path = str(where / "etcd.db")
         etcdctl("--endpoints=" + etcd.endpoint, "--user", "root:" + ROOT_PW,
-                "snapshot", "save", path)
+                "snapshot", "save", path)       # also commits etcd's backend
+        etcd.stop()
+        # etcd's own db file, no checksum: what --skip-hash-check is for.
+        shutil.copy(os.path.join(etcd._tmp, "data", "member", "snap", "db"),
+                    str(where / "raw.db"))
         return path, seen, compact, current
     finally:
         etcd.stop()
@@ -312,6 +318,45 @@ def test_etcd_snapshot_restored_into_a_store(kind, etcd_snapshot, tmp_path, requ
     # The restored store goes on from etcd's revision.
     assert put(c, b"/a/after", b"x") == current + 1
     c.close()
+
+
+def restore_cli(*args):
+    return subprocess.run([sys.executable, "-m", "etcdadapter.snapshot", "restore"]
+                          + list(args), cwd=servers.REPO_ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=60)
+
+
+def test_a_db_file_without_checksum_needs_skip_hash_check(etcd_snapshot, tmp_path):
+    from twisted.internet.task import Clock
+    from etcdadapter.snapshot.restore import imported, open_snapshot
+    from etcdadapter.store.memory import MemoryStore
+    path, expected, compact, current = etcd_snapshot
+    raw = os.path.join(os.path.dirname(path), "raw.db")
+    url = "sqlite://%s/raw.db" % tmp_path
+    r = restore_cli(raw, "--to", url)
+    assert (r.returncode, r.stdout) == (1, b"")
+    assert r.stderr.decode() == (
+        "python -m etcdadapter.snapshot: the file has no SHA-256 at its end (a db file "
+        "copied from an etcd data directory?): pass --skip-hash-check to restore it "
+        "anyway\n")
+    r = restore_cli(raw, "--to", url, "--skip-hash-check")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith("restored %s into %s: revision %d, compact "
+                                        "revision %d, 2 lease(s)" % (raw, url, current,
+                                                                     compact))
+    # The same history as etcd answered (read in-process from a memory store).
+    f, snapshot = open_snapshot(raw, skip_hash_check=True)
+    store = MemoryStore(clock=Clock())
+    with f:
+        store.import_history(imported(snapshot))
+    for rev in range(compact, current + 1):
+        got = []
+        store.range(rpc.RangeRequest(key=b"\0", range_end=b"\0", revision=rev)
+                    ).addCallback(got.append)
+        r = got[0]
+        assert (r.header.revision, r.count, r.more,
+                [(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version,
+                  kv.lease) for kv in r.kvs]) == expected["ranges"][rev]
 
 
 def test_restore_refuses_a_damaged_file(etcd_snapshot, tmp_path):

@@ -205,8 +205,8 @@ def write_snapshot(f, revision, compact_revision, versions, leases, auth):
 class SnapshotFile(object):
     """An etcd snapshot file opened for reading (``f``: binary, seekable).
 
-    The checksum is verified as ``etcdctl snapshot restore`` does (when the size says
-    there is one).  Attributes: ``revision`` (etcd's current revision after a restore),
+    The checksum is verified as ``etcdctl snapshot restore`` does; a file without one
+    (a bbolt file copied from an etcd data directory) only with ``skip_hash_check``.  Attributes: ``revision`` (etcd's current revision after a restore),
     ``compact_revision`` (-1: never compacted), ``leases`` [:class:`Lease`], ``auth``
     (an AuthState); :meth:`versions` iterates the retained history."""
 
@@ -216,7 +216,13 @@ class SnapshotFile(object):
         size = f.tell()
         self.has_hash = size % 512 == HASH_SIZE
         self.db_size = size - HASH_SIZE if self.has_hash else size
-        if self.has_hash and not skip_hash_check:
+        if not skip_hash_check:
+            if not self.has_hash:
+                # etcdctl snapshot restore refuses such a file too ("snapshot missing
+                # hash but --skip-hash-check=false").
+                raise SnapshotError("the file has no SHA-256 at its end (a db file copied "
+                                    "from an etcd data directory?): pass "
+                                    "--skip-hash-check to restore it anyway")
             self._check_hash()
         try:
             self.bolt = BoltReader(f, self.db_size)
