@@ -145,6 +145,34 @@ def range_at(c, revision):
              for kv in r.kvs])
 
 
+def _kv(kv):
+    return (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+
+
+def watch_events(c, start, current):
+    """Every event of a watch on all keys from ``start`` (with prev_kv) up to
+    ``current``."""
+    import queue
+    requests = queue.Queue()
+    method = c.channel.stream_stream("/etcdserverpb.Watch/Watch",
+                                     request_serializer=lambda m: m.SerializeToString(),
+                                     response_deserializer=rpc.WatchResponse.FromString)
+    call = method(iter(requests.get, None), timeout=20,
+                  metadata=[("token", c.token)] if c.token else None)
+    requests.put(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+        key=b"\0", range_end=b"\0", start_revision=start, prev_kv=True)))
+    out = []
+    try:
+        for r in call:
+            out.extend((ev.type, _kv(ev.kv), _kv(ev.prev_kv) if ev.HasField("prev_kv")
+                        else None) for ev in r.events)
+            if out and out[-1][1][3] == current:
+                break
+    finally:
+        call.cancel()
+    return out
+
+
 def observe(c, compact, current):
     """Everything compared between the two sides (a root-authenticated client)."""
     ranges = {rev: range_at(c, rev) for rev in range(compact, current + 1)}
@@ -170,7 +198,8 @@ def observe(c, compact, current):
     user_roles = {u: list(c.call(AUTH + "UserGet", rpc.AuthUserGetRequest(name=u),
                                  rpc.AuthUserGetResponse).roles) for u in users}
     return {"ranges": ranges, "below": below, "above": above, "leases": ttls,
-            "users": user_roles, "roles": roles}
+            "users": user_roles, "roles": roles,
+            "watch": watch_events(c, compact + 1, current)}
 
 
 def check_history_shape(seen, compact, current):
@@ -189,6 +218,10 @@ def check_history_shape(seen, compact, current):
     assert seen["users"] == {"alice": ["r1"], "root": ["root"]}
     assert seen["roles"] == {"r1": [(authpb.Permission.READWRITE, b"/a/", b"/a0")],
                              "root": []}
+    events = seen["watch"]
+    assert len(events) == 8 + 60 and events[0][1][:2] == (b"/l/k", b"leased")
+    assert events[-1] == (1, (b"/big", b"", 0, current, 0, 0),
+                          (b"/big", BIG, current - 7, current - 7, 1, 0))
 
 
 def wait_answering(server):
