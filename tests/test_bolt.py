@@ -109,3 +109,17 @@ def test_an_unfinished_compaction_is_finished_on_reading():
     s = SnapshotFile(io.BytesIO(data + hashlib.sha256(data).digest()))
     assert (s.revision, s.compact_revision) == (6, 5)
     assert [kv for _sub, kv in s.versions()] == [rows[1][2], rows[4][2]]
+
+
+def test_garbage_is_a_clear_error():
+    for data in (b"", b"\0" * 4096 * 4 + b"x" * 32, bytes(range(256)) * 64):
+        with pytest.raises(SnapshotError) as e:
+            SnapshotFile(io.BytesIO(data), skip_hash_check=True)
+        assert str(e.value).startswith("not an etcd snapshot: ")
+    # A valid bbolt file whose key bucket holds a record that is not a KeyValue.
+    f, size = write({b"key": [(revision_key(2, 0), b"\xff\xff\xff")], b"meta": []})
+    data = f.getvalue()[:size]
+    s = SnapshotFile(io.BytesIO(data + hashlib.sha256(data).digest()))
+    with pytest.raises(SnapshotError) as e:
+        list(s.versions())
+    assert str(e.value).startswith("damaged snapshot: ")

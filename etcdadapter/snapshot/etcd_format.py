@@ -33,6 +33,8 @@ import hashlib
 import struct
 from collections import namedtuple
 
+from google.protobuf.message import DecodeError
+
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.mvccpb import kv_pb2
 from etcdadapter.snapshot.bolt_layout import BoltFormatError
@@ -44,7 +46,7 @@ CLUSTER_VERSION = b"3.4.0"
 BUCKETS = (b"alarm", b"auth", b"authRoles", b"authUsers", b"cluster", b"key", b"lease",
            b"members", b"members_removed", b"meta")
 _REV = struct.Struct(">Q")
-_REVKEY = struct.Struct(">Qc Q".replace(" ", ""))
+_REVKEY = struct.Struct(">QcQ")           # revision, "_", sub
 TOMBSTONE = b"t"
 HASH_SIZE = 32
 
@@ -206,9 +208,11 @@ class SnapshotFile(object):
     """An etcd snapshot file opened for reading (``f``: binary, seekable).
 
     The checksum is verified as ``etcdctl snapshot restore`` does; a file without one
-    (a bbolt file copied from an etcd data directory) only with ``skip_hash_check``.  Attributes: ``revision`` (etcd's current revision after a restore),
-    ``compact_revision`` (-1: never compacted), ``leases`` [:class:`Lease`], ``auth``
-    (an AuthState); :meth:`versions` iterates the retained history."""
+    (a bbolt file copied from an etcd data directory) is read only with
+    ``skip_hash_check``.  Attributes: ``revision`` (etcd's current revision after a
+    restore), ``compact_revision`` (-1: never compacted), ``leases`` [:class:`Lease`],
+    ``auth`` (an AuthState); :meth:`versions` iterates the retained history.  Anything
+    unreadable raises SnapshotError."""
 
     def __init__(self, f, skip_hash_check=False):
         self.f = f
@@ -225,10 +229,13 @@ class SnapshotFile(object):
                                     "--skip-hash-check to restore it anyway")
             self._check_hash()
         try:
-            self.bolt = BoltReader(f, self.db_size)
-            self.buckets = self.bolt.buckets()
-        except BoltFormatError as e:
-            raise SnapshotError("not an etcd snapshot: %s" % e)
+            self._read_header()
+        except (BoltFormatError, DecodeError, struct.error, UnicodeError) as e:
+            raise SnapshotError("not an etcd snapshot: %s" % (e,))
+
+    def _read_header(self):
+        self.bolt = BoltReader(self.f, self.db_size)
+        self.buckets = self.bolt.buckets()
         if b"key" not in self.buckets or b"meta" not in self.buckets:
             raise SnapshotError("not an etcd snapshot: no key or meta bucket")
         meta = dict(self.bolt.items(b"meta", self.buckets))
@@ -302,7 +309,15 @@ class SnapshotFile(object):
     def versions(self):
         """(sub, KV) of every version etcd keeps, in (revision, sub) order; at or below
         the compact revision only each key's version live at it (what etcd's compaction
-        keeps, also when the file holds a compaction etcd had not finished)."""
+        keeps, also when the file holds a compaction etcd had not finished).  A damaged
+        page or record raises SnapshotError."""
+        try:
+            for item in self._kept_versions():
+                yield item
+        except (BoltFormatError, DecodeError) as e:
+            raise SnapshotError("damaged snapshot: %s" % (e,))
+
+    def _kept_versions(self):
         compact = self.compact_revision
         keep = None
         if compact >= 0:

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from etcdadapter.snapshot.etcd_format import SnapshotError, SnapshotFile
-from etcdadapter.store.importing import Imported, ImportError_, StoreNotEmpty
+from etcdadapter.store.importing import Imported, HistoryError, StoreNotEmpty
 
 PROG = "python -m etcdadapter.snapshot"
 
@@ -98,7 +98,7 @@ def main(argv=None, out=None, err=None):
         status.append(0)
 
     def failed(failure):
-        known = (SnapshotError, StoreNotEmpty, ImportError_, StoreURLError)
+        known = (SnapshotError, StoreNotEmpty, HistoryError, StoreURLError)
         if failure.check(*known):
             err.write("%s: %s\n" % (PROG, failure.value))
         else:

@@ -32,17 +32,17 @@ class StoreNotEmpty(Exception):
                                  "an empty store only" % what)
 
 
-class ImportError_(ValueError):
+class HistoryError(ValueError):
     """The history cannot be imported (out of order, revision mismatch)."""
 
 
-def ordered(versions, compact_revision):
+def ordered(versions):
     """``versions``, checked: (revision, sub) strictly increasing."""
     previous = (-1, -1)
     for sub, kv in versions:
         at = (kv.mod_revision, sub)
         if at <= previous:
-            raise ImportError_("versions out of order at revision %d" % kv.mod_revision)
+            raise HistoryError("versions out of order at revision %d" % kv.mod_revision)
         previous = at
         yield sub, kv
 
@@ -70,7 +70,7 @@ def build_keyspace(history):
     latest = {}
     at_compact = []
     ks = None
-    for revision, group in by_revision(ordered(history.versions(), compact)):
+    for revision, group in by_revision(ordered(history.versions())):
         if compact >= 0 and revision <= compact:
             for sub, kv in group:
                 latest[kv.key] = (kv, sub)
@@ -85,7 +85,7 @@ def build_keyspace(history):
     if ks is None:
         ks = _start(compact, latest, at_compact, max(history.revision, 0))
     if history.revision < ks.revision:
-        raise ImportError_("the history goes up to revision %d, above its revision %d"
+        raise HistoryError("the history goes up to revision %d, above its revision %d"
                            % (ks.revision, history.revision))
     ks.revision = history.revision
     return ks

@@ -365,7 +365,7 @@ class MemoryStore(Store):
         if what is not None:
             return fail(importing.StoreNotEmpty(what))
         if self.floor is not None:
-            return fail(importing.ImportError_(
+            return fail(importing.HistoryError(
                 "a restore sets the store's revisions: not with a revision floor file"))
         try:
             ks = importing.build_keyspace(history)

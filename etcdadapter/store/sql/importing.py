@@ -33,7 +33,7 @@ def write(tx, dialect, history, now_ms):
     state = {}
     rows = []
     top = -1
-    for sub, kv in importing.ordered(history.versions(), history.compact_revision):
+    for sub, kv in importing.ordered(history.versions()):
         revision = kv.mod_revision
         top = revision
         entry = state.get(kv.key)
@@ -56,7 +56,7 @@ def write(tx, dialect, history, now_ms):
     if rows:
         tx.many(_LOG_INSERT, rows)
     if top > history.revision:
-        raise importing.ImportError_("the history goes up to revision %d, above its "
+        raise importing.HistoryError("the history goes up to revision %d, above its "
                                      "revision %d" % (top, history.revision))
     current = []
     for key, (revision, sub, version, lease, _base) in state.items():
