@@ -501,3 +501,20 @@ def test_snapshot_over_the_json_gateway(tmp_path, request):
     path.write_bytes(db + blobs[-1])
     status = json.loads(etcdctl("snapshot", "status", str(path), "-w", "json").stdout)
     assert status["revision"] == 301
+
+
+def test_main_takes_argv_and_a_program_name(capsys):
+    """``main(argv, prog=...)`` as another command wires it (``etcd-adapter snapshot``);
+    usage errors return 2 instead of exiting."""
+    import io
+    from etcdadapter.snapshot.restore import main
+    assert main(["restore", "x.db"], prog="etcd-adapter snapshot") == 2
+    assert capsys.readouterr().err.endswith(
+        "etcd-adapter snapshot restore: error: the following arguments are required: "
+        "--to\n")
+    err = io.StringIO()
+    assert main(["restore", "x.db", "--to", "memory://"], err=err,
+                prog="etcd-adapter snapshot") == 2
+    assert err.getvalue() == (
+        "etcd-adapter snapshot: the memory store lives inside the adapter process: start "
+        "the adapter with --store 'memory://?snapshot=x.db' instead\n")

@@ -41,8 +41,8 @@ def open_snapshot(path, skip_hash_check=False):
         raise
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog=PROG, description="etcd snapshot files.")
+def _parser(prog):
+    parser = argparse.ArgumentParser(prog=prog, description="etcd snapshot files.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     r = sub.add_parser("restore", help="restore an etcd snapshot file into an empty store",
@@ -79,19 +79,24 @@ def _restore(reactor, args, out):
     return run()
 
 
-def main(argv=None, out=None, err=None):
-    """The command; returns its exit status (0 done, 1 failed, 2 usage)."""
+def main(argv=None, out=None, err=None, prog=PROG):
+    """The command (``argv`` without the program name: ``["restore", FILE, "--to",
+    URL]``); returns its exit status (0 done, 1 failed, 2 usage).  ``prog``: the name
+    messages start with (e.g. ``etcd-adapter snapshot`` when another command wires this
+    one in)."""
     out = out or sys.stdout
     err = err or sys.stderr
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser(prog).parse_args(argv)
+    except SystemExit as e:          # --help (0) or a usage error (2), already printed
+        return e.code
     from etcdadapter.store.urls import StoreURLError
     if args.to.lower().startswith("memory:"):
         err.write("%s: the memory store lives inside the adapter process: start the "
                   "adapter with --store 'memory://?snapshot=%s' instead\n"
-                  % (PROG, args.file))
+                  % (prog, args.file))
         return 2
     from twisted.internet import reactor
-    from twisted.internet.task import react  # noqa: F401 (reactor installed above)
     status = []
 
     def done(_):
@@ -100,9 +105,9 @@ def main(argv=None, out=None, err=None):
     def failed(failure):
         known = (SnapshotError, StoreNotEmpty, HistoryError, StoreURLError)
         if failure.check(*known):
-            err.write("%s: %s\n" % (PROG, failure.value))
+            err.write("%s: %s\n" % (prog, failure.value))
         else:
-            err.write("%s: restore failed: %s\n" % (PROG, failure.getErrorMessage()
+            err.write("%s: restore failed: %s\n" % (prog, failure.getErrorMessage()
                                                     or failure.type.__name__))
         status.append(1)
 
