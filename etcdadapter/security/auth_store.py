@@ -14,11 +14,11 @@ seconds after its last use here; one this adapter has not seen yet is accepted i
 issued less than ``token_ttl`` seconds ago (by the wall clock; adapters' clocks should
 agree), and slides from then on.
 
-Passwords are hashed as etcd hashes them, with bcrypt (cost 10; scrypt for passwords
-beyond bcrypt's 72 bytes), in a thread (``twisted.internet.threads.deferToThread``) so
-the reactor never waits for the KDF.  So an etcd snapshot saved from the adapter carries
+Passwords are hashed as etcd 3.4 hashes them, with bcrypt (cost 10; only the first 72
+bytes count, as in etcd), in a thread (``twisted.internet.threads.deferToThread``) so the
+reactor never waits for the KDF.  So an etcd snapshot saved from the adapter carries
 hashes etcd checks, and users restored from an etcd snapshot keep their passwords here.
-Hashes made by older adapters (scrypt) keep working here, not on etcd.
+scrypt hashes made by older adapters keep working here, not on etcd.
 Plain passwords are never stored or logged.
 """
 
@@ -48,10 +48,10 @@ REFRESH_INTERVAL = 2.0
 MUTATE_ATTEMPTS = 20
 
 # bcrypt as etcd: golang.org/x/crypto/bcrypt's DefaultCost (etcd's --bcrypt-cost), and
-# the longest password bcrypt reads whole.
+# the password bytes bcrypt reads (etcd 3.4 ignores the rest: checked on 3.4.23).
 BCRYPT_COST = 10
 BCRYPT_MAX = 72
-# scrypt parameters: about 16 MiB and a few tens of milliseconds per hash.
+# scrypt (hashes of older adapters): about 16 MiB and a few tens of milliseconds.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2 ** 14, 8, 1
 _NONE = PermissionSet()
 _READ, _WRITE, _READWRITE = (authpb.Permission.READ, authpb.Permission.WRITE,
@@ -73,14 +73,16 @@ def _check_bcrypt(password, stored):
 def hash_password(password):
     """The stored form of ``password``: etcd's own, a bcrypt hash of cost 10
     (``$2a$10$...``, what etcd 3.4 stores), so that users carried to etcd in a snapshot
-    keep their passwords there; a password longer than bcrypt's 72 bytes, which bcrypt
-    would cut short, gets ``scrypt$N$r$p$<salt>$<hash>`` (base64) instead, which only
-    the adapter can check."""
-    data = password.encode("utf-8")
-    if len(data) <= BCRYPT_MAX:
-        import bcrypt
-        hashed = bcrypt.hashpw(data, bcrypt.gensalt(BCRYPT_COST, prefix=b"2a"))
-        return hashed.decode("ascii")
+    keep their passwords there.  Like etcd 3.4 (Go's bcrypt), only the first 72 bytes
+    count."""
+    import bcrypt
+    data = password.encode("utf-8")[:BCRYPT_MAX]
+    return bcrypt.hashpw(data, bcrypt.gensalt(BCRYPT_COST, prefix=b"2a")).decode("ascii")
+
+
+def _scrypt_hash(password):
+    """``scrypt$N$r$p$<salt>$<hash>`` (base64): what adapters before bcrypt stored (kept
+    for tests of those hashes)."""
     salt = os.urandom(16)
     digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R,
                             p=_SCRYPT_P, maxmem=64 * 1024 * 1024, dklen=32)
@@ -90,9 +92,9 @@ def hash_password(password):
 
 
 def check_password(password, stored):
-    """Does ``password`` match the stored hash?  (Constant-time comparison.)  Besides
-    our scrypt hashes, etcd's bcrypt hashes (``$2a$...``, users restored from an etcd
-    snapshot) are checked as etcd checks them."""
+    """Does ``password`` match the stored hash?  bcrypt hashes (ours and etcd's, e.g.
+    users restored from an etcd snapshot) are checked as etcd checks them; scrypt hashes
+    made by older adapters still work.  (Constant-time comparisons.)"""
     if stored.startswith("$2"):
         return _check_bcrypt(password, stored)
     try:

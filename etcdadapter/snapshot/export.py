@@ -11,9 +11,8 @@ at the compact revision, then every version above it, tombstones included), the
 compact revision, the leases with their granted TTLs (etcd restarts them in full), users
 with their password hashes and roles with their permissions, the auth flag and revision.
 Passwords: the adapter hashes them with bcrypt as etcd does, so they work on etcd too;
-a hash made with scrypt (older adapters, or a password longer than bcrypt's 72 bytes) is
-carried as it is, but etcd checks only bcrypt: such a user cannot authenticate on etcd
-until an admin sets the password again.
+a scrypt hash (made by older adapters) is carried as it is, but etcd checks only bcrypt:
+such a user cannot authenticate on etcd until an admin sets the password again.
 """
 
 import tempfile
