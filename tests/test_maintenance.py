@@ -325,3 +325,18 @@ def test_certificate_policy_admin_only(policy_server, pki):
     status, doc = _https_post(policy_server, pki, "client", "/v3/maintenance/defragment",
                               {})
     assert (status, doc["message"]) == (403, "etcdserver: permission denied")
+    # Snapshot too (server streaming): refused to the client certificate, whole for admin.
+    for who, expected in (("client", (grpc.StatusCode.PERMISSION_DENIED,
+                                      "etcdserver: permission denied")), ("admin", None)):
+        with grpc.secure_channel(policy_server.endpoint, _creds(pki, who)) as ch:
+            call = ch.unary_stream(M + "Snapshot",
+                                   request_serializer=rpc.SnapshotRequest.SerializeToString,
+                                   response_deserializer=rpc.SnapshotResponse.FromString)
+            try:
+                size = sum(len(r.blob) for r in call(rpc.SnapshotRequest(), timeout=10))
+                err = None
+            except grpc.RpcError as e:
+                err = (e.code(), e.details())
+        assert err == expected, who
+        if expected is None:
+            assert size % 4096 == 32
