@@ -360,7 +360,7 @@ class MemoryStore(Store):
     def import_history(self, history):
         from etcdadapter.store import importing
         ks = self.keyspace
-        what = ("keys" if ks.keys else "history" if ks.log else "leases" if self.leases
+        what = ("keys or history" if ks.keys or ks.log else "leases" if self.leases
                 else "auth state" if self._auth_blob is not None else None)
         if what is not None:
             return fail(importing.StoreNotEmpty(what))
