@@ -21,7 +21,8 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import auth_store as auth_store_module
 from etcdadapter.security import permissions as perm
 from etcdadapter.security import tokens as auth_tokens
-from etcdadapter.security.auth_store import AuthStore, check_password, hash_password
+from etcdadapter.security.auth_store import (AuthStore, _scrypt_hash, check_password,
+                                             hash_password)
 from etcdadapter.security.authorizer import Authorizer, token_of
 from etcdadapter.security.cert_policy import CertPolicy
 from etcdadapter.security.peer import PeerIdentity
@@ -362,7 +363,7 @@ def test_state_is_shared_through_the_store_without_plain_passwords():
     blob = result(store.auth_load())
     assert b"apw" not in blob and b"pw\"" not in blob
     doc = json.loads(blob)
-    assert doc["users"]["alice"]["password"].startswith("scrypt$")
+    assert doc["users"]["alice"]["password"].startswith("$2a$10$")     # etcd's bcrypt
     assert doc["roles"]["r1"][0]["key"] == base64.b64encode(b"/a/").decode()
     # a mutation through one adapter is seen by the other after its refresh
     root = one.login("root", "pw")
@@ -448,11 +449,18 @@ def test_auth_token_ttl_option():
 
 def test_password_kdf():
     stored = hash_password("s3cret")
-    assert stored.startswith("scrypt$") and "s3cret" not in stored
+    assert stored.startswith("$2a$10$") and "s3cret" not in stored     # as etcd 3.4
     assert check_password("s3cret", stored)
     assert not check_password("s3cret!", stored)
     assert not check_password("x", "garbage")
     assert hash_password("s3cret") != stored          # salted
+    # As etcd 3.4.23 (Go's bcrypt): bytes beyond the 72nd do not count.
+    stored = hash_password("p" * 80)
+    assert check_password("p" * 72 + "q" * 8, stored) and not check_password("p" * 71, stored)
+    # scrypt hashes of older adapters still check.
+    old = _scrypt_hash("s3cret")
+    assert old.startswith("scrypt$") and check_password("s3cret", old)
+    assert not check_password("s3cret!", old)
 
 
 def test_kdf_runs_off_the_reactor_thread(monkeypatch):

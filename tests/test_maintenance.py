@@ -280,6 +280,37 @@ def test_defragment_hash_and_hashkv_need_root(auth_server):
         out.stderr
 
 
+def _snapshot(server, token):
+    """A whole Snapshot stream: ("ok", bytes received) or the error."""
+    with grpc.insecure_channel(server.endpoint) as channel:
+        call = channel.unary_stream(
+            M + "Snapshot", request_serializer=rpc.SnapshotRequest.SerializeToString,
+            response_deserializer=rpc.SnapshotResponse.FromString)
+        try:
+            received = b"".join(r.blob for r in call(
+                rpc.SnapshotRequest(), metadata=[("token", token)] if token else None,
+                timeout=10))
+            return "ok", len(received)
+        except grpc.RpcError as e:
+            return ("error", e.code().name, e.details())
+
+
+def test_snapshot_needs_root(auth_server):
+    """As Defragment and Hash (etcd 3.4.23: gRPC Unknown "auth: permission denied")."""
+    root, alice = auth_server.tokens["root"], auth_server.tokens["alice"]
+    assert _snapshot(auth_server, None) == USER_EMPTY
+    assert _snapshot(auth_server, alice) == DENIED
+    assert _snapshot(auth_server, "bogus.1") == INVALID_TOKEN
+    ok, size = _snapshot(auth_server, root)
+    assert ok == "ok" and size % 4096 == 32          # pages, then etcd's SHA-256
+    headers = {"Authorization": alice}
+    resp, data = servers.http_request(auth_server, "POST", "/v3/maintenance/snapshot",
+                                      b"{}", headers)
+    assert (resp.status, json.loads(data)) == (403, {"error": {
+        "grpc_code": 7, "http_code": 403, "message": "etcdserver: permission denied",
+        "http_status": "Forbidden"}})
+
+
 def test_certificate_policy_admin_only(policy_server, pki):
     # CN apisix may read /apisix/ only; the admin certificate has "all".
     for name, request in (("Defragment", rpc.DefragmentRequest()),
@@ -294,3 +325,18 @@ def test_certificate_policy_admin_only(policy_server, pki):
     status, doc = _https_post(policy_server, pki, "client", "/v3/maintenance/defragment",
                               {})
     assert (status, doc["message"]) == (403, "etcdserver: permission denied")
+    # Snapshot too (server streaming): refused to the client certificate, whole for admin.
+    for who, expected in (("client", (grpc.StatusCode.PERMISSION_DENIED,
+                                      "etcdserver: permission denied")), ("admin", None)):
+        with grpc.secure_channel(policy_server.endpoint, _creds(pki, who)) as ch:
+            call = ch.unary_stream(M + "Snapshot",
+                                   request_serializer=rpc.SnapshotRequest.SerializeToString,
+                                   response_deserializer=rpc.SnapshotResponse.FromString)
+            try:
+                size = sum(len(r.blob) for r in call(rpc.SnapshotRequest(), timeout=10))
+                err = None
+            except grpc.RpcError as e:
+                err = (e.code(), e.details())
+        assert err == expected, who
+        if expected is None:
+            assert size % 4096 == 32

@@ -14,8 +14,11 @@ seconds after its last use here; one this adapter has not seen yet is accepted i
 issued less than ``token_ttl`` seconds ago (by the wall clock; adapters' clocks should
 agree), and slides from then on.
 
-Passwords are hashed with scrypt (stdlib ``hashlib.scrypt``, random salt) in a thread
-(``twisted.internet.threads.deferToThread``) so the reactor never waits for the KDF.
+Passwords are hashed as etcd 3.4 hashes them, with bcrypt (cost 10; only the first 72
+bytes count, as in etcd), in a thread (``twisted.internet.threads.deferToThread``) so the
+reactor never waits for the KDF.  So an etcd snapshot saved from the adapter carries
+hashes etcd checks, and users restored from an etcd snapshot keep their passwords here.
+scrypt hashes made by older adapters keep working here, not on etcd.
 Plain passwords are never stored or logged.
 """
 
@@ -44,7 +47,11 @@ REFRESH_INTERVAL = 2.0
 # with "request timed out" (Unavailable: clients retry).
 MUTATE_ATTEMPTS = 20
 
-# scrypt parameters: about 16 MiB and a few tens of milliseconds per hash.
+# bcrypt as etcd: golang.org/x/crypto/bcrypt's DefaultCost (etcd's --bcrypt-cost), and
+# the password bytes bcrypt reads (etcd 3.4 ignores the rest: checked on 3.4.23).
+BCRYPT_COST = 10
+BCRYPT_MAX = 72
+# scrypt (hashes of older adapters): about 16 MiB and a few tens of milliseconds.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2 ** 14, 8, 1
 _NONE = PermissionSet()
 _READ, _WRITE, _READWRITE = (authpb.Permission.READ, authpb.Permission.WRITE,
@@ -53,8 +60,29 @@ _READ, _WRITE, _READWRITE = (authpb.Permission.READ, authpb.Permission.WRITE,
 
 # -- password hashing (pure, run in a thread) ----------------------------------------------
 
+def _check_bcrypt(password, stored):
+    """etcd's check (Go's bcrypt.CompareHashAndPassword), which reads only the first 72
+    bytes of the password, as bcrypt does."""
+    import bcrypt
+    try:
+        return bcrypt.checkpw(password.encode("utf-8")[:BCRYPT_MAX], stored.encode("ascii"))
+    except (ValueError, UnicodeError):
+        return False
+
+
 def hash_password(password):
-    """The stored form of ``password``: ``scrypt$N$r$p$<salt>$<hash>`` (base64)."""
+    """The stored form of ``password``: etcd's own, a bcrypt hash of cost 10
+    (``$2a$10$...``, what etcd 3.4 stores), so that users carried to etcd in a snapshot
+    keep their passwords there.  Like etcd 3.4 (Go's bcrypt), only the first 72 bytes
+    count."""
+    import bcrypt
+    data = password.encode("utf-8")[:BCRYPT_MAX]
+    return bcrypt.hashpw(data, bcrypt.gensalt(BCRYPT_COST, prefix=b"2a")).decode("ascii")
+
+
+def _scrypt_hash(password):
+    """``scrypt$N$r$p$<salt>$<hash>`` (base64): what adapters before bcrypt stored (kept
+    for tests of those hashes)."""
     salt = os.urandom(16)
     digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R,
                             p=_SCRYPT_P, maxmem=64 * 1024 * 1024, dklen=32)
@@ -64,7 +92,11 @@ def hash_password(password):
 
 
 def check_password(password, stored):
-    """Does ``password`` match the stored hash?  (Constant-time comparison.)"""
+    """Does ``password`` match the stored hash?  bcrypt hashes (ours and etcd's, e.g.
+    users restored from an etcd snapshot) are checked as etcd checks them; scrypt hashes
+    made by older adapters still work.  (Constant-time comparisons.)"""
+    if stored.startswith("$2"):
+        return _check_bcrypt(password, stored)
     try:
         kind, n, r, p, salt, digest = stored.split("$")
         if kind != "scrypt":

@@ -222,7 +222,7 @@ class Store(object):
     # -- auth (etcd users, roles, enabled flag, auth revision) ---------------------------
     #
     # etcdadapter.security.auth_store keeps etcd's auth state as one opaque blob (JSON,
-    # a few KiB: user names with scrypt password hashes, roles with key permissions).
+    # a few KiB: user names with password hashes, roles with key permissions).
     # Adapters sharing one database share it.  Saving it never changes the KV revision
     # and never reaches the change feed.
 
@@ -237,4 +237,21 @@ class Store(object):
         (bytes, or None for none yet), so that two adapters changing users at once
         cannot lose one change: False (nothing saved) when another saved first.
         ``expected`` left out: unconditionally."""
+        raise NotImplementedError
+
+    # -- etcd snapshots (etcdadapter.snapshot) ----------------------------------------
+
+    def snapshot_view(self):
+        """Deferred[a :class:`~etcdadapter.store.keyspace.Frozen` keyspace]: every
+        retained version as of one moment at or after the call (a SQL store first
+        catches up with the database), to read in another thread."""
+        raise NotImplementedError
+
+    def import_history(self, history):
+        """Deferred: fill this empty, not yet started store with ``history`` (an
+        :class:`etcdadapter.store.importing.Imported`): every version at its exact
+        revision and sub-revision, the compact revision, the current revision, the
+        leases (each starting its full granted TTL) and the auth state.  Fails with
+        :class:`~etcdadapter.store.importing.StoreNotEmpty` when the store holds any
+        key, history, lease or auth state.  Start the store afterwards."""
         raise NotImplementedError

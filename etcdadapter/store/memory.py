@@ -28,7 +28,7 @@ from etcdadapter.errors import EtcdError
 from etcdadapter.store import lease as lease_rules
 from etcdadapter.store import mvcc
 from etcdadapter.store.base import ANY, LeaseTTL, Store, StoreStatus, Subscribers
-from etcdadapter.store.keyspace import Keyspace
+from etcdadapter.store.keyspace import Keyspace, KeyspaceView
 
 log = Logger()
 
@@ -111,10 +111,12 @@ class MemoryStore(Store):
     """In-memory :class:`~etcdadapter.store.base.Store`."""
 
     def __init__(self, initial_revision=None, clock=None, run_in_thread=None,
-                 floor_file=None, seed=clock_seed):
+                 floor_file=None, seed=clock_seed, snapshot_file=None):
         """``floor_file``: see :class:`RevisionFloor` (read here: RevisionFloorError);
         ``seed``: where the first revision comes from when ``initial_revision`` is not
-        given (tests pass a clock that went back)."""
+        given (tests pass a clock that went back); ``snapshot_file``: an etcd snapshot
+        the store starts from (restored at start)."""
+        self.snapshot_file = snapshot_file
         self.floor = RevisionFloor(floor_file) if floor_file else None
         self._reserved = None
         floor = self.floor.read() if self.floor is not None else None
@@ -161,6 +163,22 @@ class MemoryStore(Store):
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self):
+        if self.snapshot_file is not None:
+            from etcdadapter.snapshot.restore import imported, open_snapshot
+            try:
+                f, snapshot = open_snapshot(self.snapshot_file)
+            except Exception as e:
+                return fail(e)
+            try:
+                d = self.import_history(imported(snapshot))   # reads the file at once
+            finally:
+                f.close()
+
+            def restored(_):
+                log.info("memory store restored from the etcd snapshot {path}: revision "
+                         "{rev}, compact revision {compact}", path=self.snapshot_file,
+                         rev=self.revision, compact=self.compact_revision)
+            return d.addCallback(restored)
         if self.floor is not None:
             try:
                 self._reserve(self.revision)
@@ -334,3 +352,34 @@ class MemoryStore(Store):
             self._revoke(lease)
             revoked.append(lease_id)
         return succeed(revoked)
+
+    # -- etcd snapshots ---------------------------------------------------------------------
+    def snapshot_view(self):
+        return succeed(self.keyspace.frozen())
+
+    def import_history(self, history):
+        from etcdadapter.store import importing
+        ks = self.keyspace
+        what = ("keys or history" if ks.keys or ks.log else "leases" if self.leases
+                else "auth state" if self._auth_blob is not None else None)
+        if what is not None:
+            return fail(importing.StoreNotEmpty(what))
+        if self.floor is not None:
+            return fail(importing.HistoryError(
+                "a restore sets the store's revisions: not with a revision floor file"))
+        try:
+            ks = importing.build_keyspace(history)
+        except Exception as e:
+            return fail(e)
+        ks.on_commit = self._unnotified.append
+        ks.before_commit = self._before_commit
+        ks.view = KeyspaceView(ks, self.leases.__contains__)
+        self.keyspace = ks
+        self._view = ks.view
+        now = self.clock.seconds()
+        for lease_id, ttl in history.leases:
+            lease = Lease(lease_id, ttl, now + ttl)
+            self.leases[lease_id] = lease
+            heapq.heappush(self._expiries, (lease.expiry, lease_id))
+        self._auth_blob = history.auth_blob
+        return succeed(None)

@@ -3,7 +3,8 @@
 ``memory://`` is the embedded default; ``memory://?initial_revision=N`` pins the first
 revision (otherwise it is seeded from the wall clock in microseconds so that it does not go
 down across restarts); ``memory://?floor_file=PATH`` makes that a guarantee whatever the
-clock does (:class:`etcdadapter.store.memory.RevisionFloor`).
+clock does (:class:`etcdadapter.store.memory.RevisionFloor`); ``memory://?snapshot=PATH``
+starts from an etcd snapshot file (:mod:`etcdadapter.snapshot.restore`).
 SQL URLs (``sqlite:///path``, ``mysql://``, ``tidb://``, ``postgresql://``/``postgres://``)
 and their options are described in :mod:`etcdadapter.store.sql`.
 """
@@ -36,6 +37,7 @@ def open_store(url, **store_kw):
         from etcdadapter.store.memory import MemoryStore, RevisionFloorError
         initial = query.pop("initial_revision", None)
         floor_file = query.pop("floor_file", None)
+        snapshot = query.pop("snapshot", None)
         if query:
             raise StoreURLError("unknown memory store option(s): %s" % ", ".join(sorted(query)))
         try:
@@ -44,9 +46,13 @@ def open_store(url, **store_kw):
             raise StoreURLError("initial_revision must be an integer: %r" % initial)
         if initial is not None and initial < 1:
             raise StoreURLError("initial_revision must be >= 1")
+        if snapshot is not None and (initial is not None or floor_file is not None):
+            raise StoreURLError("snapshot= sets the revisions: not with initial_revision "
+                                "or floor_file")
         try:
             return MemoryStore(initial_revision=initial, floor_file=floor_file,
-                               clock=store_kw.get("clock") or store_kw.get("reactor"))
+                               clock=store_kw.get("clock") or store_kw.get("reactor"),
+                               snapshot_file=snapshot)
         except RevisionFloorError as e:
             raise StoreURLError(str(e))
     from etcdadapter.store import sql

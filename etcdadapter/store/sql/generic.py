@@ -527,3 +527,28 @@ class SQLStore(Store):
             return self._write(evaluate, leases=(lease_id,))
         results = yield defer.gatherResults([expire(i) for i in due], consumeErrors=True)
         return [i for i in results if i is not None]
+
+    # -- etcd snapshots -------------------------------------------------------------------
+    def snapshot_view(self):
+        return self._linearized().addCallback(lambda _: self.feed.keyspace.frozen())
+
+    @defer.inlineCallbacks
+    def import_history(self, history):
+        # Before start: the replica is loaded from what this writes.  Its own short-lived
+        # connection (one thread), so the store's pools start fresh afterwards.
+        from etcdadapter.store.sql import importing
+        if self._started:
+            raise errors.EtcdError(errors.StatusCode.FAILED_PRECONDITION,
+                                   "etcd-adapter: import into a store already started")
+        runner = Runner(self.dialect, 1, self.reactor, 1)
+        runner.start()
+        try:
+            initial = self.initial_revision
+            if initial is None:
+                initial = int(time.time() * 1000)
+            yield runner.call(schema.migrate, self.dialect, initial)
+            now = self._now_ms()
+            yield runner.call(lambda s: s.transaction(
+                "write", lambda tx: importing.write(tx, self.dialect, history, now)))
+        finally:
+            runner.stop()

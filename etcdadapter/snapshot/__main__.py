@@ -1,0 +1,5 @@
+import sys
+
+from etcdadapter.snapshot.restore import main
+
+sys.exit(main())
