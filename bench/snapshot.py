@@ -7,7 +7,7 @@ adapter on the memory store; then:
 * ``etcdctl snapshot save`` from it: time, file size, the adapter's RSS before and after
   (VmRSS, VmHWM);
 * an adapter started on ``memory://?snapshot=FILE``: time, RSS;
-* ``python -m etcdadapter.snapshot restore`` of that file into SQLite, MariaDB and
+* ``etcd-adapter snapshot restore`` of that file into SQLite, MariaDB and
   PostgreSQL: time; an adapter started on each (time) and a snapshot saved from it;
 * ``etcdctl snapshot restore`` + a real etcd started on it: time, and its key count.
 

@@ -9,6 +9,8 @@ foreground, without a pid file, with one-line errors.
   file, database); never the help text, never a traceback (an unexpected error's
   traceback goes to the log, the line still names it).
 * SIGTERM/SIGINT drain and exit 0 (see AdapterService.stopService).
+* ``etcd-adapter snapshot restore FILE --to URL``: an etcd snapshot into a store
+  (:mod:`etcdadapter.snapshot.restore`), instead of serving.
 """
 
 import sys
@@ -81,6 +83,9 @@ def run(options):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["snapshot"]:
+        from etcdadapter.snapshot import restore
+        return restore.main(argv[1:], prog=PROG + " snapshot")
     try:
         options = parse(argv)
     except BrokenPipeError:          # --help piped into head

@@ -3,7 +3,7 @@
 * In: a real etcd gets a history (a multi-page bucket, a value spanning pages, a txn of
   several events, tombstones, a key deleted and created again, leases, a compaction,
   writes after it, users and roles, auth on) and ``etcdctl snapshot save`` saves it; the
-  snapshot is restored into every store (``python -m etcdadapter.snapshot restore``, or
+  snapshot is restored into every store (``etcd-adapter snapshot restore``, or
   ``memory://?snapshot=FILE``) and an adapter on it answers every Range at every retained
   revision field by field as etcd did, the same errors below and above them, the same
   leases, users and roles, and etcd's users log in with their etcd passwords.
@@ -23,6 +23,7 @@ import uuid
 import grpc
 import pytest
 
+import command
 import servers
 import stores
 from etcdadapter.pb.authpb import auth_pb2 as authpb
@@ -321,7 +322,7 @@ def test_etcd_snapshot_restored_into_a_store(kind, etcd_snapshot, tmp_path, requ
         url = "memory://?snapshot=" + path
     else:
         url = fresh_store_url(kind, tmp_path, request)
-        r = subprocess.run([sys.executable, "-m", "etcdadapter.snapshot", "restore", path,
+        r = subprocess.run([command.BIN, "snapshot", "restore", path,
                             "--to", url], cwd=servers.REPO_ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=60)
         assert r.returncode == 0, r.stderr.decode(errors="replace")
@@ -329,12 +330,12 @@ def test_etcd_snapshot_restored_into_a_store(kind, etcd_snapshot, tmp_path, requ
             "restored %s into %s: revision %d, compact revision %d, 2 lease(s), 2 user(s), "
             "2 role(s), auth enabled\n" % (path, url, current, compact))
         # A second restore into the same (now filled) store is refused, nothing changes.
-        again = subprocess.run([sys.executable, "-m", "etcdadapter.snapshot", "restore",
+        again = subprocess.run([command.BIN, "snapshot", "restore",
                                 path, "--to", url], cwd=servers.REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         assert again.returncode == 1
         assert again.stderr.decode() == (
-            "python -m etcdadapter.snapshot: the target store is not empty (keys or "
+            "etcd-adapter snapshot: the target store is not empty (keys or "
             "history): a restore fills an empty store only\n")
     adapter = run_adapter("restored-" + kind, url, request)
     c = Client(adapter.endpoint)
@@ -354,7 +355,7 @@ def test_etcd_snapshot_restored_into_a_store(kind, etcd_snapshot, tmp_path, requ
 
 
 def restore_cli(*args):
-    return subprocess.run([sys.executable, "-m", "etcdadapter.snapshot", "restore"]
+    return subprocess.run([command.BIN, "snapshot", "restore"]
                           + list(args), cwd=servers.REPO_ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, timeout=60)
 
@@ -369,7 +370,7 @@ def test_a_db_file_without_checksum_needs_skip_hash_check(etcd_snapshot, tmp_pat
     r = restore_cli(raw, "--to", url)
     assert (r.returncode, r.stdout) == (1, b"")
     assert r.stderr.decode() == (
-        "python -m etcdadapter.snapshot: the file has no SHA-256 at its end (a db file "
+        "etcd-adapter snapshot: the file has no SHA-256 at its end (a db file "
         "copied from an etcd data directory?): pass --skip-hash-check to restore it "
         "anyway\n")
     r = restore_cli(raw, "--to", url, "--skip-hash-check")
@@ -400,19 +401,19 @@ def test_restore_refuses_a_damaged_file(etcd_snapshot, tmp_path):
     bad = tmp_path / "bad.db"
     bad.write_bytes(bytes(data))
     url = "sqlite://%s/never.db" % tmp_path
-    r = subprocess.run([sys.executable, "-m", "etcdadapter.snapshot", "restore", str(bad),
+    r = subprocess.run([command.BIN, "snapshot", "restore", str(bad),
                         "--to", url], cwd=servers.REPO_ROOT, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=60)
     assert (r.returncode, r.stdout) == (1, b"")
     assert r.stderr.decode() == (
-        "python -m etcdadapter.snapshot: snapshot file integrity check failed: the "
+        "etcd-adapter snapshot: snapshot file integrity check failed: the "
         "SHA-256 at its end does not match its contents\n")
-    r = subprocess.run([sys.executable, "-m", "etcdadapter.snapshot", "restore", path,
+    r = subprocess.run([command.BIN, "snapshot", "restore", path,
                         "--to", "memory://"], cwd=servers.REPO_ROOT, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=60)
     assert r.returncode == 2
     assert r.stderr.decode() == (
-        "python -m etcdadapter.snapshot: the memory store lives inside the adapter "
+        "etcd-adapter snapshot: the memory store lives inside the adapter "
         "process: start the adapter with --store 'memory://?snapshot=%s' instead\n" % path)
 
 

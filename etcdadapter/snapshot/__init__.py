@@ -2,4 +2,4 @@
 :mod:`.bolt_writer`, :mod:`.bolt_reader`), etcd's buckets in it (:mod:`.etcd_format`),
 saving a store's state as an etcd snapshot (:mod:`.export`, served by
 Maintenance.Snapshot) and restoring one into a store (:mod:`.restore`, the command
-``python -m etcdadapter.snapshot restore FILE --to URL``)."""
+``etcd-adapter snapshot restore FILE --to URL``)."""

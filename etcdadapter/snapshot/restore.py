@@ -1,6 +1,6 @@
 """Restoring an etcd snapshot file into a store, and the command doing it::
 
-    python -m etcdadapter.snapshot restore FILE --to STORE_URL [--skip-hash-check]
+    etcd-adapter snapshot restore FILE --to STORE_URL [--skip-hash-check]
 
 The target must be empty (a new database, or one only an adapter created and nobody
 wrote to); run it before starting adapters on that database.  The store then holds
@@ -18,7 +18,7 @@ import sys
 from etcdadapter.snapshot.etcd_format import SnapshotError, SnapshotFile
 from etcdadapter.store.importing import Imported, HistoryError, StoreNotEmpty
 
-PROG = "python -m etcdadapter.snapshot"
+PROG = "etcd-adapter snapshot"     # also python -m etcdadapter.snapshot
 
 
 def imported(snapshot):
