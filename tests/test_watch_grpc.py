@@ -206,17 +206,23 @@ class Dual(object):
         if not names:
             return {}
         want = {name: [] for name in names}
-        last = time.monotonic()
+        have = {name: [] for name in names}
+        last = last_ours = time.monotonic()
         while time.monotonic() - last < QUIET:      # etcd: until all streams are quiet
             time.sleep(0.02)
             for name in names:
-                q = self.streams[name][0].responses
-                while not q.empty():
-                    want[name].append(q.get_nowait())
+                ref, got = self.streams[name]
+                while not ref.responses.empty():
+                    want[name].append(ref.responses.get_nowait())
                     last = time.monotonic()
-        have = {name: self.streams[name][1].collect(len(want[name]), extra=0)
-                for name in names}
-        time.sleep(0.1)                              # ours: nothing more may follow
+                while not got.responses.empty():   # ours meanwhile
+                    have[name].append(got.responses.get_nowait())
+                    last_ours = time.monotonic()
+        for name in names:
+            have[name].extend(self.streams[name][1].collect(
+                len(want[name]) - len(have[name]), extra=0))
+        # Nothing more may follow from ours: wait unless ours has been quiet that long.
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - last_ours)))
         for name in names:
             have[name].extend(self.streams[name][1].collect_quiet(0.001))
         for name in names:
