@@ -507,6 +507,10 @@ class Gone(Exception):
     pass
 
 
+class NotReady(Exception):
+    pass
+
+
 def test_runner_retries_conflicts_and_stale_connections(tmp_path):
     from etcdadapter.store.sql import dialect as dl
     from etcdadapter.store.sql.runner import MAX_ATTEMPTS, Session
@@ -517,12 +521,16 @@ def test_runner_retries_conflicts_and_stale_connections(tmp_path):
                 return dl.RETRY
             if isinstance(exc, Gone):
                 return dl.DISCONNECT
+            if isinstance(exc, NotReady):
+                return dl.NOT_READY
             return SQLiteDialect.classify(self, exc)
 
     class FakeRunner(object):
-        dialect = Scripted(str(tmp_path / "r.db"))
+        dialect = Scripted(str(tmp_path / "r.db"), busy_timeout=0.4)
         connect_blocked_until = 0.0
         sessions = []
+        conflict_retries = 0
+        down = []
 
         def _register(self, conn):
             pass
@@ -534,9 +542,10 @@ def test_runner_retries_conflicts_and_stale_connections(tmp_path):
             pass
 
         def unavailable(self, what, error):
-            pass
+            self.down.append(what)
 
-    session = Session(FakeRunner())
+    runner = FakeRunner()
+    session = Session(runner)
     calls = []
 
     def failing(kinds):
@@ -551,10 +560,26 @@ def test_runner_retries_conflicts_and_stale_connections(tmp_path):
 
     assert session.transaction("write", failing([Conflict(), Conflict()])) == "ok"
     assert len(calls) == 3
+    assert runner.conflict_retries == 2
+    # a write conflicting on and on is retried until its deadline (the lock timeout,
+    # 0.4 s), then times out; a read gives up after MAX_ATTEMPTS
+    del calls[:]
+    t = time.monotonic()
+    with pytest.raises(errors.EtcdError) as info:
+        session.transaction("write", failing([Conflict()] * 10000))
+    assert info.value == errors.ErrTimeout and len(calls) > MAX_ATTEMPTS
+    assert 0.3 < time.monotonic() - t < 0.6
     del calls[:]
     with pytest.raises(errors.EtcdError) as info:
-        session.transaction("write", failing([Conflict()] * MAX_ATTEMPTS))
+        session.transaction("read", failing([Conflict()] * 10000))
     assert info.value == errors.ErrTimeout and len(calls) == MAX_ATTEMPTS
+    # a node that cannot serve: Unavailable at once, the connection kept
+    del calls[:]
+    conn = session.conn
+    with pytest.raises(errors.EtcdError) as info:
+        session.transaction("write", failing([NotReady()]))
+    assert info.value == errors.ErrNoLeader and len(calls) == 1
+    assert session.conn is conn and runner.down == ["not ready"]
     # a dead pooled connection: replaced, the transaction run once more
     del calls[:]
     first = session.conn

@@ -29,19 +29,56 @@ import pymysql
 from pymysql.constants import CLIENT, FIELD_TYPE, SERVER_STATUS
 from pymysql.protocol import (EOFPacketWrapper, FieldDescriptorPacket, MysqlPacket,
                               OKPacketWrapper)
+from twisted.logger import Logger
 
-from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT, RETRY,
-                                           Dialect)
+from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT,
+                                           NOT_READY, RETRY, Dialect)
 from etcdadapter.store.sql.reactor_conn import ReactorConnection, RevisionReader
+from etcdadapter.store.sql.schema import CLAIM_ROW
 
-# Deadlock, MariaDB "record has changed since last read" (snapshot isolation), TiDB write
-# conflicts / retryable errors.
-_RETRY_CODES = (1213, 1020, 9007, 8002, 8022, 8028)
+log = Logger()
+
+# Retried until the write's deadline (the transaction was rolled back; running it again is
+# safe): deadlock -- which is also how Galera reports a certification conflict or a
+# transaction its applier aborted (a "brute force abort") --, MariaDB "record has changed
+# since last read" (snapshot isolation), Group Replication's rollback of a transaction
+# that failed certification (3101), TiDB's write conflicts and retryable errors (9007,
+# 8005, 8002, 8022), its schema changed / out of date during the transaction (8028,
+# 8027).
+_RETRY_CODES = (1213, 1020, 3101, 9007, 8005, 8002, 8022, 8027, 8028)
 _LOCK_WAIT_TIMEOUT = 1205
 # Cannot connect / gone / lost / too many connections / shutdown / killed / access
 # denied / unknown database / SSL errors / idle disconnect.
 _GONE_CODES = (2002, 2003, 2005, 2006, 2013, 2026, 2055, 1040, 1045, 1049, 1053, 1077,
                1152, 1927, 4031)
+# The server answers but cannot serve us now -- not part of a quorum, not a primary,
+# read-only --: Unavailable at once (the client tries another endpoint or later), the
+# connection kept for when the node is back.
+#   1047  Galera: "WSREP has not yet prepared node for application use" (non-primary,
+#         joining, donor without wsrep_sst_donor_rejects_queries...)
+#   1290  --read-only / --super-read-only (a Group Replication secondary, a replica, a
+#         node fenced by the operator): ER_OPTION_PREVENTS_STATEMENT
+#   1836  ER_READ_ONLY_MODE
+#   3100  Group Replication: the replication hook refused the commit (the member is
+#         not ONLINE or lost its majority)
+#   9001  TiDB: PD server timeout          9002  TiKV server timeout
+#   9003  TiKV server is busy               9004  resolve lock timeout
+#   9005  region is unavailable (a Raft group without its leader or quorum)
+# (TiDB retries those internally with back-off, about 20 s, before answering them.)
+_NOT_READY_CODES = (1047, 1290, 1836, 3100, 9001, 9002, 9003, 9004, 9005)
+
+
+#: Multi-primary clusters the dialect recognises at connect (MySQLDialect.cluster).
+GALERA = "Galera"
+GROUP_REPLICATION = "Group Replication"
+#: Galera's session wsrep_sync_wait by default: 1 (reads: SELECT, BEGIN ... WITH
+#: CONSISTENT SNAPSHOT, SELECT ... FOR UPDATE) + 2 (UPDATE, DELETE: the optimistic guard
+#: then sees the counter as the cluster has it, instead of committing a doomed
+#: transaction that certification aborts).
+GALERA_SYNC_WAIT = 3
+#: Group Replication's session consistency by default: a transaction waits until the
+#: member has applied everything the group ordered before it began.
+GR_CONSISTENCY = "BEFORE"
 
 
 class MySQLDialect(Dialect):
@@ -56,23 +93,32 @@ class MySQLDialect(Dialect):
     begin_write = ("START TRANSACTION",)
     session_init = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
     # Instances starting together on a fresh database take turns creating/migrating the
-    # schema (a named lock; names are at most 64 characters).
-    migration_lock = (
-        "SELECT GET_LOCK(CONCAT('etcd_adapter_schema_', SHA1(DATABASE())), 60)",
-        "SELECT RELEASE_LOCK(CONCAT('etcd_adapter_schema_', SHA1(DATABASE())))")
+    # schema: a claim row (schema.CLAIM_ROW), not GET_LOCK(), which is local to one node
+    # of a Galera cluster.
+    migration_lock = CLAIM_ROW
 
     #: The server's variable bounding idle transactions (found at connect: MariaDB's;
     #: None on MySQL).
     idle_variable = None
 
-    def __init__(self, lock_timeout=None, idle_transaction_timeout=None, **params):
+    #: What the server is a node of, found at connect: GALERA, GROUP_REPLICATION or None.
+    cluster = None
+
+    def __init__(self, lock_timeout=None, idle_transaction_timeout=None,
+                 wsrep_sync_wait=None, group_replication_consistency=None, **params):
         """``params``: pymysql.connect arguments (host, port, user, password, database,
         connect_timeout, read_timeout, write_timeout, ssl_ca, ssl_cert, ssl_key,
         ssl_verify_cert, ssl_verify_identity, unix_socket, ...); the timeouts: see
-        Dialect (seconds, None: none)."""
+        Dialect (seconds, None: none); ``wsrep_sync_wait`` and
+        ``group_replication_consistency``: the session's causality setting on a Galera
+        or Group Replication node (None: :data:`GALERA_SYNC_WAIT`,
+        :data:`GR_CONSISTENCY`)."""
         self.lock_timeout = lock_timeout or None
         self.idle_transaction_timeout = idle_transaction_timeout or None
+        self.wsrep_sync_wait = wsrep_sync_wait
+        self.group_replication_consistency = group_replication_consistency
         self.params = dict(params)
+        self._announced = False
 
     def describe(self):
         p = self.params
@@ -89,7 +135,45 @@ class MySQLDialect(Dialect):
             client_flag=CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
             init_command=self.session_init, **self.params)
         self.idle_variable = self._idle_variable(conn.get_server_info())
+        try:
+            self._causal_reads(conn)
+        except Exception:
+            conn.close()
+            raise
         return conn
+
+    def _causal_reads(self, conn):
+        """On a node of a multi-primary cluster, make every statement of the session see
+        every transaction committed anywhere in the cluster before it began -- the read
+        barrier, the change feed's reads, the counter lock and the optimistic guard
+        depend on it (without it a node answers from what it has applied so far: a get
+        through another node's adapter, after a put acknowledged through this one, may
+        return the old value).  One query per connection finds the cluster."""
+        cursor = conn.cursor()
+        cursor.execute("SHOW VARIABLES WHERE Variable_name IN ('wsrep_on', "
+                       "'wsrep_provider', 'group_replication_group_name')")
+        found = {name.lower(): (value or "") for name, value in cursor.fetchall()}
+        if (found.get("wsrep_on", "").upper() == "ON"
+                and found.get("wsrep_provider", "none").lower() not in ("", "none")):
+            cluster = GALERA
+            setting = ("wsrep_sync_wait", GALERA_SYNC_WAIT if self.wsrep_sync_wait is None
+                       else self.wsrep_sync_wait)
+            cursor.execute("SET SESSION wsrep_sync_wait = %d" % setting[1])
+        elif found.get("group_replication_group_name"):
+            cluster = GROUP_REPLICATION
+            setting = ("group_replication_consistency",
+                       self.group_replication_consistency or GR_CONSISTENCY)
+            cursor.execute("SET SESSION group_replication_consistency = %s",
+                           (setting[1],))
+        else:
+            return
+        self.cluster = cluster
+        if not self._announced:
+            self._announced = True
+            log.info("database {db} is a {cluster} node: every session sets {name} = "
+                     "{value} (reads see what any node committed before them)",
+                     db=self.describe(), cluster=cluster, name=setting[0],
+                     value=setting[1])
 
     @staticmethod
     def _idle_variable(server_version):
@@ -191,6 +275,8 @@ class MySQLDialect(Dialect):
                 return DUPLICATE
             if code in _GONE_CODES:
                 return DISCONNECT
+            if code in _NOT_READY_CODES:
+                return NOT_READY
         if isinstance(exc, OSError):
             return DISCONNECT
         return None
@@ -209,13 +295,51 @@ def _whole_seconds(seconds):
 
 
 class TiDBDialect(MySQLDialect):
-    """Not tested here (no TiDB server in CI yet).  No idle-transaction bound is set
-    (``tidb_idle_transaction_timeout`` exists from TiDB 7.6 only)."""
+    """TiDB.  No TiDB server runs in the tests; they run these settings against MariaDB
+    (and a MariaDB Galera cluster), where every one of them is valid and sound: TiDB's
+    own syntax is written in TiDB's executable comments (``/*T! ... */``, which MySQL and
+    MariaDB skip) or sent only to a server that says it is TiDB.
+
+    Why the store is one etcd on TiDB, property by property (and the code relying on
+    it):
+
+    * Causal reads, no setting needed: every transaction and every autocommit statement
+      takes its snapshot from PD's timestamp oracle (TSO), which is after every commit
+      acknowledged before it -- whichever TiDB server took the commit.  The read barrier
+      (:mod:`.barrier`, one autocommit SELECT of the counter row) and the change feed's
+      reads (``START TRANSACTION READ ONLY``: the snapshot is taken at BEGIN) therefore
+      see every revision acknowledged by any adapter on any TiDB server.  TiDB's
+      ``tidb_read_staleness`` / follower reads would break this: they are off by default
+      and must stay off.
+    * One order of revisions: a write batch locks the counter row (``SELECT ... FOR
+      UPDATE`` in a pessimistic transaction, or the guarded ``UPDATE`` of the
+      optimistic batch, which takes the same lock).  Pessimistic locks are held in TiKV,
+      so they are cluster-wide -- unlike Galera's, which are local to a node and settled
+      by certification at commit.  A write that conflicts anyway (9007, 8005 in
+      optimistic mode, 8002, 8022) is rolled back and retried like a deadlock
+      (:mod:`.group_commit`).
+    * Fresh reads inside a write: in pessimistic mode a ``SELECT ... FOR UPDATE`` and an
+      ``UPDATE`` read the latest committed version (a "current read"), and READ
+      COMMITTED makes the plain reads of a write transaction use a new snapshot per
+      statement, so nothing read after the counter lock predates the previous writer's
+      commit.
+    * Node loss: a TiDB server is stateless; its loss drops the adapter's connections
+      (DISCONNECT: Unavailable, reconnect).  A TiKV region without a leader or a PD
+      timeout comes back, after TiDB's own back-off, as 9001-9005 (NOT_READY:
+      Unavailable at once, see ``_NOT_READY_CODES``).
+    * The schema lock is a committed claim row (:mod:`.schema`), which TiDB orders like
+      any write.
+    * Revisions come from the counter row, never from AUTO_INCREMENT, so TiDB's
+      per-server ID caches do not matter.
+
+    No idle-transaction bound is set (``tidb_idle_transaction_timeout`` exists from
+    TiDB 7.6 only)."""
 
     name = "tidb"
     # TiDB takes a transaction's snapshot when it begins anyway.
     begin_read = ("START TRANSACTION READ ONLY",)
-    begin_write = ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "BEGIN PESSIMISTIC")
+    begin_write = ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                   "BEGIN /*T! PESSIMISTIC */")
 
     @staticmethod
     def _idle_variable(server_version):
@@ -223,11 +347,12 @@ class TiDBDialect(MySQLDialect):
 
     def connect(self):
         conn = MySQLDialect.connect(self)
-        try:
-            conn.cursor().execute("SET SESSION tidb_txn_mode = 'pessimistic'")
-        except Exception:
-            conn.close()
-            raise
+        if "tidb" in conn.get_server_info().lower():
+            try:
+                conn.cursor().execute("SET SESSION tidb_txn_mode = 'pessimistic'")
+            except Exception:
+                conn.close()
+                raise
         return conn
 
 
