@@ -11,6 +11,7 @@ processes by PID (TERM, then KILL).
 ``CI=true`` (then it fails).  The facts this is built from: /work/shared/galera.md.
 """
 
+import atexit
 import os
 import shutil
 import signal
@@ -260,6 +261,7 @@ def cluster():
             pytest.fail("Galera tests need %s (CI=true)" % what)
         pytest.skip("Galera is not installed here (%s missing)" % what)
     c = GaleraCluster()
+    atexit.register(c.stop)          # a test run ended early leaves no server behind
     try:
         c.start()
     except BaseException:

@@ -103,14 +103,10 @@ class SQLStore(Store):
         self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._load)
         self.barrier = ReadBarrier(self._database_revision, reactor)
         self._revision_reader = dialect.revision_reader(reactor)
-        if self._revision_reader is not None:
-            self._revision_reader.on_connected = self.runner.available
         #: The write batches' connection when the reactor can drive it (no thread);
         #: None: the committer uses its pool thread.
         self.write_connection = dialect.reactor_connection(
             reactor, (dialect.lock_timeout or 0) + WRITE_TIMEOUT)
-        if self.write_connection is not None:
-            self.write_connection.on_connected = self.runner.available
         self.committer = GroupCommitter(self.runner, dialect, self.feed, self.clock,
                                         max_batch, max_batch_bytes,
                                         connection=self.write_connection,

@@ -336,6 +336,7 @@ class GroupCommitter(object):
         return batch, view, results
 
     def _committed(self, items, batch, view, results):
+        self.runner.available()
         self.batches += 1
         self.items += len(items)
         self.last_batch = len(items)

@@ -29,6 +29,7 @@ import pymysql
 from pymysql.constants import CLIENT, FIELD_TYPE, SERVER_STATUS
 from pymysql.protocol import (EOFPacketWrapper, FieldDescriptorPacket, MysqlPacket,
                               OKPacketWrapper)
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT,
@@ -239,7 +240,8 @@ class MySQLDialect(Dialect):
             (lo, hi, compact)
 
     def script(self, cursor, statements):
-        if len(statements) < 2:
+        if len(statements) < 2 or self.cluster == GALERA:
+            # Galera: one statement per command (see _ReactorConnection.script).
             return Dialect.script(self, cursor, statements)
         cursor.execute(";\n".join(sql if params is None else cursor.mogrify(sql, params)
                                    for sql, params in statements))
@@ -362,6 +364,27 @@ class _ReactorConnection(ReactorConnection):
     ``;``, values escaped into the text by PyMySQL -- the connection allows several
     statements), answered by one OK, error or result set per statement."""
 
+    def script(self, statements):
+        """On a Galera node, a transaction's statements go one command at a time (the
+        statements opening it ride with the first that takes a lock).  MariaDB Galera
+        (10.11) runs the rest of a multi-statement command after a "brute force abort"
+        -- another node's certified write rolling this transaction back -- in autocommit
+        mode, without an error: the remaining INSERTs were committed alone and the
+        COMMIT answered OK for a transaction that no longer existed (seen here under
+        cross-node write load: an acknowledged write lost, a stray log row committed).
+        Between commands the server does report the abort, on the next command (1213),
+        which the write path retries."""
+        if self.dialect.cluster != GALERA or len(statements) < 2:
+            return ReactorConnection.script(self, statements)
+        return self._one_by_one(_commands(statements))
+
+    @defer.inlineCallbacks
+    def _one_by_one(self, commands):
+        out = []
+        for command in commands:
+            out.extend((yield ReactorConnection.script(self, command)))
+        return out
+
     def _connect(self):
         conn = self.dialect.connect()
         try:
@@ -473,6 +496,22 @@ class _ReactorConnection(ReactorConnection):
             self._expect = "first"
             return False
         return True
+
+
+def _commands(statements):
+    """``statements`` as commands of one statement each, the session and transaction
+    statements (SET, START TRANSACTION, BEGIN) joined to the statement after them."""
+    out = []
+    pending = []
+    for stmt in statements:
+        pending.append(stmt)
+        head = stmt[0].lstrip()[:18].upper()
+        if not head.startswith(("SET ", "START TRANSACTION", "BEGIN")):
+            out.append(pending)
+            pending = []
+    if pending:
+        out.append(pending)
+    return out
 
 
 _INTEGER_TYPES = frozenset((FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.LONG,

@@ -154,8 +154,9 @@ class Session(object):
                 runner.connect_blocked_until = time.monotonic() + CONNECT_BACKOFF
                 runner.unavailable("cannot connect", e)
                 raise errors.ErrNoLeader()
+            # (available() once a transaction succeeds: a node without quorum accepts
+            # connections but no statement)
             runner.connect_blocked_until = 0.0
-            runner.available()
             self.conn = conn
             self.settings = {}
             runner._register(conn)
@@ -266,6 +267,11 @@ class Session(object):
 
     def _retry_or_raise(self, mode, kind, error, attempt, deadline):
         """After a failed attempt (rolled back): return to try again, or raise."""
+        if kind == LOCK_TIMEOUT and mode != "write":
+            # Reads take no locks: on a Galera node this is a causal wait that timed out
+            # (repl.causal_read_timeout: the node cannot reach the cluster).
+            self.runner.unavailable("causal read timed out", error)
+            raise errors.ErrTimeout()
         if kind == LOCK_TIMEOUT and mode == "write":
             # Another transaction holds the lock: waiting again would only take as long
             # again.  Unavailable now; clients retry.
