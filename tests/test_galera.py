@@ -137,6 +137,52 @@ def test_instances_starting_together_on_three_nodes(cluster):
                 stores.call(s.stop)
 
 
+def test_tidb_settings_across_nodes(cluster):
+    """tidb:// (READ COMMITTED pessimistic writes, snapshot-at-BEGIN reads; TiDB's own
+    syntax in executable comments) on two Galera nodes: read-after-write across them,
+    and compare-and-swap increments from both, none lost."""
+    from twisted.internet import defer
+    from etcdadapter.store.urls import open_store
+    import stores
+    urls = [node.url(DATABASE + "_tidb", scheme="tidb") for node in cluster.nodes[:2]]
+    cluster.nodes[0].query("CREATE DATABASE `%s_tidb`" % DATABASE)
+    opened = [open_store(url, reactor=stores.reactor()) for url in urls]
+    try:
+        stores.call(lambda: defer.gatherResults([s.start() for s in opened],
+                                                consumeErrors=True))
+        assert all(s.dialect.name == "tidb" for s in opened)
+        a, b = [stores.BlockingStore(s) for s in opened]
+        from fired import result
+        for i in range(30):
+            rev = result(a.put(rpc.PutRequest(key=b"/t/k", value=b"%d" % i))).header.revision
+            r = result(b.range(rpc.RangeRequest(key=b"/t/k")))
+            assert (r.kvs[0].value, r.kvs[0].mod_revision) == (b"%d" % i, rev)
+        result(a.put(rpc.PutRequest(key=b"/t/n", value=b"0")))
+
+        def increment(store):
+            while True:
+                kv = result(store.range(rpc.RangeRequest(key=b"/t/n"))).kvs[0]
+                r = result(store.txn(rpc.TxnRequest(
+                    compare=[rpc.Compare(key=b"/t/n", target=rpc.Compare.MOD,
+                                         result=rpc.Compare.EQUAL,
+                                         mod_revision=kv.mod_revision)],
+                    success=[rpc.RequestOp(request_put=rpc.PutRequest(
+                        key=b"/t/n", value=b"%d" % (int(kv.value) + 1)))])))
+                if r.succeeded:
+                    return
+        threads = [threading.Thread(target=lambda s=s: [increment(s) for _ in range(20)])
+                   for s in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert result(b.range(rpc.RangeRequest(key=b"/t/n"))).kvs[0].value == b"40"
+    finally:
+        for s in opened:
+            if s._started:
+                stores.call(s.stop)
+
+
 def _background_writers(adapters, stop, errors, n=4):
     def write(server, i):
         try:

@@ -116,6 +116,45 @@ def test_urls():
 # ---------------------------------------------------------------------------------------
 # Schema, revisions, persistence
 
+def test_mysql_cluster_options_and_error_classes():
+    """Galera / Group Replication overrides in the URL; which server errors are
+    conflicts (retried until the deadline) and which mean a node that cannot serve
+    (Unavailable at once); how a Galera write is cut into commands."""
+    import pymysql
+    from etcdadapter.store.sql import dialect as dl
+    from etcdadapter.store.sql.mysql import _commands
+    d = open_store("mysql://root@h/etcd").dialect
+    assert (d.wsrep_sync_wait, d.group_replication_consistency) == (None, None)
+    d = open_store("mysql://root@h/etcd?wsrep_sync_wait=1"
+                   "&group_replication_consistency=before_and_after").dialect
+    assert (d.wsrep_sync_wait, d.group_replication_consistency) == (1, "BEFORE_AND_AFTER")
+    assert open_store("tidb://root@h/etcd?wsrep_sync_wait=0").dialect.wsrep_sync_wait == 0
+    for bad, message in (("wsrep_sync_wait=16", "wsrep_sync_wait must be 0..15"),
+                         ("wsrep_sync_wait=x", "wsrep_sync_wait must be an integer"),
+                         ("group_replication_consistency=strong",
+                          "group_replication_consistency must be one of")):
+        with pytest.raises(StoreURLError) as info:
+            open_store("mysql://root@h/etcd?" + bad)
+        assert message in str(info.value)
+
+    def kind(code):
+        return d.classify(pymysql.err.OperationalError(code, "x"))
+    for code in (1213, 1020, 3101, 9007, 8005, 8002, 8022, 8027, 8028):
+        assert kind(code) == dl.RETRY, code
+    for code in (1047, 1290, 1836, 3100, 9001, 9002, 9003, 9004, 9005):
+        assert kind(code) == dl.NOT_READY, code
+    for code in (2013, 2006, 1053, 1927):
+        assert kind(code) == dl.DISCONNECT, code
+    assert kind(1205) == dl.LOCK_TIMEOUT and kind(1064) is None
+
+    s = [("SET SESSION x = 1", None), ("START TRANSACTION", None),
+         ("UPDATE etcd_meta SET revision = 1", None), ("INSERT INTO a VALUES (1)", None),
+         ("INSERT INTO b VALUES (2)", None), ("COMMIT", None)]
+    assert _commands(s) == [s[:3], [s[3]], [s[4]], [s[5]]]
+    assert "PESSIMISTIC" in TiDBDialect.begin_write[1] and \
+        TiDBDialect.begin_write[1].startswith("BEGIN /*T!")
+
+
 def test_fresh_database_starts_at_the_wall_clock(make_store):
     before = int(time.time() * 1000)
     s = make_store(initial_revision=None)
@@ -543,6 +582,9 @@ def test_runner_retries_conflicts_and_stale_connections(tmp_path):
 
         def unavailable(self, what, error):
             self.down.append(what)
+
+        def lock_timed_out(self, since):
+            return errors.ErrTimeout()
 
     runner = FakeRunner()
     session = Session(runner)
