@@ -146,6 +146,10 @@ def test_mysql_cluster_options_and_error_classes():
     for code in (2013, 2006, 1053, 1927):
         assert kind(code) == dl.DISCONNECT, code
     assert kind(1205) == dl.LOCK_TIMEOUT and kind(1064) is None
+    import psycopg
+    # PostgreSQL: a standby / demoted primary refuses writes (25006)
+    assert PostgresDialect().classify(psycopg.errors.ReadOnlySqlTransaction("x")) == \
+        dl.NOT_READY
 
     s = [("SET SESSION x = 1", None), ("START TRANSACTION", None),
          ("UPDATE etcd_meta SET revision = 1", None), ("INSERT INTO a VALUES (1)", None),
