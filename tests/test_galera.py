@@ -431,11 +431,24 @@ def test_isolated_node_answers_unavailable_then_recovers(cluster, adapters):
 def test_killed_node_under_load(cluster, adapters):
     """SIGKILL node 3 while writers write through all three adapters; restart it.  The
     adapter on it answers Unavailable, then serves again; every acknowledged write is
-    in every adapter's watch stream exactly once, in order."""
+    in every adapter's watch stream exactly once, in order; leases granted through the
+    three adapters, expiring meanwhile, are revoked exactly once."""
     with servers.GrpcClient(adapters[0].endpoint) as c:
         base = put(c, b"/kill/start", b"").header.revision
     watchers = [Watcher(a, key=b"/kill/", range_end=b"/kill0", start_revision=base + 1)
                 for a in adapters]
+    # leases granted through each adapter, expiring while node 3 is down
+    lease_keys = []
+    for i, a in enumerate(adapters):
+        with servers.GrpcClient(a.endpoint) as c:
+            g = c.call(LEASE + "LeaseGrant", rpc.LeaseGrantRequest(TTL=3),
+                       rpc.LeaseGrantResponse)
+            assert g.ok, g
+            key = b"/kill/lease/%d" % i
+            assert c.call(KV + "Put", rpc.PutRequest(key=key, value=b"v",
+                                                     lease=g.response.ID),
+                          rpc.PutResponse).ok
+            lease_keys.append(key)
     acked, failed = [], {0: [], 1: [], 2: []}
     latency = {0: [], 1: []}
     stop = threading.Event()
@@ -466,7 +479,10 @@ def test_killed_node_under_load(cluster, adapters):
         node.kill()
         servers.wait_until(lambda: failed[2], timeout=10, what="adapter 3 failing")
         first_failure = failed[2][0][0] - killed_at
-        time.sleep(1)
+        # the survivors evict it (then the restarted node joins at once)
+        servers.wait_until(lambda: cluster.nodes[0].status("wsrep_cluster_size") == "2",
+                           timeout=20, what="node 3 evicted", interval=0.1)
+        evicted = time.monotonic() - killed_at
         restart_at = time.monotonic()
         node.start()
         synced = time.monotonic() - restart_at
@@ -503,14 +519,16 @@ def test_killed_node_under_load(cluster, adapters):
             assert [e[0] for e in events] == sorted(e[0] for e in events)
         streams = [w.events for w in watchers]
         assert streams[0] == streams[1] == streams[2]
+        # every lease expired exactly once
+        assert sorted(e[2] for e in streams[0] if e[1] == 1) == lease_keys
     finally:
         for w in watchers:
             w.close()
     stall = max([d for lat in latency.values() for t, d in lat if t > killed_at - 0.5]
                 or [0])
     survivor_failures = failed[0] + failed[1]
-    print("node killed: adapter 3 Unavailable after %.0f ms; survivors' longest put "
-          "%.2fs, %d failed (%s); node rejoined (synced) in %.1fs, adapter 3 writing "
-          "again %.1fs after the restart" % (
-              first_failure * 1000, stall, len(survivor_failures),
+    print("node killed: adapter 3 Unavailable after %.0f ms; evicted after %.1fs; "
+          "survivors' longest put %.2fs, %d failed (%s); node rejoined (synced) in %.1fs, "
+          "adapter 3 writing again %.1fs after the restart" % (
+              first_failure * 1000, evicted, stall, len(survivor_failures),
               sorted(set(d for _t, _c, d in survivor_failures)), synced, recovered))

@@ -364,6 +364,9 @@ class _ReactorConnection(ReactorConnection):
     ``;``, values escaped into the text by PyMySQL -- the connection allows several
     statements), answered by one OK, error or result set per statement."""
 
+    #: The server status flags of the last statement answered.
+    last_status = 0
+
     def script(self, statements):
         """On a Galera node, a transaction's statements go one command at a time (the
         statements opening it ride with the first that takes a lock).  MariaDB Galera
@@ -381,8 +384,22 @@ class _ReactorConnection(ReactorConnection):
     @defer.inlineCallbacks
     def _one_by_one(self, commands):
         out = []
+        open_ = False
         for command in commands:
             out.extend((yield ReactorConnection.script(self, command)))
+            for sql, _params in command:
+                head = sql.lstrip()[:18].upper()
+                if head.startswith(("START TRANSACTION", "BEGIN")):
+                    open_ = True
+                elif head.startswith(("COMMIT", "ROLLBACK")):
+                    open_ = False
+            if open_ and not self.last_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+                # Should not happen (the abort is reported on the next command), but
+                # never let a write go on outside its transaction unnoticed.
+                e = pymysql.err.OperationalError(
+                    1213, "the transaction ended before COMMIT (aborted by the cluster)")
+                e.answered = True
+                raise e
         return out
 
     def _connect(self):
@@ -466,6 +483,7 @@ class _ReactorConnection(ReactorConnection):
                 packet.raise_for_error()
             if packet.is_ok_packet():
                 ok = OKPacketWrapper(packet)
+                self.last_status = ok.server_status
                 self._results.append(None)
                 return self._ended(ok.server_status)
             self._result = [[], [], packet.read_length_encoded_integer()]
@@ -483,7 +501,8 @@ class _ReactorConnection(ReactorConnection):
             types, rows, _n = self._result
             self._results.append(rows)
             self._result = None
-            return self._ended(EOFPacketWrapper(packet).server_status)
+            self.last_status = EOFPacketWrapper(packet).server_status
+            return self._ended(self.last_status)
         row = []
         for t in self._result[0]:
             v = packet.read_length_coded_string()
