@@ -242,6 +242,35 @@ def test_read_after_write_with_the_applier_held(cluster, adapters):
     print("get through the held node waited %.2fs" % waited)
 
 
+def test_without_causal_reads_the_held_node_reads_stale(cluster, urls):
+    """The control: with ``wsrep_sync_wait=0`` (Galera's default) the same get through
+    the held node answers the old value at once -- what the setting prevents."""
+    from twisted.internet import defer
+    from etcdadapter.store.urls import open_store
+    from fired import result
+    import stores
+    opened = [open_store(urls[0], reactor=stores.reactor()),
+              open_store(urls[1] + "?wsrep_sync_wait=0", reactor=stores.reactor())]
+    try:
+        stores.call(lambda: defer.gatherResults([s.start() for s in opened],
+                                                consumeErrors=True))
+        a, b = [stores.BlockingStore(s) for s in opened]
+        result(a.put(rpc.PutRequest(key=b"/stale/k", value=b"old")))
+        servers.wait_until(lambda: result(b.range(rpc.RangeRequest(
+            key=b"/stale/k"))).kvs, timeout=5, what="the first put on node 2")
+        holder = cluster.nodes[1].pause_applier(1.5)
+        try:
+            result(a.put(rpc.PutRequest(key=b"/stale/k", value=b"new")))
+            r = result(b.range(rpc.RangeRequest(key=b"/stale/k")))
+        finally:
+            holder.join(10)
+        assert r.kvs[0].value == b"old"
+    finally:
+        for s in opened:
+            if s._started:
+                stores.call(s.stop)
+
+
 def test_compare_and_swap_through_three_nodes(adapters):
     """test_sql_multi's multi-adapter check, one adapter per Galera node."""
     counter = b"/multi/counter"
