@@ -120,7 +120,8 @@ def put_latency(adapters, rate, seconds):
     out = {}
     for index in (0, 1):
         lat = [(got[index][k] - t) * 1000 for k, t in sent.items() if k in got[index]]
-        out[index] = (percentile(lat, 50), percentile(lat, 99), max(lat), len(lat), len(sent))
+        out[index] = (percentile(lat, 50), percentile(lat, 99), max(lat), len(lat),
+                      len(sent))
     return out
 
 

@@ -26,7 +26,6 @@ import threading
 import time
 
 import grpc
-import pymysql
 import pytest
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
@@ -154,7 +153,8 @@ def test_tidb_settings_across_nodes(cluster):
         a, b = [stores.BlockingStore(s) for s in opened]
         from fired import result
         for i in range(30):
-            rev = result(a.put(rpc.PutRequest(key=b"/t/k", value=b"%d" % i))).header.revision
+            rev = result(a.put(rpc.PutRequest(key=b"/t/k",
+                                              value=b"%d" % i))).header.revision
             r = result(b.range(rpc.RangeRequest(key=b"/t/k")))
             assert (r.kvs[0].value, r.kvs[0].mod_revision) == (b"%d" % i, rev)
         result(a.put(rpc.PutRequest(key=b"/t/n", value=b"0")))

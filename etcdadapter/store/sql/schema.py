@@ -48,6 +48,11 @@ Tables (version 1, plus etcd_compaction from version 2)::
         batch starts at.  Every batch moves it in the same transaction as its deletions,
         so an interrupted purge resumes where it stopped, on any instance.
 
+Outside the versioned schema, MySQL/MariaDB/TiDB have ``etcd_schema_lock (id = 1, holder,
+expires)``: the claim row by which instances starting together take turns migrating (see
+:func:`_claimed`; a named lock such as GET_LOCK is local to one node of a Galera
+cluster).
+
 PostgreSQL also gets a trigger on etcd_meta that sends ``NOTIFY etcd_adapter, '<revision>'``
 with every committed revision (see :mod:`.notify`).
 
@@ -210,8 +215,8 @@ def _claimed(session, d, initial_revision):
 
     def claim(tx):
         now = int(time.time() * 1000)
-        return tx.run("UPDATE " + LOCK_TABLE + " SET holder = %s, expires = %s WHERE id = 1 "
-                      "AND (holder = '' OR holder = %s OR expires < %s)",
+        return tx.run("UPDATE " + LOCK_TABLE + " SET holder = %s, expires = %s "
+                      "WHERE id = 1 AND (holder = '' OR holder = %s OR expires < %s)",
                       (me, now + CLAIM_MS, me, now)) == 1
     give_up = time.monotonic() + CLAIM_WAIT
     while not session.transaction("ddl", claim):
