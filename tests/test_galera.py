@@ -434,6 +434,13 @@ def test_isolated_node_answers_unavailable_then_recovers(cluster, adapters):
             assert j.status == 503, j
             assert j.json()["code"] == 14, j.json()
         took = (time.monotonic() - t) / 20
+        gw = GatewayClient(adapter.endpoint)
+        try:
+            h = gw.get("/health")
+        finally:
+            gw.close()
+        assert (h.status, h.json()) == (503, {"health": "false",
+                                              "reason": "RANGE ERROR:" + NO_LEADER}), h
         # the other two serve meanwhile
         with servers.GrpcClient(adapters[0].endpoint) as c:
             put(c, b"/iso/k", b"during")
