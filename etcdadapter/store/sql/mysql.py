@@ -384,18 +384,13 @@ class _ReactorConnection(ReactorConnection):
     @defer.inlineCallbacks
     def _one_by_one(self, commands):
         out = []
-        open_ = False
         for command in commands:
             out.extend((yield ReactorConnection.script(self, command)))
-            for sql, _params in command:
-                head = sql.lstrip()[:18].upper()
-                if head.startswith(("START TRANSACTION", "BEGIN")):
-                    open_ = True
-                elif head.startswith(("COMMIT", "ROLLBACK")):
-                    open_ = False
-            if open_ and not self.last_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
-                # Should not happen (the abort is reported on the next command), but
-                # never let a write go on outside its transaction unnoticed.
+            ends = command[-1][0].lstrip()[:8].upper().startswith(("COMMIT", "ROLLBACK"))
+            if not ends and not self.last_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+                # (Every script of several statements is a write transaction's.)  Should
+                # not happen -- the abort is reported on the next command --, but never
+                # let a write go on outside its transaction unnoticed.
                 e = pymysql.err.OperationalError(
                     1213, "the transaction ended before COMMIT (aborted by the cluster)")
                 e.answered = True
