@@ -151,6 +151,43 @@ def test_mysql_cluster_options_and_error_classes():
     assert PostgresDialect().classify(psycopg.errors.ReadOnlySqlTransaction("x")) == \
         dl.NOT_READY
 
+    # What a session sets, by what SHOW VARIABLES says (no Group Replication server runs
+    # here: a recording connection stands in for one)
+    class Recording(object):
+        def __init__(self, variables):
+            self.variables, self.sent = variables, []
+
+        def cursor(self):
+            return self
+
+        def execute(self, sql, args=None):
+            self.sent.append(sql if args is None else sql % tuple(
+                "'%s'" % a for a in args))
+
+        def fetchall(self):
+            return list(self.variables.items())
+    cases = [
+        ({"wsrep_on": "ON", "wsrep_provider": "/usr/lib/galera/libgalera_smm.so"},
+         "SET SESSION wsrep_sync_wait = 3", "Galera"),
+        ({"wsrep_on": "OFF", "wsrep_provider": "none"}, None, None),
+        ({"wsrep_on": "ON", "wsrep_provider": "none"}, None, None),
+        ({"group_replication_group_name": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"},
+         "SET SESSION group_replication_consistency = 'BEFORE'", "Group Replication"),
+        ({"group_replication_group_name": ""}, None, None),
+    ]
+    for variables, statement, cluster in cases:
+        d = open_store("mysql://root@h/etcd").dialect
+        conn = Recording(variables)
+        d._causal_reads(conn)
+        assert conn.sent[1:] == ([statement] if statement else []), variables
+        assert d.cluster == cluster
+    d = open_store("mysql://root@h/etcd?group_replication_consistency=before_and_after"
+                   ).dialect
+    conn = Recording(cases[3][0])
+    d._causal_reads(conn)
+    assert conn.sent[1:] == ["SET SESSION group_replication_consistency = "
+                             "'BEFORE_AND_AFTER'"]
+
     s = [("SET SESSION x = 1", None), ("START TRANSACTION", None),
          ("UPDATE etcd_meta SET revision = 1", None), ("INSERT INTO a VALUES (1)", None),
          ("INSERT INTO b VALUES (2)", None), ("COMMIT", None)]
