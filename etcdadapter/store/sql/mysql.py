@@ -164,8 +164,19 @@ class MySQLDialect(Dialect):
             cluster = GROUP_REPLICATION
             setting = ("group_replication_consistency",
                        self.group_replication_consistency or GR_CONSISTENCY)
-            cursor.execute("SET SESSION group_replication_consistency = %s",
-                           (setting[1],))
+            try:
+                cursor.execute("SET SESSION group_replication_consistency = %s",
+                               (setting[1],))
+            except pymysql.err.MySQLError as e:
+                if e.args[:1] != (1193,):        # unknown variable: before MySQL 8.0.14
+                    raise
+                if not self._announced:
+                    self._announced = True
+                    log.warn("database {db} is a Group Replication member without "
+                             "group_replication_consistency (MySQL < 8.0.14): reads "
+                             "through another member may be stale; point every adapter "
+                             "at the primary", db=self.describe())
+                return
         else:
             return
         self.cluster = cluster
