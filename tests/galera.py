@@ -75,6 +75,8 @@ def missing():
         pwd.getpwnam("mysql")
     except KeyError:
         return "the mysql user"
+    if os.geteuid() != 0:
+        return "root (to run the nodes as the mysql user)"
     return None
 
 
