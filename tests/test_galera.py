@@ -7,14 +7,16 @@ the tests that break a node (isolate, kill) come last.  What is asserted:
 * the dialect finds Galera at connect and every session reads causally
   (wsrep_sync_wait), the store URL overrides it; the tidb:// settings run too;
 * instances starting together on different nodes create one schema (the claim-row lock);
+* the tidb:// settings (valid on MariaDB) across two nodes: read-after-write, CAS;
 * read-after-write across nodes: a put acknowledged by adapter 1, then a get through
   adapter 2, never returns the old value -- under background writes, and with node 2's
-  applier held (the get waits instead);
+  applier held (the get waits instead; the control, with wsrep_sync_wait=0, reads the
+  old value);
 * compare-and-swap increments through all three lose no update; every adapter's watch
   stream is the same, in order, exactly the acknowledged writes;
 * flat-out writes through all three: none fails (conflicts are retried), the retries are
   counted in /metrics;
-* leases expire exactly once across the three;
+* leases expire exactly once across the three (also while a node is down);
 * a node without quorum: its adapter answers Unavailable on gRPC and JSON, logs it once,
   no traceback, and serves again once the node rejoins;
 * a node killed (SIGKILL) under load and restarted: its adapter answers Unavailable, then
