@@ -116,6 +116,86 @@ def test_urls():
 # ---------------------------------------------------------------------------------------
 # Schema, revisions, persistence
 
+def test_mysql_cluster_options_and_error_classes():
+    """Galera / Group Replication overrides in the URL; which server errors are
+    conflicts (retried until the deadline) and which mean a node that cannot serve
+    (Unavailable at once); how a Galera write is cut into commands."""
+    import pymysql
+    from etcdadapter.store.sql import dialect as dl
+    from etcdadapter.store.sql.mysql import _commands
+    d = open_store("mysql://root@h/etcd").dialect
+    assert (d.wsrep_sync_wait, d.group_replication_consistency) == (None, None)
+    d = open_store("mysql://root@h/etcd?wsrep_sync_wait=1"
+                   "&group_replication_consistency=before_and_after").dialect
+    assert (d.wsrep_sync_wait, d.group_replication_consistency) == (1, "BEFORE_AND_AFTER")
+    assert open_store("tidb://root@h/etcd?wsrep_sync_wait=0").dialect.wsrep_sync_wait == 0
+    for bad, message in (("wsrep_sync_wait=16", "wsrep_sync_wait must be 0..15"),
+                         ("wsrep_sync_wait=x", "wsrep_sync_wait must be an integer"),
+                         ("group_replication_consistency=strong",
+                          "group_replication_consistency must be one of")):
+        with pytest.raises(StoreURLError) as info:
+            open_store("mysql://root@h/etcd?" + bad)
+        assert message in str(info.value)
+
+    def kind(code):
+        return d.classify(pymysql.err.OperationalError(code, "x"))
+    for code in (1213, 1020, 3101, 9007, 8005, 8002, 8022, 8027, 8028):
+        assert kind(code) == dl.RETRY, code
+    for code in (1047, 1290, 1836, 3100, 9001, 9002, 9003, 9004, 9005):
+        assert kind(code) == dl.NOT_READY, code
+    for code in (2013, 2006, 1053, 1927):
+        assert kind(code) == dl.DISCONNECT, code
+    assert kind(1205) == dl.LOCK_TIMEOUT and kind(1064) is None
+    import psycopg
+    # PostgreSQL: a standby / demoted primary refuses writes (25006)
+    assert PostgresDialect().classify(psycopg.errors.ReadOnlySqlTransaction("x")) == \
+        dl.NOT_READY
+
+    # What a session sets, by what SHOW VARIABLES says (no Group Replication server runs
+    # here: a recording connection stands in for one)
+    class Recording(object):
+        def __init__(self, variables):
+            self.variables, self.sent = variables, []
+
+        def cursor(self):
+            return self
+
+        def execute(self, sql, args=None):
+            self.sent.append(sql if args is None else sql % tuple(
+                "'%s'" % a for a in args))
+
+        def fetchall(self):
+            return list(self.variables.items())
+    cases = [
+        ({"wsrep_on": "ON", "wsrep_provider": "/usr/lib/galera/libgalera_smm.so"},
+         "SET SESSION wsrep_sync_wait = 3", "Galera"),
+        ({"wsrep_on": "OFF", "wsrep_provider": "none"}, None, None),
+        ({"wsrep_on": "ON", "wsrep_provider": "none"}, None, None),
+        ({"group_replication_group_name": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"},
+         "SET SESSION group_replication_consistency = 'BEFORE'", "Group Replication"),
+        ({"group_replication_group_name": ""}, None, None),
+    ]
+    for variables, statement, cluster in cases:
+        d = open_store("mysql://root@h/etcd").dialect
+        conn = Recording(variables)
+        d._causal_reads(conn)
+        assert conn.sent[1:] == ([statement] if statement else []), variables
+        assert d.cluster == cluster
+    d = open_store("mysql://root@h/etcd?group_replication_consistency=before_and_after"
+                   ).dialect
+    conn = Recording(cases[3][0])
+    d._causal_reads(conn)
+    assert conn.sent[1:] == ["SET SESSION group_replication_consistency = "
+                             "'BEFORE_AND_AFTER'"]
+
+    s = [("SET SESSION x = 1", None), ("START TRANSACTION", None),
+         ("UPDATE etcd_meta SET revision = 1", None), ("INSERT INTO a VALUES (1)", None),
+         ("INSERT INTO b VALUES (2)", None), ("COMMIT", None)]
+    assert _commands(s) == [s[:3], [s[3]], [s[4]], [s[5]]]
+    assert "PESSIMISTIC" in TiDBDialect.begin_write[1] and \
+        TiDBDialect.begin_write[1].startswith("BEGIN /*T!")
+
+
 def test_fresh_database_starts_at_the_wall_clock(make_store):
     before = int(time.time() * 1000)
     s = make_store(initial_revision=None)
@@ -507,6 +587,10 @@ class Gone(Exception):
     pass
 
 
+class NotReady(Exception):
+    pass
+
+
 def test_runner_retries_conflicts_and_stale_connections(tmp_path):
     from etcdadapter.store.sql import dialect as dl
     from etcdadapter.store.sql.runner import MAX_ATTEMPTS, Session
@@ -517,12 +601,16 @@ def test_runner_retries_conflicts_and_stale_connections(tmp_path):
                 return dl.RETRY
             if isinstance(exc, Gone):
                 return dl.DISCONNECT
+            if isinstance(exc, NotReady):
+                return dl.NOT_READY
             return SQLiteDialect.classify(self, exc)
 
     class FakeRunner(object):
-        dialect = Scripted(str(tmp_path / "r.db"))
+        dialect = Scripted(str(tmp_path / "r.db"), busy_timeout=0.4)
         connect_blocked_until = 0.0
         sessions = []
+        conflict_retries = 0
+        down = []
 
         def _register(self, conn):
             pass
@@ -534,9 +622,13 @@ def test_runner_retries_conflicts_and_stale_connections(tmp_path):
             pass
 
         def unavailable(self, what, error):
-            pass
+            self.down.append(what)
 
-    session = Session(FakeRunner())
+        def lock_timed_out(self, since):
+            return errors.ErrTimeout()
+
+    runner = FakeRunner()
+    session = Session(runner)
     calls = []
 
     def failing(kinds):
@@ -551,10 +643,26 @@ def test_runner_retries_conflicts_and_stale_connections(tmp_path):
 
     assert session.transaction("write", failing([Conflict(), Conflict()])) == "ok"
     assert len(calls) == 3
+    assert runner.conflict_retries == 2
+    # a write conflicting on and on is retried until its deadline (the lock timeout,
+    # 0.4 s), then times out; a read gives up after MAX_ATTEMPTS
+    del calls[:]
+    t = time.monotonic()
+    with pytest.raises(errors.EtcdError) as info:
+        session.transaction("write", failing([Conflict()] * 10000))
+    assert info.value == errors.ErrTimeout and len(calls) > MAX_ATTEMPTS
+    assert 0.3 < time.monotonic() - t < 0.6
     del calls[:]
     with pytest.raises(errors.EtcdError) as info:
-        session.transaction("write", failing([Conflict()] * MAX_ATTEMPTS))
+        session.transaction("read", failing([Conflict()] * 10000))
     assert info.value == errors.ErrTimeout and len(calls) == MAX_ATTEMPTS
+    # a node that cannot serve: Unavailable at once, the connection kept
+    del calls[:]
+    conn = session.conn
+    with pytest.raises(errors.EtcdError) as info:
+        session.transaction("write", failing([NotReady()]))
+    assert info.value == errors.ErrNoLeader and len(calls) == 1
+    assert session.conn is conn and runner.down == ["not ready"]
     # a dead pooled connection: replaced, the transaction run once more
     del calls[:]
     first = session.conn

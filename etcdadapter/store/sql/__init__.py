@@ -59,6 +59,22 @@ MySQL / TiDB: ``connect_timeout`` (seconds, default 5), ``timeout`` (read/write 
 seconds, default 60), ``ssl_ca``, ``ssl_cert``, ``ssl_key`` (files; any of them turns TLS
 on), ``ssl_verify_cert``, ``ssl_verify_identity`` (true/false), ``unix_socket``.
 
+Multi-primary clusters are recognised at connect (see docs/deployment.md, "Distributed
+databases"); every session of the adapter then reads causally, with no setting:
+
+``wsrep_sync_wait``  on a MariaDB/Percona Galera node (``wsrep_on`` with a provider): the
+                   session's ``wsrep_sync_wait`` bit mask (default 3: reads and
+                   UPDATE/DELETE wait until the node has applied everything committed
+                   in the cluster before them; ``0`` turns it off -- stale reads across
+                   nodes, for a single-writer setup that accepts them)
+``group_replication_consistency``  on a MySQL Group Replication member: the session's
+                   ``group_replication_consistency`` (default ``BEFORE``)
+
+Write conflicts (deadlocks, Galera certification failures, Group Replication and TiDB
+write conflicts) are retried with jittered back-off until the write's ``lock_timeout``
+(counted from when it was queued) is used up; only then does it answer Unavailable
+"request timed out".
+
 PostgreSQL: ``connect_timeout`` (default 5), ``sslmode``, ``sslrootcert``, ``sslcert``,
 ``sslkey`` (libpq's names; ``ssl_ca``/``ssl_cert``/``ssl_key`` are accepted too, and
 ``ssl_ca`` alone means ``sslmode=verify-full``), ``host`` (e.g. a socket directory),
@@ -162,10 +178,23 @@ def _mysql(scheme, parts, q):
     for name in ("ssl_verify_cert", "ssl_verify_identity"):
         if name in q:
             kw[name] = _bool(name, q.pop(name))
+    if "wsrep_sync_wait" in q:
+        kw["wsrep_sync_wait"] = _int("wsrep_sync_wait", q.pop("wsrep_sync_wait"), 0)
+        if kw["wsrep_sync_wait"] > 15:
+            raise _error("wsrep_sync_wait must be 0..15 (a bit mask)")
+    if "group_replication_consistency" in q:
+        level = q.pop("group_replication_consistency").strip().upper()
+        if level not in _GR_LEVELS:
+            raise _error("group_replication_consistency must be one of %s"
+                         % ", ".join(_GR_LEVELS))
+        kw["group_replication_consistency"] = level
     _timeouts(q, kw)
     cls = TiDBDialect if scheme == "tidb" else MySQLDialect
     return cls(**kw)
 
+
+_GR_LEVELS = ("EVENTUAL", "BEFORE_ON_PRIMARY_FAILOVER", "BEFORE", "AFTER",
+              "BEFORE_AND_AFTER")
 
 _PG_ALIASES = {"ssl_ca": "sslrootcert", "ssl_cert": "sslcert", "ssl_key": "sslkey"}
 _PG_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "host", "application_name",

@@ -19,6 +19,8 @@ RETRY = "retry"              # deadlock / serialization failure: the txn was rol
 LOCK_TIMEOUT = "lock-timeout"  # waited the lock timeout for a lock another txn holds
 DISCONNECT = "disconnect"    # the connection is unusable (or could not be made)
 DUPLICATE = "duplicate"      # unique-key violation
+NOT_READY = "not-ready"      # the server answers but cannot serve now (no quorum, not a
+                             # primary, read-only): Unavailable at once, connection kept
 
 
 class Dialect(object):
@@ -104,7 +106,8 @@ class Dialect(object):
         raise NotImplementedError
 
     def classify(self, exc):
-        """RETRY, DISCONNECT, DUPLICATE or None for an exception of the driver."""
+        """RETRY, LOCK_TIMEOUT, DISCONNECT, NOT_READY, DUPLICATE or None for an exception
+        of the driver."""
         raise NotImplementedError
 
     def key_too_long(self, size):

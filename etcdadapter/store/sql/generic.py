@@ -103,14 +103,10 @@ class SQLStore(Store):
         self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._load)
         self.barrier = ReadBarrier(self._database_revision, reactor)
         self._revision_reader = dialect.revision_reader(reactor)
-        if self._revision_reader is not None:
-            self._revision_reader.on_connected = self.runner.available
         #: The write batches' connection when the reactor can drive it (no thread);
         #: None: the committer uses its pool thread.
         self.write_connection = dialect.reactor_connection(
             reactor, (dialect.lock_timeout or 0) + WRITE_TIMEOUT)
-        if self.write_connection is not None:
-            self.write_connection.on_connected = self.runner.available
         self.committer = GroupCommitter(self.runner, dialect, self.feed, self.clock,
                                         max_batch, max_batch_bytes,
                                         connection=self.write_connection,
@@ -235,8 +231,15 @@ class SQLStore(Store):
         # thread.
         reader = self._revision_reader
         if reader is not None:
-            return reader.read().addErrback(lambda _f: self._pool_revision())
+            return reader.read().addCallbacks(self._answered,
+                                              lambda _f: self._pool_revision())
         return self._pool_revision()
+
+    def _answered(self, result):
+        # The database serves again (after a node without quorum answered "not ready",
+        # say): the runner logs that once.
+        self.runner.available()
+        return result
 
     def _pool_revision(self):
         return self.runner.call(lambda s: s.transaction("ddl", replica.read_meta),
@@ -366,6 +369,13 @@ class SQLStore(Store):
              "Write requests in those transactions.", c.items),
             ("etcd_adapter_write_batch_last_size", "gauge",
              "Write requests in the last committed transaction.", c.last_batch),
+            ("etcd_adapter_write_conflict_retries", "counter",
+             "Write transactions run again after the database rolled them back for a "
+             "conflict (deadlock, Galera or Group Replication certification, TiDB write "
+             "conflict).", c.conflict_retries + self.runner.conflict_retries),
+            ("etcd_adapter_write_guard_retries", "counter",
+             "Optimistic write batches run again because another adapter wrote first.",
+             c.guard_retries),
             ("etcd_adapter_read_barrier_queries", "counter",
              "Revision queries of the read barrier.", self.barrier.queries),
             ("etcd_adapter_read_barrier_reads", "counter",

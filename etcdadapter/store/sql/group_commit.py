@@ -18,8 +18,12 @@ runs, on a connection of its own:
 4. on the reactor thread: apply the new revisions to the replica (and so to the
    watchers), answer each request.
 
-If the transaction fails, nothing of it reaches the replica: a deadlock or serialization
-failure reruns the whole batch (a few times, then Unavailable), and so does a connection
+If the transaction fails, nothing of it reaches the replica: a deadlock, serialization
+failure or certification conflict (Galera, Group Replication; TiDB write conflicts) reruns
+the whole batch after a jittered back-off until the store's ``lock_timeout`` after its
+oldest request was queued is used up (then Unavailable "request timed out"); a server that
+cannot serve now (a Galera node without quorum, a read-only member) answers Unavailable
+"no leader" at once; a connection
 lost before COMMIT (the database rolled the transaction back: the session was ended, as
 ``idle_transaction_timeout`` does to a transaction left idle too long) until a new
 connection cannot be made ("no leader"); waiting for the counter lock longer than the
@@ -31,7 +35,6 @@ never holds the counter lock for long.  Requests that need the lock for somethin
 (the purge's batches) run as :meth:`GroupCommitter.exclusive` jobs between batches.
 """
 
-import random
 import time
 from collections import deque
 
@@ -42,11 +45,11 @@ from twisted.python.failure import Failure
 from etcdadapter import errors
 from etcdadapter.errors import EtcdError
 from etcdadapter.store.keyspace import PendingView
-from etcdadapter.store.sql.dialect import DISCONNECT, LOCK_TIMEOUT, RETRY
+from etcdadapter.store.sql.dialect import DISCONNECT, LOCK_TIMEOUT, NOT_READY, RETRY
 from etcdadapter.store.sql.replica import META_LOCK, purged_through, read_revisions
 from etcdadapter.store.sql.reactor_conn import NotConnected
-from etcdadapter.store.sql.runner import (COMMIT, CONNECT_BACKOFF, MAX_ATTEMPTS, WRITE,
-                                          Session, Tx)
+from etcdadapter.store.sql.runner import (COMMIT, CONNECT_BACKOFF, DEFAULT_RETRY_TIMEOUT,
+                                          MAX_ATTEMPTS, WRITE, Session, Tx, backoff)
 from etcdadapter.store.sql.schema import CURRENT, LEASE, LOG, META
 
 log = Logger()
@@ -55,7 +58,9 @@ MAX_ITEMS = 256                  # requests per batch
 MAX_BYTES = 4 * 1024 * 1024      # request bytes per batch (one larger request goes alone)
 CATCH_UP_ROWS = 2000             # more rows than this behind: let the feed catch up first
 ROWS_PER_STATEMENT = 500         # rows of one multi-row INSERT
-MAX_AGAIN = 10                   # attempts of one batch (conflicts, catching up)
+MAX_AGAIN = 10000                # attempts of one batch at most (conflicts, catching
+                                 # up); the deadline ends them first
+CONFLICT_LOG_INTERVAL = 10.0     # seconds between "gave up on conflicts" warnings
 
 _LOG_COLUMNS = ["revision", "sub", "name", "create_revision", "version", "value", "lease",
                 "prev_revision", "prev_sub"]
@@ -132,10 +137,16 @@ class GroupCommitter(object):
         self._queue = deque()
         self._busy = None            # the Deferred of the batch or job in flight
         self._stopping = False
-        #: Counters for /metrics: batches committed, requests in them, the last size.
+        #: Counters for /metrics: batches committed, requests in them, the last size;
+        #: batches run again after a conflict (deadlock, certification failure, write
+        #: conflict) and after the optimistic guard found another adapter's write.
         self.batches = 0
         self.items = 0
         self.last_batch = 0
+        self.conflict_retries = 0
+        self.guard_retries = 0
+        self._gave_up = 0
+        self._gave_up_logged_at = None
 
     # -- queueing --------------------------------------------------------------------------
     def submit(self, item):
@@ -209,16 +220,23 @@ class GroupCommitter(object):
             self._next()
 
     # -- one batch -----------------------------------------------------------------------
+    def _deadline(self, since):
+        """Until when (monotonic) a batch whose oldest request was queued at ``since``
+        is run again after conflicts: the write's lock_timeout, the bound of how long
+        a write may take waiting for others."""
+        return since + (self.dialect.lock_timeout or DEFAULT_RETRY_TIMEOUT)
+
     @defer.inlineCallbacks
     def _run(self, items):
         attempt = 0
+        deadline = self._deadline(min(item.queued_at for item in items))
         while True:
             try:
                 yield self._attempt(items, attempt)
                 return
             except _Again as again:
                 attempt += 1
-                if attempt >= MAX_AGAIN:
+                if attempt >= MAX_AGAIN or time.monotonic() >= deadline:
                     log.warn("database {db}: a write batch could not run after {n} "
                              "attempts", db=self.dialect.describe(), n=attempt)
                     _fail_all(items, again.error or errors.ErrTimeout())
@@ -318,6 +336,7 @@ class GroupCommitter(object):
         return batch, view, results
 
     def _committed(self, items, batch, view, results):
+        self.runner.available()
         self.batches += 1
         self.items += len(items)
         self.last_batch = len(items)
@@ -365,6 +384,7 @@ class GroupCommitter(object):
         except Exception as e:
             if d.guard_failed(e):
                 # Another adapter moved the counter (or compacted): nothing was written.
+                self.guard_retries += 1
                 yield self._rollback_on_reactor()
                 raise _Again(wait=self.catch_up())
             if self._kind(e) == DISCONNECT and not getattr(e, "answered", False):
@@ -451,10 +471,16 @@ class GroupCommitter(object):
         try:
             yield c.script([(d.commit, None)])
         except Exception as e:
-            if self._kind(e) == DISCONNECT:
+            kind = self._kind(e)
+            if kind == DISCONNECT:
                 log.warn("database {db}: connection lost during COMMIT: {err}",
                          db=d.describe(), err="%s: %s" % (e.__class__.__name__, e))
                 self.runner.unavailable("connection lost during COMMIT", e)
+                raise errors.ErrTimeout()
+            if kind == NOT_READY:
+                # Refused at COMMIT: the outcome may be unknown (a TiKV timeout).
+                yield self._rollback_on_reactor()
+                self.runner.unavailable("not ready at COMMIT", e)
                 raise errors.ErrTimeout()
             yield self._failed_on_reactor(e, attempt, since)
 
@@ -469,13 +495,7 @@ class GroupCommitter(object):
             self.runner.unavailable("connection lost", e)
             raise errors.ErrNoLeader()
         yield self._rollback_on_reactor()
-        if kind == LOCK_TIMEOUT:
-            raise self.runner.lock_timed_out(since)
-        if kind == RETRY:
-            if attempt + 1 >= MAX_ATTEMPTS:
-                raise errors.ErrTimeout()
-            raise _Retry(random.uniform(0.001, 0.01) * (attempt + 1))
-        raise e
+        self._not_retried(e, kind, attempt, since)
 
     @defer.inlineCallbacks
     def _rollback_on_reactor(self):
@@ -554,17 +574,42 @@ class GroupCommitter(object):
             self.runner.unavailable("connection lost", e)
             raise errors.ErrNoLeader()
         s._rollback(conn)
+        self._not_retried(e, kind, attempt, since)
+
+    def _not_retried(self, e, kind, attempt, since):
+        """After a failed statement (rolled back): raise _Retry (a conflict, with time
+        left), or what the batch answers."""
         if kind == LOCK_TIMEOUT:
             # Another transaction holds the lock: waiting again would take as long again.
             raise self.runner.lock_timed_out(since)
+        if kind == NOT_READY:
+            # The node answers but cannot serve (no quorum, read-only): Unavailable now;
+            # the client tries another adapter.  Logged once (store-unavailable).
+            self.runner.unavailable("not ready", e)
+            raise errors.ErrNoLeader()
         if kind == RETRY:
-            if attempt + 1 >= MAX_ATTEMPTS:
-                log.warn("database {db}: giving up after {n} conflicting attempts: {err}",
-                         db=d.describe(), n=MAX_ATTEMPTS, err="%s: %s"
-                         % (e.__class__.__name__, e))
-                raise errors.ErrTimeout()
-            raise _Retry(random.uniform(0.001, 0.01) * (attempt + 1))
+            # Rolled back by a conflict (a deadlock, Galera's certification, a TiDB
+            # write conflict): run again after a jittered back-off, until the deadline.
+            pause = backoff(attempt)
+            if time.monotonic() + pause < self._deadline(since):
+                self.conflict_retries += 1
+                raise _Retry(pause)
+            self._log_gave_up(attempt + 1, e)
+            raise errors.ErrTimeout()
         raise e
+
+    def _log_gave_up(self, attempts, e):
+        now = time.monotonic()
+        self._gave_up += 1
+        if (self._gave_up_logged_at is not None
+                and now - self._gave_up_logged_at < CONFLICT_LOG_INTERVAL):
+            return
+        self._gave_up_logged_at = now
+        count, self._gave_up = self._gave_up, 0
+        log.warn("database {db}: {count} write batch(es) still conflicting at their "
+                 "deadline (this one after {n} attempts: {err}): answered 'request timed "
+                 "out'", db=self.dialect.describe(), count=count, n=attempts,
+                 err="%s: %s" % (e.__class__.__name__, e))
 
     def _finish(self, tx, statements, attempt, since):
         d = self.dialect

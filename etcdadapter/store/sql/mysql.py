@@ -29,19 +29,57 @@ import pymysql
 from pymysql.constants import CLIENT, FIELD_TYPE, SERVER_STATUS
 from pymysql.protocol import (EOFPacketWrapper, FieldDescriptorPacket, MysqlPacket,
                               OKPacketWrapper)
+from twisted.internet import defer
+from twisted.logger import Logger
 
-from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT, RETRY,
-                                           Dialect)
+from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT,
+                                           NOT_READY, RETRY, Dialect)
 from etcdadapter.store.sql.reactor_conn import ReactorConnection, RevisionReader
+from etcdadapter.store.sql.schema import CLAIM_ROW
 
-# Deadlock, MariaDB "record has changed since last read" (snapshot isolation), TiDB write
-# conflicts / retryable errors.
-_RETRY_CODES = (1213, 1020, 9007, 8002, 8022, 8028)
+log = Logger()
+
+# Retried until the write's deadline (the transaction was rolled back; running it again is
+# safe): deadlock -- which is also how Galera reports a certification conflict or a
+# transaction its applier aborted (a "brute force abort") --, MariaDB "record has changed
+# since last read" (snapshot isolation), Group Replication's rollback of a transaction
+# that failed certification (3101), TiDB's write conflicts and retryable errors (9007,
+# 8005, 8002, 8022), its schema changed / out of date during the transaction (8028,
+# 8027).
+_RETRY_CODES = (1213, 1020, 3101, 9007, 8005, 8002, 8022, 8027, 8028)
 _LOCK_WAIT_TIMEOUT = 1205
 # Cannot connect / gone / lost / too many connections / shutdown / killed / access
 # denied / unknown database / SSL errors / idle disconnect.
 _GONE_CODES = (2002, 2003, 2005, 2006, 2013, 2026, 2055, 1040, 1045, 1049, 1053, 1077,
                1152, 1927, 4031)
+# The server answers but cannot serve us now -- not part of a quorum, not a primary,
+# read-only --: Unavailable at once (the client tries another endpoint or later), the
+# connection kept for when the node is back.
+#   1047  Galera: "WSREP has not yet prepared node for application use" (non-primary,
+#         joining, donor without wsrep_sst_donor_rejects_queries...)
+#   1290  --read-only / --super-read-only (a Group Replication secondary, a replica, a
+#         node fenced by the operator): ER_OPTION_PREVENTS_STATEMENT
+#   1836  ER_READ_ONLY_MODE
+#   3100  Group Replication: the replication hook refused the commit (the member is
+#         not ONLINE or lost its majority)
+#   9001  TiDB: PD server timeout          9002  TiKV server timeout
+#   9003  TiKV server is busy               9004  resolve lock timeout
+#   9005  region is unavailable (a Raft group without its leader or quorum)
+# (TiDB retries those internally with back-off, about 20 s, before answering them.)
+_NOT_READY_CODES = (1047, 1290, 1836, 3100, 9001, 9002, 9003, 9004, 9005)
+
+
+#: Multi-primary clusters the dialect recognises at connect (MySQLDialect.cluster).
+GALERA = "Galera"
+GROUP_REPLICATION = "Group Replication"
+#: Galera's session wsrep_sync_wait by default: 1 (reads: SELECT, BEGIN ... WITH
+#: CONSISTENT SNAPSHOT, SELECT ... FOR UPDATE) + 2 (UPDATE, DELETE: the optimistic guard
+#: then sees the counter as the cluster has it, instead of committing a doomed
+#: transaction that certification aborts).
+GALERA_SYNC_WAIT = 3
+#: Group Replication's session consistency by default: a transaction waits until the
+#: member has applied everything the group ordered before it began.
+GR_CONSISTENCY = "BEFORE"
 
 
 class MySQLDialect(Dialect):
@@ -56,23 +94,32 @@ class MySQLDialect(Dialect):
     begin_write = ("START TRANSACTION",)
     session_init = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
     # Instances starting together on a fresh database take turns creating/migrating the
-    # schema (a named lock; names are at most 64 characters).
-    migration_lock = (
-        "SELECT GET_LOCK(CONCAT('etcd_adapter_schema_', SHA1(DATABASE())), 60)",
-        "SELECT RELEASE_LOCK(CONCAT('etcd_adapter_schema_', SHA1(DATABASE())))")
+    # schema: a claim row (schema.CLAIM_ROW), not GET_LOCK(), which is local to one node
+    # of a Galera cluster.
+    migration_lock = CLAIM_ROW
 
     #: The server's variable bounding idle transactions (found at connect: MariaDB's;
     #: None on MySQL).
     idle_variable = None
 
-    def __init__(self, lock_timeout=None, idle_transaction_timeout=None, **params):
+    #: What the server is a node of, found at connect: GALERA, GROUP_REPLICATION or None.
+    cluster = None
+
+    def __init__(self, lock_timeout=None, idle_transaction_timeout=None,
+                 wsrep_sync_wait=None, group_replication_consistency=None, **params):
         """``params``: pymysql.connect arguments (host, port, user, password, database,
         connect_timeout, read_timeout, write_timeout, ssl_ca, ssl_cert, ssl_key,
         ssl_verify_cert, ssl_verify_identity, unix_socket, ...); the timeouts: see
-        Dialect (seconds, None: none)."""
+        Dialect (seconds, None: none); ``wsrep_sync_wait`` and
+        ``group_replication_consistency``: the session's causality setting on a Galera
+        or Group Replication node (None: :data:`GALERA_SYNC_WAIT`,
+        :data:`GR_CONSISTENCY`)."""
         self.lock_timeout = lock_timeout or None
         self.idle_transaction_timeout = idle_transaction_timeout or None
+        self.wsrep_sync_wait = wsrep_sync_wait
+        self.group_replication_consistency = group_replication_consistency
         self.params = dict(params)
+        self._announced = False
 
     def describe(self):
         p = self.params
@@ -89,7 +136,56 @@ class MySQLDialect(Dialect):
             client_flag=CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
             init_command=self.session_init, **self.params)
         self.idle_variable = self._idle_variable(conn.get_server_info())
+        try:
+            self._causal_reads(conn)
+        except Exception:
+            conn.close()
+            raise
         return conn
+
+    def _causal_reads(self, conn):
+        """On a node of a multi-primary cluster, make every statement of the session see
+        every transaction committed anywhere in the cluster before it began -- the read
+        barrier, the change feed's reads, the counter lock and the optimistic guard
+        depend on it (without it a node answers from what it has applied so far: a get
+        through another node's adapter, after a put acknowledged through this one, may
+        return the old value).  One query per connection finds the cluster."""
+        cursor = conn.cursor()
+        cursor.execute("SHOW VARIABLES WHERE Variable_name IN ('wsrep_on', "
+                       "'wsrep_provider', 'group_replication_group_name')")
+        found = {name.lower(): (value or "") for name, value in cursor.fetchall()}
+        if (found.get("wsrep_on", "").upper() == "ON"
+                and found.get("wsrep_provider", "none").lower() not in ("", "none")):
+            cluster = GALERA
+            setting = ("wsrep_sync_wait", GALERA_SYNC_WAIT if self.wsrep_sync_wait is None
+                       else self.wsrep_sync_wait)
+            cursor.execute("SET SESSION wsrep_sync_wait = %d" % setting[1])
+        elif found.get("group_replication_group_name"):
+            cluster = GROUP_REPLICATION
+            setting = ("group_replication_consistency",
+                       self.group_replication_consistency or GR_CONSISTENCY)
+            try:
+                cursor.execute("SET SESSION group_replication_consistency = %s",
+                               (setting[1],))
+            except pymysql.err.MySQLError as e:
+                if e.args[:1] != (1193,):        # unknown variable: before MySQL 8.0.14
+                    raise
+                if not self._announced:
+                    self._announced = True
+                    log.warn("database {db} is a Group Replication member without "
+                             "group_replication_consistency (MySQL < 8.0.14): reads "
+                             "through another member may be stale; point every adapter "
+                             "at the primary", db=self.describe())
+                return
+        else:
+            return
+        self.cluster = cluster
+        if not self._announced:
+            self._announced = True
+            log.info("database {db} is a {cluster} node: every session sets {name} = "
+                     "{value} (reads see what any node committed before them)",
+                     db=self.describe(), cluster=cluster, name=setting[0],
+                     value=setting[1])
 
     @staticmethod
     def _idle_variable(server_version):
@@ -155,7 +251,8 @@ class MySQLDialect(Dialect):
             (lo, hi, compact)
 
     def script(self, cursor, statements):
-        if len(statements) < 2:
+        if len(statements) < 2 or self.cluster == GALERA:
+            # Galera: one statement per command (see _ReactorConnection.script).
             return Dialect.script(self, cursor, statements)
         cursor.execute(";\n".join(sql if params is None else cursor.mogrify(sql, params)
                                    for sql, params in statements))
@@ -191,6 +288,8 @@ class MySQLDialect(Dialect):
                 return DUPLICATE
             if code in _GONE_CODES:
                 return DISCONNECT
+            if code in _NOT_READY_CODES:
+                return NOT_READY
         if isinstance(exc, OSError):
             return DISCONNECT
         return None
@@ -209,13 +308,51 @@ def _whole_seconds(seconds):
 
 
 class TiDBDialect(MySQLDialect):
-    """Not tested here (no TiDB server in CI yet).  No idle-transaction bound is set
-    (``tidb_idle_transaction_timeout`` exists from TiDB 7.6 only)."""
+    """TiDB.  No TiDB server runs in the tests; they run these settings against MariaDB
+    (and a MariaDB Galera cluster), where every one of them is valid and sound: TiDB's
+    own syntax is written in TiDB's executable comments (``/*T! ... */``, which MySQL and
+    MariaDB skip) or sent only to a server that says it is TiDB.
+
+    Why the store is one etcd on TiDB, property by property (and the code relying on
+    it):
+
+    * Causal reads, no setting needed: every transaction and every autocommit statement
+      takes its snapshot from PD's timestamp oracle (TSO), which is after every commit
+      acknowledged before it -- whichever TiDB server took the commit.  The read barrier
+      (:mod:`.barrier`, one autocommit SELECT of the counter row) and the change feed's
+      reads (``START TRANSACTION READ ONLY``: the snapshot is taken at BEGIN) therefore
+      see every revision acknowledged by any adapter on any TiDB server.  TiDB's
+      ``tidb_read_staleness`` / follower reads would break this: they are off by default
+      and must stay off.
+    * One order of revisions: a write batch locks the counter row (``SELECT ... FOR
+      UPDATE`` in a pessimistic transaction, or the guarded ``UPDATE`` of the
+      optimistic batch, which takes the same lock).  Pessimistic locks are held in TiKV,
+      so they are cluster-wide -- unlike Galera's, which are local to a node and settled
+      by certification at commit.  A write that conflicts anyway (9007, 8005 in
+      optimistic mode, 8002, 8022) is rolled back and retried like a deadlock
+      (:mod:`.group_commit`).
+    * Fresh reads inside a write: in pessimistic mode a ``SELECT ... FOR UPDATE`` and an
+      ``UPDATE`` read the latest committed version (a "current read"), and READ
+      COMMITTED makes the plain reads of a write transaction use a new snapshot per
+      statement, so nothing read after the counter lock predates the previous writer's
+      commit.
+    * Node loss: a TiDB server is stateless; its loss drops the adapter's connections
+      (DISCONNECT: Unavailable, reconnect).  A TiKV region without a leader or a PD
+      timeout comes back, after TiDB's own back-off, as 9001-9005 (NOT_READY:
+      Unavailable at once, see ``_NOT_READY_CODES``).
+    * The schema lock is a committed claim row (:mod:`.schema`), which TiDB orders like
+      any write.
+    * Revisions come from the counter row, never from AUTO_INCREMENT, so TiDB's
+      per-server ID caches do not matter.
+
+    No idle-transaction bound is set (``tidb_idle_transaction_timeout`` exists from
+    TiDB 7.6 only)."""
 
     name = "tidb"
     # TiDB takes a transaction's snapshot when it begins anyway.
     begin_read = ("START TRANSACTION READ ONLY",)
-    begin_write = ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", "BEGIN PESSIMISTIC")
+    begin_write = ("SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                   "BEGIN /*T! PESSIMISTIC */")
 
     @staticmethod
     def _idle_variable(server_version):
@@ -223,11 +360,12 @@ class TiDBDialect(MySQLDialect):
 
     def connect(self):
         conn = MySQLDialect.connect(self)
-        try:
-            conn.cursor().execute("SET SESSION tidb_txn_mode = 'pessimistic'")
-        except Exception:
-            conn.close()
-            raise
+        if "tidb" in conn.get_server_info().lower():
+            try:
+                conn.cursor().execute("SET SESSION tidb_txn_mode = 'pessimistic'")
+            except Exception:
+                conn.close()
+                raise
         return conn
 
 
@@ -236,6 +374,39 @@ class _ReactorConnection(ReactorConnection):
     socket the reactor then drives: a script is one COM_QUERY (statements joined with
     ``;``, values escaped into the text by PyMySQL -- the connection allows several
     statements), answered by one OK, error or result set per statement."""
+
+    #: The server status flags of the last statement answered.
+    last_status = 0
+
+    def script(self, statements):
+        """On a Galera node, a transaction's statements go one command at a time (the
+        statements opening it ride with the first that takes a lock).  MariaDB Galera
+        (10.11) runs the rest of a multi-statement command after a "brute force abort"
+        -- another node's certified write rolling this transaction back -- in autocommit
+        mode, without an error: the remaining INSERTs were committed alone and the
+        COMMIT answered OK for a transaction that no longer existed (seen here under
+        cross-node write load: an acknowledged write lost, a stray log row committed).
+        Between commands the server does report the abort, on the next command (1213),
+        which the write path retries."""
+        if self.dialect.cluster != GALERA or len(statements) < 2:
+            return ReactorConnection.script(self, statements)
+        return self._one_by_one(_commands(statements))
+
+    @defer.inlineCallbacks
+    def _one_by_one(self, commands):
+        out = []
+        for command in commands:
+            out.extend((yield ReactorConnection.script(self, command)))
+            ends = command[-1][0].lstrip()[:8].upper().startswith(("COMMIT", "ROLLBACK"))
+            if not ends and not self.last_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+                # (Every script of several statements is a write transaction's.)  Should
+                # not happen -- the abort is reported on the next command --, but never
+                # let a write go on outside its transaction unnoticed.
+                e = pymysql.err.OperationalError(
+                    1213, "the transaction ended before COMMIT (aborted by the cluster)")
+                e.answered = True
+                raise e
+        return out
 
     def _connect(self):
         conn = self.dialect.connect()
@@ -318,6 +489,7 @@ class _ReactorConnection(ReactorConnection):
                 packet.raise_for_error()
             if packet.is_ok_packet():
                 ok = OKPacketWrapper(packet)
+                self.last_status = ok.server_status
                 self._results.append(None)
                 return self._ended(ok.server_status)
             self._result = [[], [], packet.read_length_encoded_integer()]
@@ -335,7 +507,8 @@ class _ReactorConnection(ReactorConnection):
             types, rows, _n = self._result
             self._results.append(rows)
             self._result = None
-            return self._ended(EOFPacketWrapper(packet).server_status)
+            self.last_status = EOFPacketWrapper(packet).server_status
+            return self._ended(self.last_status)
         row = []
         for t in self._result[0]:
             v = packet.read_length_coded_string()
@@ -348,6 +521,22 @@ class _ReactorConnection(ReactorConnection):
             self._expect = "first"
             return False
         return True
+
+
+def _commands(statements):
+    """``statements`` as commands of one statement each, the session and transaction
+    statements (SET, START TRANSACTION, BEGIN) joined to the statement after them."""
+    out = []
+    pending = []
+    for stmt in statements:
+        pending.append(stmt)
+        head = stmt[0].lstrip()[:18].upper()
+        if not head.startswith(("SET ", "START TRANSACTION", "BEGIN")):
+            out.append(pending)
+            pending = []
+    if pending:
+        out.append(pending)
+    return out
 
 
 _INTEGER_TYPES = frozenset((FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.LONG,

@@ -31,8 +31,8 @@ import os
 
 import psycopg
 
-from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT, RETRY,
-                                           Dialect)
+from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT,
+                                           NOT_READY, RETRY, Dialect)
 from etcdadapter.store.sql.reactor_conn import ReactorConnection, RevisionReader
 
 _RETRY_STATES = ("40001", "40P01")             # serialization, deadlock
@@ -196,6 +196,10 @@ class PostgresDialect(Dialect):
             return LOCK_TIMEOUT
         if state == _IDLE_KILLED:
             return DISCONNECT            # the server ended the session (rolled back)
+        if state == "25006":
+            # read_only_sql_transaction: a standby (or a demoted primary after a
+            # failover) -- Unavailable at once, like a node without quorum.
+            return NOT_READY
         if state == "23505":
             return DUPLICATE
         if isinstance(exc, psycopg.InterfaceError):

@@ -13,9 +13,13 @@ threads only, never the reads, the change feed's polls or ``/health``.  Inside,
   call was queued (so writes queued behind waiting writes do not wait once more each);
   then it answers ``errors.ErrTimeout`` (Unavailable "request timed out") at once,
   without retrying: another transaction holds the lock and retrying would only wait again;
-* deadlocks and serialization failures (the database rolled the transaction back) are
-  retried a few times with a short random back-off, then answered with
-  ``errors.ErrTimeout`` (Unavailable);
+* deadlocks, serialization failures and certification conflicts (the database rolled
+  the transaction back) are retried with jittered exponential back-off until the write's
+  deadline (``lock_timeout`` after it was queued, else DEFAULT_RETRY_TIMEOUT; a read:
+  a few attempts), then answered with ``errors.ErrTimeout`` (Unavailable);
+* a server that answers but cannot serve now (NOT_READY: a Galera node without quorum,
+  a read-only member, TiKV unavailable) answers ``errors.ErrNoLeader`` (Unavailable) at
+  once, logged once as ``store-unavailable`` like a lost connection;
 * a connection that turns out to be dead is replaced and the transaction retried once
   (idle connections get closed by servers and proxies, and the database ends a write
   transaction left idle longer than ``idle_transaction_timeout``: rolled back, so running
@@ -41,7 +45,7 @@ from twisted.python.threadpool import ThreadPool
 
 from etcdadapter import errors
 from etcdadapter.errors import EtcdError
-from etcdadapter.store.sql.dialect import DISCONNECT, LOCK_TIMEOUT, RETRY
+from etcdadapter.store.sql.dialect import DISCONNECT, LOCK_TIMEOUT, NOT_READY, RETRY
 
 log = Logger()
 
@@ -53,6 +57,10 @@ WRITE = "write"
 COMMIT = "commit"
 
 MAX_ATTEMPTS = 5
+#: How long a write conflicting again and again (deadlocks, Galera certification
+#: failures, TiDB write conflicts) is retried when the store has no lock_timeout (which
+#: is the bound otherwise), from when it was queued: etcd clients' usual request timeout.
+DEFAULT_RETRY_TIMEOUT = 5.0
 # Lock-wait timeouts are logged at most this often (seconds), with the count since.
 LOCK_TIMEOUT_LOG_INTERVAL = 10.0
 # After a failed connection attempt, further attempts fail at once for this long, so that
@@ -131,6 +139,8 @@ class Session(object):
         self.queued_at = None
         #: Statements this session sent (for /metrics; one thread at a time writes it).
         self.statements = 0
+        #: Until when (monotonic) the current write retries conflicts.
+        self._retry_until = None
         runner.sessions.append(self)
 
     def _connection(self):
@@ -144,8 +154,9 @@ class Session(object):
                 runner.connect_blocked_until = time.monotonic() + CONNECT_BACKOFF
                 runner.unavailable("cannot connect", e)
                 raise errors.ErrNoLeader()
+            # (available() once a transaction succeeds: a node without quorum accepts
+            # connections but no statement)
             runner.connect_blocked_until = 0.0
-            runner.available()
             self.conn = conn
             self.settings = {}
             runner._register(conn)
@@ -174,8 +185,11 @@ class Session(object):
             return self._transaction(mode, fn, None)
         d = self.dialect
         deadline = None
+        start = start if start is not None else time.monotonic()
         if d.lock_timeout:
-            deadline = (start if start is not None else time.monotonic()) + d.lock_timeout
+            deadline = start + d.lock_timeout
+        # Conflicts are retried until then.
+        self._retry_until = start + (d.lock_timeout or DEFAULT_RETRY_TIMEOUT)
         lock = d.write_lock
         if lock is None:
             return self._transaction(mode, fn, deadline)
@@ -190,7 +204,9 @@ class Session(object):
     def _transaction(self, mode, fn, deadline):
         d = self.dialect
         begin = d.begin_read if mode == "read" else d.begin_write
-        for attempt in range(MAX_ATTEMPTS):
+        attempt = -1
+        while True:
+            attempt += 1
             wait = None
             if deadline is not None:
                 wait = deadline - time.monotonic()
@@ -225,6 +241,7 @@ class Session(object):
                 self._retry_or_raise(mode, kind, e, attempt, deadline)
                 continue
             if mode == "ddl":
+                self.runner.available()
                 return result
             try:
                 tx.run(d.commit)
@@ -239,41 +256,58 @@ class Session(object):
                     self.runner.unavailable("connection lost during COMMIT", e)
                     raise errors.ErrTimeout()
                 self._rollback(conn)
+                if kind == NOT_READY and mode == "write":
+                    # Refused at COMMIT: the outcome may be unknown (TiKV timeouts).
+                    self.runner.unavailable("not ready at COMMIT", e)
+                    raise errors.ErrTimeout()
                 self._retry_or_raise(mode, kind, e, attempt, deadline)
                 continue
+            self.runner.available()
             return result
-        raise AssertionError("unreachable")
 
     def _retry_or_raise(self, mode, kind, error, attempt, deadline):
         """After a failed attempt (rolled back): return to try again, or raise."""
+        if kind == LOCK_TIMEOUT and mode != "write":
+            # Reads take no locks: on a Galera node this is a causal wait that timed out
+            # (repl.causal_read_timeout: the node cannot reach the cluster).
+            self.runner.unavailable("causal read timed out", error)
+            raise errors.ErrTimeout()
         if kind == LOCK_TIMEOUT and mode == "write":
             # Another transaction holds the lock: waiting again would only take as long
             # again.  Unavailable now; clients retry.
             raise self.runner.lock_timed_out(
                 None if deadline is None else deadline - self.dialect.lock_timeout)
+        if kind == NOT_READY:
+            self.runner.unavailable("not ready", error)
+            raise errors.ErrNoLeader()
         if kind in (RETRY, LOCK_TIMEOUT):
-            _pause_or_give_up(self.dialect, error, attempt)
+            until = self._retry_until if mode == "write" else None
+            pause = backoff(attempt)
+            if (attempt + 1 >= MAX_ATTEMPTS if until is None
+                    else time.monotonic() + pause >= until):
+                raise _gave_up(self.dialect, error, attempt + 1)
+            self.runner.conflict_retries += 1
+            time.sleep(pause)
             return
         raise error
 
 
-def _pause_or_give_up(dialect, error, attempt):
-    """A deadlock or serialization failure: wait a little before the next attempt, or
-    raise once the attempts are used up."""
-    if attempt + 1 >= MAX_ATTEMPTS:
-        raise _gave_up(dialect, error)
-    time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
+def backoff(attempt):
+    """Seconds to wait before attempt ``attempt + 1`` of a conflicting transaction:
+    "full jitter" (uniform up to an exponential bound, 2 ms doubling to 50 ms), so that
+    the writers that conflicted do not all come back at the same moment."""
+    return random.uniform(0.001, min(0.05, 0.002 * (2 ** min(attempt, 10))))
 
 
 def _text(e):
     return "%s: %s" % (e.__class__.__name__, e)
 
 
-def _gave_up(dialect, e):
-    # Still conflicting after every retry (rolled back each time): Unavailable, which
+def _gave_up(dialect, e, attempts):
+    # Still conflicting at the deadline (rolled back each time): Unavailable, which
     # clients retry.
     log.warn("database {db}: giving up after {n} conflicting attempts: {err}",
-             db=dialect.describe(), n=MAX_ATTEMPTS, err=_text(e))
+             db=dialect.describe(), n=attempts, err=_text(e))
     return errors.ErrTimeout()
 
 
@@ -299,6 +333,8 @@ class Runner(object):
         self._down_since = None          # monotonic time the database went away
         self._lock_timeouts = 0          # not logged yet
         self._lock_logged_at = None
+        #: Transactions of the pools run again after a conflict (for /metrics).
+        self.conflict_retries = 0
 
     def start(self):
         for pool in self.pools.values():

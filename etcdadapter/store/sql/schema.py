@@ -48,6 +48,11 @@ Tables (version 1, plus etcd_compaction from version 2)::
         batch starts at.  Every batch moves it in the same transaction as its deletions,
         so an interrupted purge resumes where it stopped, on any instance.
 
+Outside the versioned schema, MySQL/MariaDB/TiDB have ``etcd_schema_lock (id = 1, holder,
+expires)``: the claim row by which instances starting together take turns migrating (see
+:func:`_claimed`; a named lock such as GET_LOCK is local to one node of a Galera
+cluster).
+
 PostgreSQL also gets a trigger on etcd_meta that sends ``NOTIFY etcd_adapter, '<revision>'``
 with every committed revision (see :mod:`.notify`).
 
@@ -135,12 +140,28 @@ def _run(tx, statements):
             tx.run(s)
 
 
+#: ``Dialect.migration_lock`` of a dialect whose engine has no cluster-wide named lock:
+#: instances take turns through a claim row in :data:`LOCK_TABLE` instead.
+CLAIM_ROW = "claim-row"
+#: The claim row's table (not part of the versioned schema: it exists before the
+#: migrations run, and is created the same idempotent way by whoever comes first).
+LOCK_TABLE = "etcd_schema_lock"
+#: A claim lasts this long (milliseconds of the wall clock): a holder that died
+#: mid-migration blocks the others no longer (migrations are idempotent, see above).
+CLAIM_MS = 120000
+#: How long an instance waits for another's claim (seconds), and how often it looks.
+CLAIM_WAIT = 60.0
+CLAIM_POLL = 0.1
+
+
 def migrate(session, d, initial_revision):
     """Create or upgrade the schema (in a pool thread); returns the version found.
     Several processes starting at once take turns (``Dialect.migration_lock``)."""
     lock = d.migration_lock
     if lock is None:
         return _migrate(session, d, initial_revision)
+    if lock == CLAIM_ROW:
+        return _claimed(session, d, initial_revision)
     session.transaction("ddl", lambda tx: tx.run(lock[0]))
     try:
         return _migrate(session, d, initial_revision)
@@ -170,3 +191,47 @@ def _migrate(session, d, initial_revision):
         session.transaction("ddl", step)
     return found
 
+
+
+def _claimed(session, d, initial_revision):
+    """The migration under a claim row: ``holder`` is set by one committed UPDATE that
+    only succeeds while nobody else's unexpired claim is there.  A committed write is
+    what every node of a multi-primary cluster agrees on -- Galera certifies two
+    concurrent claims and aborts one (retried: it then finds the row taken), TiDB and
+    Group Replication order them too --, whereas GET_LOCK() and a held row lock
+    (SELECT ... FOR UPDATE) are local to one Galera node."""
+    import os
+    import time
+    import uuid
+    me = "%s:%d:%s" % (os.uname()[1][:30], os.getpid(), uuid.uuid4().hex[:12])
+
+    def prepare(tx):
+        for stmt in d.create_table(LOCK_TABLE, ["id %s NOT NULL" % d.INT,
+                                                "holder VARCHAR(64) NOT NULL",
+                                                "expires %s NOT NULL" % d.BIGINT], ["id"]):
+            tx.run(stmt)
+        tx.run(d.insert_ignore(LOCK_TABLE, ["id", "holder", "expires"]), (1, "", 0))
+    session.transaction("ddl", prepare)
+
+    def claim(tx):
+        now = int(time.time() * 1000)
+        return tx.run("UPDATE " + LOCK_TABLE + " SET holder = %s, expires = %s "
+                      "WHERE id = 1 AND (holder = '' OR holder = %s OR expires < %s)",
+                      (me, now + CLAIM_MS, me, now)) == 1
+    give_up = time.monotonic() + CLAIM_WAIT
+    while not session.transaction("ddl", claim):
+        if time.monotonic() > give_up:
+            holder = session.transaction("ddl", lambda tx: tx.one(
+                "SELECT holder FROM " + LOCK_TABLE + " WHERE id = 1"))[0]
+            raise SchemaError("the schema lock (table %s) has been held by %s for over "
+                              "%.0fs" % (LOCK_TABLE, holder, CLAIM_WAIT))
+        time.sleep(CLAIM_POLL)
+    try:
+        return _migrate(session, d, initial_revision)
+    finally:
+        try:
+            session.transaction("ddl", lambda tx: tx.run(
+                "UPDATE " + LOCK_TABLE + " SET holder = '', expires = 0 WHERE id = 1 "
+                "AND holder = %s", (me,)))
+        except Exception:
+            pass                     # the claim expires
