@@ -21,6 +21,11 @@ def pytest_configure(config):
         "markers",
         "adapter: needs the server under test (our adapter; a second etcd when "
         "ETCDADAPTER_TEST_TARGET=etcd)")
+    config.addinivalue_line(
+        "markers",
+        "serial: run alone, not beside other tests (./run-tests runs these after the "
+        "parallel part): restarts or pauses the shared databases, starts a Galera "
+        "cluster, or measures stalls")
 
 
 def pytest_report_header(config):

@@ -37,7 +37,7 @@ import servers
 from gateway_client import GatewayClient, b64
 from test_sql_multi import INCREMENTS, Watcher, incrementer, ok
 
-pytestmark = pytest.mark.adapter
+pytestmark = [pytest.mark.adapter, pytest.mark.serial]
 
 KV = "/etcdserverpb.KV/"
 LEASE = "/etcdserverpb.Lease/"

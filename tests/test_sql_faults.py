@@ -38,7 +38,7 @@ import stores
 from stores import create_database
 from test_sql_multi import Watcher, ok, start_adapters
 
-pytestmark = pytest.mark.adapter
+pytestmark = [pytest.mark.adapter, pytest.mark.serial]
 
 KV = "/etcdserverpb.KV/"
 PREFIX = b"/fault/"

@@ -38,6 +38,8 @@ from fired import result
 from stores import create_database, raw
 from test_sql_multi import Watcher, ok, start_adapters
 
+pytestmark = pytest.mark.serial     # pauses adapters and times how others answer
+
 KV = "/etcdserverpb.KV/"
 TIMED_OUT = ("UNAVAILABLE", "etcdserver: request timed out")
 FAST = 0.1               # seconds a get or /health may take while writes wait
