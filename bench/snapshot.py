@@ -79,20 +79,6 @@ def empty_database(kind, out):
         kind, lambda cur: cur.execute("DROP DATABASE IF EXISTS " + name + force))
 
 
-class RestoredEtcd(servers.EtcdServer):
-    def __init__(self, label, snapshot):
-        servers.EtcdServer.__init__(self, label)
-        self.snapshot = snapshot
-
-    def _allocate_ports(self):
-        servers.EtcdServer._allocate_ports(self)
-        peer = "http://127.0.0.1:%d" % self.peer_port
-        etcdctl("snapshot", "restore", self.snapshot, "--name", "default",
-                "--data-dir", os.path.join(self._tmp, "data"),
-                "--initial-cluster", "default=" + peer,
-                "--initial-advertise-peer-urls", peer)
-
-
 def main(n):
     out = tempfile.mkdtemp(prefix="snapshot-bench-")
     try:
@@ -136,7 +122,7 @@ def main(n):
             finally:
                 drop()
         started = time.monotonic()
-        etcd = RestoredEtcd("bench-etcd", path).start()
+        etcd = servers.RestoredEtcd("bench-etcd", path).start()
         print("etcdctl snapshot restore + etcd start: %.2fs" % (time.monotonic() - started))
         with grpc.insecure_channel(etcd.endpoint) as channel:
             r = unary(channel, "/etcdserverpb.KV/Range", rpc.RangeResponse)(

@@ -367,6 +367,30 @@ def _shift_revisions(endpoint, offset):
         del_call(delete, timeout=5)
 
 
+class RestoredEtcd(EtcdServer):
+    """A real etcd started on the data directory ``etcdctl snapshot restore`` made from
+    the snapshot file ``snapshot``."""
+
+    def __init__(self, label, snapshot):
+        EtcdServer.__init__(self, label)
+        self.snapshot = snapshot
+
+    def _allocate_ports(self):
+        EtcdServer._allocate_ports(self)
+        peer = "http://127.0.0.1:%d" % self.peer_port
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        env["ETCDCTL_API"] = "3"
+        r = subprocess.run(
+            [ETCDCTL_BIN, "snapshot", "restore", self.snapshot, "--name", "default",
+             "--data-dir", os.path.join(self._tmp, "data"),
+             "--initial-cluster", "default=" + peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster-token", "etcdadapter-test-%d" % self.port],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError("etcdctl snapshot restore %s: %s"
+                               % (self.snapshot, r.stderr.decode(errors="replace")))
+
+
 class AdapterServer(Server):
     """Our etcd-adapter, run through twistd exactly as in production."""
 

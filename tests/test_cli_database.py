@@ -74,7 +74,7 @@ def test_mariadb_errors_are_one_line():
             % (none, hp, db, none, db))
         assert fails_with("mysql://%s:pw@%s/%s" % (ro, hp, db)) == (
             "etcd-adapter: store mysql://%s@%s/%s: CREATE command denied to user "
-            "'%s'@'127.0.0.1' for table `%s`.`etcd_schema_version`; grant the user its "
+            "'%s'@'127.0.0.1' for table `%s`.`etcd_schema_lock`; grant the user its "
             "rights (README: Quick start per store)" % (ro, hp, db, ro, db))
     finally:
         _admin("mariadb", "DROP DATABASE IF EXISTS " + db,

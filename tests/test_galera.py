@@ -35,7 +35,7 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 import galera
 import servers
 from gateway_client import GatewayClient, b64
-from test_sql_multi import INCREMENTS, Watcher, incrementer, ok
+from test_sql_multi import INCREMENTS, Watcher, run_incrementers, ok
 
 pytestmark = [pytest.mark.adapter, pytest.mark.serial]
 
@@ -281,16 +281,7 @@ def test_compare_and_swap_through_three_nodes(adapters):
     watchers = [Watcher(a, key=b"/multi/", range_end=b"/multi0", start_revision=base)
                 for a in adapters]
     try:
-        acked, errors = [], []
-        threads = [threading.Thread(target=incrementer, args=(a, i, acked, errors))
-                   for i, a in enumerate(adapters)]
-        t = time.monotonic()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(120)
-        elapsed = time.monotonic() - t
-        assert not errors, errors
+        acked, elapsed = run_incrementers(adapters)
         total = 3 * INCREMENTS
         with servers.GrpcClient(adapters[2].endpoint) as c:
             kv = get(c, counter).kvs[0]

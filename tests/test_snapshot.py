@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 
@@ -419,23 +418,6 @@ def test_restore_refuses_a_damaged_file(etcd_snapshot, tmp_path):
 
 # -- out --------------------------------------------------------------------------------
 
-class RestoredEtcd(servers.EtcdServer):
-    """A real etcd started on the data directory ``etcdctl snapshot restore`` made."""
-
-    def __init__(self, label, snapshot):
-        servers.EtcdServer.__init__(self, label)
-        self.snapshot = snapshot
-
-    def _allocate_ports(self):
-        servers.EtcdServer._allocate_ports(self)
-        peer = "http://127.0.0.1:%d" % self.peer_port
-        etcdctl("snapshot", "restore", self.snapshot, "--name", "default",
-                "--data-dir", os.path.join(self._tmp, "data"),
-                "--initial-cluster", "default=" + peer,
-                "--initial-advertise-peer-urls", peer,
-                "--initial-cluster-token", "etcdadapter-test-%d" % self.port)
-
-
 @pytest.mark.parametrize("kind", stores.KINDS)
 def test_etcdctl_snapshot_save_from_the_adapter(kind, tmp_path, request):
     if servers.missing_binaries():
@@ -461,7 +443,7 @@ def test_etcdctl_snapshot_save_from_the_adapter(kind, tmp_path, request):
     assert status["totalSize"] == os.path.getsize(path) - 32
     # key bucket: the versions kept from the compact revision on; plus meta, lease,
     # auth, users, roles and cluster entries.
-    etcd = RestoredEtcd("from-adapter-" + kind, path)
+    etcd = servers.RestoredEtcd("from-adapter-" + kind, path)
     request.node._etcdadapter_servers.append(etcd)
     wait_answering(etcd)
     request.addfinalizer(etcd.cleanup)
