@@ -514,12 +514,12 @@ def test_a_new_stream_costs_no_walk_over_the_open_ones():
 def test_a_connection_window_update_wakes_only_streams_waiting_for_window(monkeypatch):
     from etcdadapter.transport import h2_server
     woken = []
-    original = h2_server.GrpcCall._window_opened
+    original = h2_server.GrpcCall.window_opened
 
     def spy(call):
         woken.append(call.stream_id)
         return original(call)
-    monkeypatch.setattr(h2_server.GrpcCall, "_window_opened", spy)
+    monkeypatch.setattr(h2_server.GrpcCall, "window_opened", spy)
     reg, handlers = echo_registry()
     h = Harness(reg)
     sids = [h.start_call("/etcdserverpb.Watch/Watch") for _ in range(50)]

@@ -20,15 +20,15 @@ import hyperframe.frame
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from etcdadapter.errors import EtcdError, StatusCode, ErrStopped
-from etcdadapter.services.rpc import CallContext, ServerStream, UNARY, as_etcd_error
+from etcdadapter.errors import EtcdError, StatusCode
+from etcdadapter.services.rpc import CallContext, UNARY, as_etcd_error
 from etcdadapter.transport import grpc_codec
 from etcdadapter.transport.proto_decode import decode
 from etcdadapter.transport.h2_connection import ServerConnection
 from etcdadapter.transport.h2_frame_guard import FrameGuard, FrameLimitExceeded
+from etcdadapter.transport.h2_streams import GrpcCall, H2HttpExchange, error_trailers
 from etcdadapter.transport.hpack_cache import CachingEncoder
-from etcdadapter.transport.http_exchange import HttpExchange
-from etcdadapter.transport.output_budget import OutputBudget, Outbox
+from etcdadapter.transport.output_budget import OutputBudget
 
 log = Logger()
 
@@ -61,54 +61,6 @@ class H2Settings(object):
 # Events that belong to one stream's request (held with it while it waits).
 _STREAM_INPUT_EVENTS = (h2.events.DataReceived, h2.events.StreamEnded,
                         h2.events.TrailersReceived)
-
-
-def _error_trailers(error):
-    trailers = [("grpc-status", str(error.code))]
-    if error.message:
-        trailers.append(("grpc-message", grpc_codec.encode_grpc_message(error.message)))
-    return trailers
-
-
-class GrpcCall(ServerStream):
-    """One gRPC call on one HTTP/2 stream (unary or streaming)."""
-
-    def __init__(self, server, stream_id, method, context, decoder):
-        ServerStream.__init__(self, context)
-        self.server = server
-        self.stream_id = stream_id
-        self.method = method
-        self.decoder = decoder
-        self.request_payloads = []      # unary: collected until END_STREAM
-        self.headers_sent = False
-        self.pending = Outbox(server.budget)   # response bytes waiting for window
-        self.trailers = None            # sent once pending is drained
-        self.deferred = None            # unary handler's Deferred (for cancellation)
-        self.timer = None
-
-    # -- handler-facing API --------------------------------------------------------
-    def send(self, response):
-        if self.closed:
-            return
-        payload = response.SerializeToString()
-        self.server._send_grpc_data(self, grpc_codec.frame_message(payload))
-
-    def pending_bytes(self):
-        """Response bytes queued behind HTTP/2 flow control or in the socket's buffer
-        (the watch hub's slow-consumer signal; the socket is shared by the streams)."""
-        return len(self.pending) + self.server.budget.transport_unsent()
-
-    def _window_opened(self):
-        if self.pending:
-            self.server._flush_stream(self)
-
-    def finish(self, error=None):
-        if self.closed:
-            return
-        self.closed = True
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.server._finish_grpc(self, error)
 
 
 class H2Server(object):
@@ -194,21 +146,26 @@ class H2Server(object):
         self._update_activity()
 
     def connection_lost(self):
+        self._tear_down()
+        if self._draining is not None and not self._draining.called:
+            self._draining.callback(None)
+
+    def _tear_down(self):
+        """The connection is gone (or going): every stream is cancelled, nothing more
+        is dispatched or sent on a stream."""
         self._closed = True
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
-        self._held.clear()
-        self._held_streams.clear()
-        self._waiting.clear()
         if self._dirty_call is not None and self._dirty_call.active():
             self._dirty_call.cancel()
         self._dirty_call = None
         self._dirty.clear()
-        for stream in list(self.streams.values()):
-            self._cancel_stream(stream)
-        self.streams.clear()
-        if self._draining is not None and not self._draining.called:
-            self._draining.callback(None)
+        self._held.clear()
+        self._held_streams.clear()
+        self._waiting.clear()
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.cancel()
 
     def shutdown(self, linger=0):
         """Send GOAWAY, let in-flight unary calls finish, end streaming calls with
@@ -231,9 +188,7 @@ class H2Server(object):
                 0, last_stream_id=self.conn.highest_inbound_stream_id,
                 error_code=h2.errors.ErrorCodes.NO_ERROR).serialize())
             for stream in list(self.streams.values()):
-                if isinstance(stream, GrpcCall) and stream.method.kind != UNARY:
-                    stream.on_cancel()
-                    stream.finish(ErrStopped())
+                stream.server_stopping()
             self._flush()
             self._maybe_close_drained()
         return self._draining
@@ -278,13 +233,7 @@ class H2Server(object):
                 pass
         self._in_receive = False
         self._flush()
-        self._closed = True
-        self._held.clear()
-        self._held_streams.clear()
-        self._waiting.clear()
-        for stream in list(self.streams.values()):
-            self._cancel_stream(stream)
-        self.streams.clear()
+        self._tear_down()
         self._lose_connection()
 
     def _flush(self):
@@ -351,57 +300,70 @@ class H2Server(object):
 
     # -- events --------------------------------------------------------------------
     def _handle_event(self, event):
-        t = type(event)
-        if t is h2.events.RequestReceived:
-            self._request_received(event)
-        elif t is h2.events.DataReceived:
-            self._data_received(event)
-        elif t is h2.events.StreamEnded:
-            self._stream_ended(event.stream_id)
-        elif t is h2.events.StreamReset:
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None:
-                self._cancel_stream(stream)
-                self._maybe_close_drained()
-                self._update_activity()
-        elif t is h2.events.WindowUpdated:
-            if event.stream_id:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    stream._window_opened()
-            else:
-                self._windows_opened()
-        elif t is h2.events.RemoteSettingsChanged:
-            self._settled = True        # the client's first SETTINGS: its head is in
-            self._windows_opened()
-        elif t is h2.events.ConnectionTerminated:
-            self._closed = True
-            self._held.clear()
-            self._held_streams.clear()
-            self._waiting.clear()
-            for stream in list(self.streams.values()):
-                self._cancel_stream(stream)
-            self.streams.clear()
-            self._lose_connection()
-        elif t is h2.events.TrailersReceived:
+        handler = self._event_handlers.get(type(event))
+        if handler is not None:     # PingReceived (auto-acked by h2), SettingsAcknowledged,
+            handler(self, event)    # PriorityUpdated...: nothing to do
+
+    def _on_request(self, event):
+        self._request_received(event)
+
+    def _on_data(self, event):
+        if event.flow_controlled_length:
+            self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                event.stream_id)
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.body_received(event.data)
+
+    def _on_stream_ended(self, event):
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.request_complete()
+
+    def _on_trailers(self, event):
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.trailers_received(event.stream_ended)
+
+    def _on_reset(self, event):
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is not None:
+            self._cancel_stream(stream)
+            self._maybe_close_drained()
+            self._update_activity()
+
+    def _on_window_update(self, event):
+        if event.stream_id:
             stream = self.streams.get(event.stream_id)
-            if isinstance(stream, GrpcCall):
-                # A gRPC request has no trailers: grpc-go resets the stream (PROTOCOL_ERROR)
-                # and the call ends unanswered.
-                del self.streams[event.stream_id]
-                self._cancel_stream(stream)
-                self._reset(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-                self._maybe_close_drained()
-                self._update_activity()
-            elif event.stream_ended:
-                self._stream_ended(event.stream_id)
-        # PingReceived (auto-acked by h2), SettingsAcknowledged, PriorityUpdated: nothing
+            if stream is not None:
+                stream.window_opened()
+        else:
+            self._windows_opened()
+
+    def _on_remote_settings(self, event):
+        self._settled = True        # the client's first SETTINGS: its head is in
+        self._windows_opened()
+
+    def _on_terminated(self, event):
+        self._tear_down()
+        self._lose_connection()
+
+    _event_handlers = {
+        h2.events.RequestReceived: _on_request,
+        h2.events.DataReceived: _on_data,
+        h2.events.StreamEnded: _on_stream_ended,
+        h2.events.TrailersReceived: _on_trailers,
+        h2.events.StreamReset: _on_reset,
+        h2.events.WindowUpdated: _on_window_update,
+        h2.events.RemoteSettingsChanged: _on_remote_settings,
+        h2.events.ConnectionTerminated: _on_terminated,
+    }
 
     def _windows_opened(self):
         # Only the streams whose output waits for window: a connection may hold many
         # streams, and a WINDOW_UPDATE may come with every DATA frame the client reads.
         for stream in list(self._waiting):
-            stream._window_opened()
+            stream.window_opened()
 
     def _request_received(self, event):
         stream_id = event.stream_id
@@ -422,7 +384,7 @@ class H2Server(object):
             exchange = H2HttpExchange(self, stream_id, headers, first)
             self.streams[stream_id] = exchange
             if event.stream_ended:
-                self._stream_ended(stream_id)
+                exchange.request_complete()
 
     def _start_grpc(self, stream_id, headers, metadata, ended):
         timeout = headers.get("grpc-timeout")
@@ -463,67 +425,7 @@ class H2Server(object):
                 return
             self._invoke_streaming(call)
         if ended and not call.closed:
-            self._stream_ended(stream_id)
-
-    def _data_received(self, event):
-        stream_id = event.stream_id
-        if event.flow_controlled_length:
-            self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        if isinstance(stream, HttpExchange):
-            stream._body_received(event.data)
-            return
-        if stream.closed:
-            return
-        try:
-            payloads = stream.decoder.feed(event.data)
-        except EtcdError as error:
-            stream.on_cancel()
-            stream.finish(error)
-            return
-        if not payloads:
-            return
-        if stream.method.kind == UNARY:
-            stream.request_payloads.extend(payloads)
-            return
-        for payload in payloads:
-            if stream.closed:
-                return
-            try:
-                request = decode(stream.method.request_type, payload)
-            except EtcdError as e:
-                stream.on_cancel()
-                stream.finish(e)
-                return
-            try:
-                stream.on_message(request)
-            except Exception as e:
-                stream.on_cancel()
-                stream.finish(as_etcd_error(e))
-
-    def _stream_ended(self, stream_id):
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return
-        if isinstance(stream, HttpExchange):
-            stream._request_complete()
-            return
-        if stream.closed:
-            return
-        if stream.decoder.pending:
-            stream.on_cancel()
-            stream.finish(EtcdError(StatusCode.UNKNOWN, "unexpected EOF"))
-            return
-        if stream.method.kind == UNARY:
-            self._invoke_unary(stream)
-        else:
-            try:
-                stream.on_half_close()
-            except Exception as e:
-                stream.on_cancel()
-                stream.finish(as_etcd_error(e))
+            call.request_complete()
 
     # -- calls ---------------------------------------------------------------------
     def _expired(self, call):
@@ -589,23 +491,15 @@ class H2Server(object):
 
     def _cancel_stream(self, stream):
         self._waiting.pop(stream, None)
-        if isinstance(stream, HttpExchange):
-            stream._pending.clear()
-            stream._connection_lost()
-            return
-        stream.pending.clear()
-        if stream.closed:
-            return
-        stream.closed = True
-        if stream.timer is not None and stream.timer.active():
-            stream.timer.cancel()
-        if stream.deferred is not None:
-            d, stream.deferred = stream.deferred, None
-            d.cancel()
-        try:
-            stream.on_cancel()
-        except Exception:
-            log.failure("error in on_cancel")
+        stream.cancel()
+
+    def _abort(self, stream, code):
+        """End ``stream`` at once with RST_STREAM ``code`` (no answer)."""
+        del self.streams[stream.stream_id]
+        self._cancel_stream(stream)
+        self._reset(stream.stream_id, code)
+        self._maybe_close_drained()
+        self._update_activity()
 
     # -- output --------------------------------------------------------------------
     def _send_grpc_data(self, call, data):
@@ -614,7 +508,7 @@ class H2Server(object):
             self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
         call.pending.add(data)
         if call.method.kind == UNARY:
-            self._flush_stream(call)
+            self._drain(call)
             return
         # A watch fan-out sends many messages to a stream in one reactor turn: frame
         # them together at the end of the turn (one DATA frame and one socket write
@@ -630,7 +524,7 @@ class H2Server(object):
             return
         for call in dirty:
             if self.streams.get(call.stream_id) is call and call.pending:
-                self._flush_stream(call, write=False)
+                self._drain(call, write=False)
         self._flush()
 
     def _finish_grpc(self, call, error):
@@ -639,45 +533,44 @@ class H2Server(object):
         if not call.headers_sent and not call.pending:
             self._send_trailers_only(call.stream_id, error)
             return
-        call.trailers = _OK_TRAILERS if error is None else _error_trailers(error)
-        self._flush_stream(call)
+        call.trailers = _OK_TRAILERS if error is None else error_trailers(error)
+        self._drain(call)
 
     def _send_trailers_only(self, stream_id, error):
         headers = list(_RESPONSE_HEADERS[:2])
-        headers.extend(_OK_TRAILERS if error is None else _error_trailers(error))
+        headers.extend(_OK_TRAILERS if error is None else error_trailers(error))
         self._safe(self.conn.send_headers, stream_id, headers, end_stream=True)
         self._stream_done(stream_id)
         self._flush()
 
-    def _flush_stream(self, call, write=True):
+    def _drain(self, stream, write=True):
+        """Frame as much of ``stream.pending`` as the flow-control windows allow; a
+        stream whose output is all out is told (``drained``: trailers, END_STREAM)."""
         conn = self.conn
-        sid = call.stream_id
-        pending = call.pending
+        sid = stream.stream_id
+        pending = stream.pending
         try:
             while pending:
                 window = conn.local_flow_control_window(sid)
                 if window <= 0:
-                    self._waiting[call] = None
+                    self._waiting[stream] = None
                     break
                 size = min(window, conn.max_outbound_frame_size, len(pending))
                 conn.send_data(sid, pending.take(size))
             else:
-                self._waiting.pop(call, None)
-            if not pending and call.trailers is not None:
-                conn.send_headers(sid, call.trailers, end_stream=True)
-                call.trailers = None
-                self._stream_done(sid)
+                self._waiting.pop(stream, None)
+                stream.drained()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             # The client reset the stream or closed the connection meanwhile.
             pending.clear()
-            self._waiting.pop(call, None)
+            self._waiting.pop(stream, None)
             self._stream_done(sid)
         if write:
             self._flush()
 
     def _stream_done(self, stream_id):
         stream = self.streams.pop(stream_id, None)
-        if stream is not None and getattr(stream, "decoder", None) is not None \
+        if stream is not None and stream.stops_request_when_answered \
                 and not self._closed:
             # The client may still be sending (we answered early); tell it to stop.
             state = self.conn.streams.get(stream_id)
@@ -695,78 +588,3 @@ class H2Server(object):
             fn(*args, **kwargs)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             pass
-
-
-class H2HttpExchange(HttpExchange):
-    """A plain HTTP request carried on an HTTP/2 stream (the JSON gateway over h2)."""
-
-    def __init__(self, server, stream_id, headers, fields):
-        HttpExchange.__init__(
-            self, method=headers.get(":method", "GET"), uri=headers.get(":path", "/"),
-            headers=fields,
-            context=CallContext(metadata={}, peer=server.peer, transport="http",
-                                peer_identity=server.peer_identity))
-        self.server = server
-        self.stream_id = stream_id
-        self._chunks = []
-        self._received = 0
-        self._pending = Outbox(server.budget)
-        self._end_after = False
-
-    def _body_received(self, data):
-        self._received += len(data)
-        if self._received > self.server.router.max_body_bytes:
-            self.body_too_large = True      # keep reading (flow control), keep nothing
-            self._chunks = []
-        elif not self.body_too_large:
-            self._chunks.append(data)
-
-    def _request_complete(self):
-        self.body = b"".join(self._chunks)
-        self._chunks = None
-        self.server.router.dispatch(self)
-
-    def _send_head(self, status, headers):
-        hdrs = [(":status", str(status))]
-        hdrs.extend((k.lower(), v) for k, v in headers
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"))
-        self.server._safe(self.server.conn.send_headers, self.stream_id, hdrs)
-        self.server._flush()
-
-    def _send_body(self, data, end):
-        self._pending.add(data)
-        self._end_after = self._end_after or end
-        self._drain()
-
-    def _window_opened(self):
-        if self._pending:
-            self._drain()
-
-    def pending_bytes(self):
-        return len(self._pending) + self.server.budget.transport_unsent()
-
-    def _drain(self):
-        server = self.server
-        conn = server.conn
-        sid = self.stream_id
-        try:
-            while self._pending:
-                window = conn.local_flow_control_window(sid)
-                if window <= 0:
-                    server._waiting[self] = None
-                    return
-                size = min(window, conn.max_outbound_frame_size, len(self._pending))
-                conn.send_data(sid, self._pending.take(size))
-            server._waiting.pop(self, None)
-            if self._end_after:
-                conn.end_stream(sid)
-                server.streams.pop(sid, None)
-                server._maybe_close_drained()
-                server._update_activity()
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self._pending.clear()
-            server._waiting.pop(self, None)
-            server.streams.pop(sid, None)
-            server._update_activity()
-        finally:
-            server._flush()
