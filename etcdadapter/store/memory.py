@@ -144,7 +144,8 @@ class MemoryStore(Store):
         self._notifying = False
         self.keyspace = Keyspace(initial_revision, lease_exists=self.leases.__contains__,
                                  on_commit=self._unnotified.append)
-        self.keyspace.before_commit = self._before_commit
+        if self.floor is not None:       # the hook only ever acts with a floor file
+            self.keyspace.before_commit = self._before_commit
         self._view = self.keyspace.view
         self._auth_blob = None
         self._run_in_thread = run_in_thread or threads.deferToThread
@@ -372,7 +373,6 @@ class MemoryStore(Store):
         except Exception as e:
             return fail(e)
         ks.on_commit = self._unnotified.append
-        ks.before_commit = self._before_commit
         ks.view = KeyspaceView(ks, self.leases.__contains__)
         self.keyspace = ks
         self._view = ks.view
