@@ -1,4 +1,6 @@
-"""The stores + mvcc: revision semantics as etcd 3.4/3.5 has them (see etcd-api.md §4).
+"""The stores + mvcc: revision semantics as etcd 3.4/3.5 has them (etcd's
+``etcdserver/apply.go`` and ``mvcc/kvstore_txn.go``; etcdadapter/store/mvcc.py says where
+it follows them).
 
 Every test taking ``s`` runs on each store (memory, sqlite, mariadb, postgresql; see
 tests/stores.py).  The memory store's Deferreds are already fired and the SQL stores are
