@@ -15,6 +15,7 @@ SQL store implements it inside one database transaction and calls the very same 
     resp, events = mvcc.delete_range(view, request)        # DeleteRangeRequest
     resp, events = mvcc.txn(view, request)                 # TxnRequest
     revision, events = mvcc.replace_prefix(view, prefix, items)   # embedding API
+    revision = mvcc.delete_keys(view, keys)                # a lease's revocation
     mvcc.compact(view, revision)
 
 Each returns the response protobuf with ``header.revision`` set (the services layer adds
@@ -26,8 +27,8 @@ something, as the very last step: if it raises, nothing has been committed.
 Every write takes one path, as in etcd: the request opens one write transaction
 (``_Write``, etcd's storeTxnWrite), its puts and deletes go through ``_put`` /
 ``_delete_range`` -- the same two functions for a top-level Put or DeleteRange and for a
-Txn's ops -- which write through ``_Write.put`` / ``_Write.delete`` (replace_prefix uses
-those two directly), and ``_Write.end`` commits the one new revision.
+Txn's ops -- which write through ``_Write.put`` / ``_Write.delete`` (replace_prefix and
+delete_keys use those two directly), and ``_Write.end`` commits the one new revision.
 
 Syntactic validation (empty keys, op counts, duplicate keys in a txn, ``ignore_value`` with a
 value, ...) is the services layer's job and is not repeated here.
@@ -48,7 +49,7 @@ from etcdadapter.store.base import DELETE, KV, PUT, Change, Event
 
 __all__ = [
     "ReadView", "WriteView", "range_", "put", "delete_range", "txn", "replace_prefix",
-    "compact",
+    "delete_keys", "compact",
     "check_compact", "hash_kv", "compact_versions", "in_range", "txn_is_read_only", "filter_change",
     "select_history", "prefix_end", "kv_to_pb", "kv_from_pb", "event_to_pb", "tombstone",
 ]
@@ -625,6 +626,19 @@ def delete_range(view, request):
     _delete_range(w, request, resp)
     w.end()
     return resp, w.events
+
+
+def delete_keys(view, keys):
+    """Delete the live ones among ``keys`` in one new revision, in key order -- a lease's
+    revocation (etcd's lessor deletes the attached keys in one write txn).  Returns the
+    new revision, or the current one when none was live (nothing is written)."""
+    w = _Write(view)
+    begin = w.begin
+    for key in sorted(keys):
+        kv = view.get(key, begin)
+        if kv is not None:
+            w.delete(kv)
+    return w.end()
 
 
 # ---------------------------------------------------------------------------------------
