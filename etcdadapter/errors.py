@@ -111,6 +111,11 @@ ErrNoSpace = error_kind("ErrNoSpace", _C.RESOURCE_EXHAUSTED,
                         "etcdserver: mvcc: database space exceeded")
 ErrRequestTooLarge = error_kind("ErrRequestTooLarge", _C.INVALID_ARGUMENT,
                                 "etcdserver: request is too large")
+ErrInvalidSortOption = error_kind("ErrInvalidSortOption", _C.INVALID_ARGUMENT,
+                                  "etcdserver: invalid sort option")
+# Ours (ReplacePrefix, the embedding API's resync, is not an etcd request).
+ErrKeyOutsidePrefix = error_kind("ErrKeyOutsidePrefix", _C.INVALID_ARGUMENT,
+                                 "etcd-adapter: key outside the replaced prefix")
 
 # Lease
 ErrLeaseNotFound = error_kind("ErrLeaseNotFound", _C.NOT_FOUND,
@@ -163,6 +168,9 @@ ErrPermissionNotGiven = error_kind("ErrPermissionNotGiven", _C.INVALID_ARGUMENT,
                                    "etcdserver: permission not given")
 ErrInvalidAuthMgmt = error_kind("ErrInvalidAuthMgmt", _C.INVALID_ARGUMENT,
                                 "etcdserver: invalid auth management")
+# Ours: etcd 3.5's hashedPassword field of AuthUserAdd, which this adapter does not take.
+ErrHashedPassword = error_kind("ErrHashedPassword", _C.INVALID_ARGUMENT,
+                               "etcdserver: hashed passwords are not supported")
 
 
 def message_too_large(size, limit):

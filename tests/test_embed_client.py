@@ -327,3 +327,27 @@ def test_a_failed_start_raises_and_leaves_nothing_running():
         assert call(first.client().put, "k", "v").revision > 1     # the first one serves
     finally:
         call(first.stop)
+
+
+@pytest.mark.parametrize("store_kind", ["memory"])
+def test_a_watch_canceled_before_its_creation_fails_created_with_server_stopped(embedded):
+    # Canceled while the client was still logging in: neither created nor an error to
+    # report, so ``created`` fails with an ErrStopped instance -- under Twisted too (a
+    # class there is no exception to raise).
+    adapter = embedded()
+    with servers.GrpcClient(endpoint(adapter)) as g:
+        grpc_ok(g, AUTH + "UserAdd", rpc.AuthUserAddRequest(name="root", password="pw"),
+                rpc.AuthUserAddResponse)
+        grpc_ok(g, AUTH + "UserGrantRole", rpc.AuthUserGrantRoleRequest(
+            user="root", role="root"), rpc.AuthUserGrantRoleResponse)
+        grpc_ok(g, AUTH + "AuthEnable", rpc.AuthEnableRequest(), rpc.AuthEnableResponse)
+    client = adapter.client(user="root", password="pw")
+
+    def cancel_at_once():
+        w = client.watch("k")
+        w.cancel()
+        return w.created
+    e = error_of(cancel_at_once)
+    assert type(e) is errors.ErrStopped
+    assert (e.code, e.message) == (errors.StatusCode.UNAVAILABLE,
+                                   "etcdserver: server stopped")

@@ -1,4 +1,6 @@
-"""The stores + mvcc: revision semantics as etcd 3.4/3.5 has them (see etcd-api.md §4).
+"""The stores + mvcc: revision semantics as etcd 3.4/3.5 has them (etcd's
+``etcdserver/apply.go`` and ``mvcc/kvstore_txn.go``; etcdadapter/store/mvcc.py says where
+it follows them).
 
 Every test taking ``s`` runs on each store (memory, sqlite, mariadb, postgresql; see
 tests/stores.py).  The memory store's Deferreds are already fired and the SQL stores are
@@ -18,6 +20,7 @@ from etcdadapter.store import keyspace, memory, mvcc
 from etcdadapter.store.base import DELETE, KV, PUT, Change, Event, StoreStatus
 from etcdadapter.store.memory import MemoryStore
 from fired import error_of, result
+import stores
 from stores import is_memory, raw, settle
 
 
@@ -1007,3 +1010,58 @@ def test_floor_file_refusals(tmp_path):
     assert err.code == errors.StatusCode.UNAVAILABLE
     assert err.message.startswith("etcd-adapter: cannot record the revision floor in ")
     assert st.revision == 100 and result(st.range(rpc.RangeRequest(key=b"k"))).count == 0
+
+
+# -- stopping ---------------------------------------------------------------------------
+
+def test_requests_racing_a_stop_get_server_stopped(s):
+    # Each request is issued right after stop() began (on the reactor thread, before
+    # the stop has finished): etcd's Unavailable "etcdserver: server stopped", an
+    # instance (a class would reach the client as Unknown), on every store.
+    put(s, b"k", b"v")
+    lease_id = result(s.lease_grant(0, 60))[0]
+    store = raw(s)
+    requests = {
+        "range": lambda: store.range(rpc.RangeRequest(key=b"k")),
+        "put": lambda: store.put(rpc.PutRequest(key=b"k", value=b"w")),
+        "delete_range": lambda: store.delete_range(rpc.DeleteRangeRequest(key=b"k")),
+        "txn": lambda: store.txn(rpc.TxnRequest(success=[op_put(b"k", b"w")])),
+        "replace_prefix": lambda: store.replace_prefix(b"k", {}),
+        "compact": lambda: store.compact(1),
+        "lease_grant": lambda: store.lease_grant(0, 60),
+        "lease_revoke": lambda: store.lease_revoke(lease_id),
+        "status": store.status,
+    }
+
+    def race():
+        stopping = store.stop()
+        return stopping, {name: request() for name, request in requests.items()}
+
+    if is_memory(s):
+        stopping, pending = race()
+    else:
+        stopping, pending = stores.call(race)
+    answers = {}
+    for name, d in pending.items():
+        out = []
+        if is_memory(s):
+            d.addBoth(out.append)
+        else:
+            try:
+                out.append(stores.call(lambda: d))
+            except Exception as e:
+                out.append(e)
+        answers[name] = out[0].value if hasattr(out[0], "value") else out[0]
+    expected = {name: (errors.ErrStopped, errors.StatusCode.UNAVAILABLE,
+                       "etcdserver: server stopped") for name in requests}
+    assert {name: (type(e), getattr(e, "code", None), getattr(e, "message", None))
+            for name, e in answers.items()} == expected
+    if is_memory(s):
+        result(stopping)
+        # The memory store may be started again (the embedding API restarts it): it
+        # serves again, with its data.
+        result(store.start())
+        assert get(s, b"k").kvs[0].value == b"v"
+        assert put(s, b"k", b"w").header.revision == 3
+    else:
+        stores.call(lambda: stopping)

@@ -706,6 +706,30 @@ def test_auth_blob_compare_and_save(make_store):
     assert result(b.auth_load()) == b"four"
 
 
+@pytest.mark.parametrize("store_kind", ["postgresql"])
+def test_two_first_auth_saves_at_once(make_store):
+    """Another adapter's first save is in flight (its row inserted, not committed): ours
+    finds no row to lock, its INSERT waits on the key and fails as a duplicate once the
+    other commits -- internal control flow, answered False and rolled back, no error."""
+    import psycopg
+    s = make_store()
+    other = psycopg.connect(make_store.url)          # autocommit off: one open txn
+    try:
+        other.execute("INSERT INTO " + schema.AUTH + " (id, data) VALUES (1, %s)",
+                      (b"theirs",))
+        answers = []
+        stores.reactor().callFromThread(
+            lambda: raw(s).auth_save(b"ours", expected=None).addBoth(answers.append))
+        time.sleep(0.3)
+        assert answers == []                         # waiting on the uncommitted key
+        other.commit()
+        wait_until(lambda: answers, timeout=5)
+    finally:
+        other.close()
+    assert answers == [False]
+    assert result(s.auth_load()) == b"theirs"
+
+
 def test_compaction_refused_as_compacted_teaches_the_compact_revision(make_store):
     """An instance whose change feed has not polled since another compacted learns the
     compact revision from its refused Compact (before the fix it went on reporting -1

@@ -1,9 +1,12 @@
 """The host program's in-process client of an embedded adapter.
 
-Every call goes through the adapter's method registry -- the handlers gRPC and the JSON
-gateway call, with a :class:`~etcdadapter.services.rpc.CallContext` carrying the
+Every etcd call goes through the adapter's method registry -- the handlers gRPC and the
+JSON gateway call, with a :class:`~etcdadapter.services.rpc.CallContext` carrying the
 client's credentials -- so requests are validated, authorized, counted in ``/metrics``
 and answered exactly as for a remote client, only without encoding or a network hop.
+``replace_prefix`` is no etcd call and has no registry entry: it calls the KV service's
+``ReplacePrefix`` directly, validated and authorized the same way but not counted in
+``/metrics``.
 """
 
 from typing import Awaitable, Callable, Mapping, Optional, Sequence

@@ -154,7 +154,7 @@ class Watch(object):
             self._on_end(self)
         f = self._futures
         if self._created_f is not None and self._created_rev is None:
-            f.reject(self._created_f, error or errors.ErrStopped)
+            f.reject(self._created_f, error or errors.ErrStopped())
         if self._done_f is not None:
             self._settle_done(self._done_f)
         while self._waiters:
@@ -179,7 +179,7 @@ class Watch(object):
             if self._created_rev is not None:
                 self._futures.resolve(self._created_f, self._created_rev)
             elif self.ended:
-                self._futures.reject(self._created_f, self.error or errors.ErrStopped)
+                self._futures.reject(self._created_f, self.error or errors.ErrStopped())
         return self._created_f
 
     @property

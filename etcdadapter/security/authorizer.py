@@ -1,9 +1,9 @@
 """Who may do what, decided once per request from the call context, for every face.
 
 The services ask :meth:`Authorizer.permissions` with the call's context (the same object
-for gRPC, the JSON gateway and, later, the in-process client) and apply etcd's request
-checks (:mod:`etcdadapter.security.permissions`).  Two sources of permissions exist and a
-request must pass both when both are configured:
+for gRPC, the JSON gateway and the embedding API's in-process client) and apply etcd's
+request checks (:mod:`etcdadapter.security.permissions`).  Two sources of permissions
+exist and a request must pass both when both are configured:
 
 * the client-certificate policy (``--client-cert-policy``), by the verified certificate;
 * etcd's users and roles (:mod:`etcdadapter.security.auth_store`), by the token in the

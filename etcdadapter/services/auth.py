@@ -21,15 +21,12 @@ Behaviour checked against etcd 3.4.23 (AuthStatus is 3.5's):
 from twisted.internet import defer
 
 from etcdadapter import errors
-from etcdadapter.errors import StatusCode, error_kind
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import tokens
 from etcdadapter.security.auth_store import ROOT, UNCHANGED, User
 from etcdadapter.services.rpc import Method, UNARY
 
-ErrHashedPassword = error_kind("ErrHashedPassword", StatusCode.INVALID_ARGUMENT,
-                               "etcdserver: hashed passwords are not supported")
 
 
 class AuthService(object):
@@ -117,7 +114,7 @@ class AuthService(object):
     def _password(self, request):
         """Deferred[hash or None] of a UserAdd/UserChangePassword request's password."""
         if request.hashedPassword and not request.password:
-            raise ErrHashedPassword
+            raise errors.ErrHashedPassword
         return self.auth.hash_password(request.password)
 
     def UserAdd(self, request, context):

@@ -20,12 +20,6 @@ _RAFT_OVERHEAD = 20
 
 _VALID_SORT_ORDERS = frozenset(rpc.RangeRequest.SortOrder.values())
 _VALID_SORT_TARGETS = frozenset(rpc.RangeRequest.SortTarget.values())
-ErrInvalidSortOption = errors.error_kind("ErrInvalidSortOption",
-                                         errors.StatusCode.INVALID_ARGUMENT, "etcdserver: invalid sort option")
-# Ours (ReplacePrefix is not an etcd request).
-ErrKeyOutsidePrefix = errors.error_kind("ErrKeyOutsidePrefix",
-                                        errors.StatusCode.INVALID_ARGUMENT,
-                                        "etcd-adapter: key outside the replaced prefix")
 
 
 class KVLimits(object):
@@ -40,7 +34,7 @@ def check_range(r):
     if not r.key:
         raise errors.ErrKeyNotProvided
     if r.sort_order not in _VALID_SORT_ORDERS or r.sort_target not in _VALID_SORT_TARGETS:
-        raise ErrInvalidSortOption
+        raise errors.ErrInvalidSortOption
 
 
 def check_put(r):
@@ -221,7 +215,7 @@ class KVService(object):
             raise errors.ErrKeyNotProvided
         for key in items:
             if not key.startswith(prefix):
-                raise ErrKeyOutsidePrefix
+                raise errors.ErrKeyOutsidePrefix
         if self.authz.enabled and not self.authz.permissions(context).can_write(
                 prefix, mvcc.prefix_end(prefix)):
             raise perm.ErrPermissionDenied

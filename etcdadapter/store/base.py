@@ -109,7 +109,9 @@ class Store(object):
         raise NotImplementedError
 
     def stop(self):
-        """Close the store.  Returns a Deferred."""
+        """Close the store.  Returns a Deferred.  From the moment it is called, requests
+        fail with ``errors.ErrStopped()`` (Unavailable "etcdserver: server stopped", what
+        etcd answers once it is stopping)."""
         raise NotImplementedError
 
     # -- KV ---------------------------------------------------------------------------

@@ -324,6 +324,9 @@ class KeyspaceView(mvcc.WriteView):
         h = self.ks.keys.get(key)
         if h is None:
             return None
+        kv = h[-1]
+        if kv.mod_revision <= revision:      # the hot case: the key's latest version
+            return kv if kv.version else None
         return version_at(h, revision)
 
     def _iter_keys(self, key, range_end):

@@ -13,7 +13,7 @@ detaches it.  Revoking deletes all attached keys in one revision (:func:`revoke_
 import random
 
 from etcdadapter import errors
-from etcdadapter.store.base import DELETE, KV, Event
+from etcdadapter.store import mvcc
 
 MIN_TTL = 2                    # ceil(1.5 * election timeout of 1 s), etcd's default
 MAX_TTL = 9000000000           # etcd MaxLeaseTTL
@@ -45,18 +45,8 @@ def remaining_ttl(expiry, now):
 
 
 def revoke_events(view, keys):
-    """The events of revoking a lease whose attached keys are ``keys``: a DELETE of every
-    one still live, sorted by key, all at ``view.revision + 1``; commits them through
-    ``view.commit`` (so watchers see them) when there is any.  Returns the revision the
+    """Revoke a lease whose attached keys are ``keys`` (a write view): a DELETE of every
+    one still live, in key order, in one new revision -- mvcc's write path, as for a
+    DeleteRange (:func:`~etcdadapter.store.mvcc.delete_keys`).  Returns the revision the
     Revoke response reports (the new one, or the current one when nothing was deleted)."""
-    begin = view.revision
-    rev = begin + 1
-    events = []
-    for key in sorted(keys):
-        kv = view.get(key, begin)
-        if kv is not None:
-            events.append(Event(DELETE, KV(kv.key, 0, rev, 0, b"", 0), kv))
-    if not events:
-        return begin
-    view.commit(rev, events)
-    return rev
+    return mvcc.delete_keys(view, keys)

@@ -107,6 +107,10 @@ class Lease(object):
         self.expiry = expiry
 
 
+def _stopped():
+    return fail(errors.ErrStopped())
+
+
 class MemoryStore(Store):
     """In-memory :class:`~etcdadapter.store.base.Store`."""
 
@@ -144,10 +148,15 @@ class MemoryStore(Store):
         self._notifying = False
         self.keyspace = Keyspace(initial_revision, lease_exists=self.leases.__contains__,
                                  on_commit=self._unnotified.append)
-        self.keyspace.before_commit = self._before_commit
+        if self.floor is not None:       # the hook only ever acts with a floor file
+            self.keyspace.before_commit = self._before_commit
         self._view = self.keyspace.view
         self._auth_blob = None
         self._run_in_thread = run_in_thread or threads.deferToThread
+        #: Between stop() and the next start(): requests fail with Unavailable "etcdserver:
+        #: server stopped", etcd's answer once it is stopping (the SQL stores' too).  A
+        #: new store serves before start() (tests and embedders use it directly).
+        self._stopped = False
 
     @property
     def revision(self):
@@ -163,6 +172,7 @@ class MemoryStore(Store):
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self):
+        self._stopped = False
         if self.snapshot_file is not None:
             from etcdadapter.snapshot.restore import imported, open_snapshot
             try:
@@ -187,6 +197,7 @@ class MemoryStore(Store):
         return succeed(None)
 
     def stop(self):
+        self._stopped = True
         if self.floor is not None and self._reserved is not None:
             try:
                 self.floor.write(self.revision)      # nothing above it was handed out
@@ -214,9 +225,13 @@ class MemoryStore(Store):
 
     # -- auth state (opaque to the store) -------------------------------------------------
     def auth_load(self):
+        if self._stopped:
+            return _stopped()
         return succeed(self._auth_blob)
 
     def auth_save(self, blob, expected=ANY):
+        if self._stopped:
+            return _stopped()
         if expected is not ANY and expected != self._auth_blob:
             return succeed(False)
         self._auth_blob = bytes(blob)
@@ -224,12 +239,16 @@ class MemoryStore(Store):
 
     # -- KV -------------------------------------------------------------------------------
     def range(self, request):
+        if self._stopped:
+            return _stopped()
         try:
             return succeed(mvcc.range_(self._view, request))
         except EtcdError as e:
             return fail(e)
 
     def _write(self, apply, request):
+        if self._stopped:
+            return _stopped()
         try:
             resp, _ = apply(self._view, request)
         except EtcdError as e:
@@ -251,18 +270,24 @@ class MemoryStore(Store):
                            (prefix, items))
 
     def compact(self, revision, physical=False):
+        if self._stopped:
+            return _stopped()
         try:
             return succeed(mvcc.compact(self._view, revision))
         except EtcdError as e:
             return fail(e)
 
     def status(self):
+        if self._stopped:
+            return _stopped()
         # The empty structures themselves take memory too; etcd never reports a zero
         # size either (an empty bbolt file is 32-36 KiB), and etcdctl hides zero fields.
         size = self.keyspace.size()
         return succeed(StoreStatus(self.revision, self.compact_revision, size, size))
 
     def hash_kv(self, revision):
+        if self._stopped:
+            return _stopped()
         # Hashing walks every version: in a thread, over a snapshot.
         return self._run_in_thread(mvcc.hash_kv, self.keyspace.frozen(), revision)
 
@@ -284,6 +309,8 @@ class MemoryStore(Store):
             self._notifying = False
 
     def history(self, start_revision, key, range_end, limit_revisions=1000):
+        if self._stopped:
+            return _stopped()
         try:
             return succeed(self.keyspace.history(start_revision, key, range_end,
                                                  limit_revisions))
@@ -292,6 +319,8 @@ class MemoryStore(Store):
 
     # -- leases ---------------------------------------------------------------------------
     def lease_grant(self, lease_id, ttl):
+        if self._stopped:
+            return _stopped()
         try:
             ttl = lease_rules.granted_ttl(ttl)
         except EtcdError as e:
@@ -315,12 +344,16 @@ class MemoryStore(Store):
         return revision
 
     def lease_revoke(self, lease_id):
+        if self._stopped:
+            return _stopped()
         lease = self.leases.get(lease_id)
         if lease is None:
             return fail(errors.ErrLeaseNotFound())
         return succeed(self._revoke(lease))
 
     def lease_keepalive(self, lease_id):
+        if self._stopped:
+            return _stopped()
         lease = self.leases.get(lease_id)
         now = self.clock.seconds()
         if lease is None or lease.expiry <= now:
@@ -330,6 +363,8 @@ class MemoryStore(Store):
         return succeed(lease.ttl)
 
     def lease_time_to_live(self, lease_id, keys=False):
+        if self._stopped:
+            return _stopped()
         lease = self.leases.get(lease_id)
         if lease is None:
             return succeed(LeaseTTL(-1, 0, ()))
@@ -338,9 +373,13 @@ class MemoryStore(Store):
         return succeed(LeaseTTL(ttl, lease.ttl, tuple(sorted(attached))))
 
     def lease_list(self):
+        if self._stopped:
+            return _stopped()
         return succeed(sorted(self.leases))
 
     def lease_expire(self, limit=lease_rules.MAX_REVOKES_PER_PASS):
+        if self._stopped:
+            return _stopped()
         now = self.clock.seconds()
         heap = self._expiries
         revoked = []
@@ -355,6 +394,8 @@ class MemoryStore(Store):
 
     # -- etcd snapshots ---------------------------------------------------------------------
     def snapshot_view(self):
+        if self._stopped:
+            return _stopped()
         return succeed(self.keyspace.frozen())
 
     def import_history(self, history):
@@ -372,7 +413,6 @@ class MemoryStore(Store):
         except Exception as e:
             return fail(e)
         ks.on_commit = self._unnotified.append
-        ks.before_commit = self._before_commit
         ks.view = KeyspaceView(ks, self.leases.__contains__)
         self.keyspace = ks
         self._view = ks.view

@@ -15,6 +15,7 @@ SQL store implements it inside one database transaction and calls the very same 
     resp, events = mvcc.delete_range(view, request)        # DeleteRangeRequest
     resp, events = mvcc.txn(view, request)                 # TxnRequest
     revision, events = mvcc.replace_prefix(view, prefix, items)   # embedding API
+    revision = mvcc.delete_keys(view, keys)                # a lease's revocation
     mvcc.compact(view, revision)
 
 Each returns the response protobuf with ``header.revision`` set (the services layer adds
@@ -22,6 +23,12 @@ cluster_id/member_id/raft_term) and the list of :class:`~etcdadapter.store.base.
 the write, in execution order (empty when nothing was written).  A function calls
 ``view.commit(view.revision + 1, events)`` exactly once when, and only when, it wrote
 something, as the very last step: if it raises, nothing has been committed.
+
+Every write takes one path, as in etcd: the request opens one write transaction
+(``_Write``, etcd's storeTxnWrite), its puts and deletes go through ``_put`` /
+``_delete_range`` -- the same two functions for a top-level Put or DeleteRange and for a
+Txn's ops -- which write through ``_Write.put`` / ``_Write.delete`` (replace_prefix and
+delete_keys use those two directly), and ``_Write.end`` commits the one new revision.
 
 Syntactic validation (empty keys, op counts, duplicate keys in a txn, ``ignore_value`` with a
 value, ...) is the services layer's job and is not repeated here.
@@ -42,7 +49,7 @@ from etcdadapter.store.base import DELETE, KV, PUT, Change, Event
 
 __all__ = [
     "ReadView", "WriteView", "range_", "put", "delete_range", "txn", "replace_prefix",
-    "compact",
+    "delete_keys", "compact",
     "check_compact", "hash_kv", "compact_versions", "in_range", "txn_is_read_only", "filter_change",
     "select_history", "prefix_end", "kv_to_pb", "kv_from_pb", "event_to_pb", "tombstone",
 ]
@@ -446,108 +453,72 @@ def range_(view, request):
 
 
 # ---------------------------------------------------------------------------------------
-# Put / DeleteRange (top level)
+# Writes: one write transaction, and one put and one delete that Put, DeleteRange, Txn and
+# replace_prefix all go through (etcd: storeTxnWrite, and the applier's Put/DeleteRange
+# that serve a Txn's ops too)
 # ---------------------------------------------------------------------------------------
 
-def _new_kv(req, prev, rev, lease):
-    """The KV a PutRequest (whose ``lease`` field is ``lease``) writes at ``rev`` over
-    ``prev`` (None if absent)."""
-    ignore_value = req.ignore_value
-    ignore_lease = req.ignore_lease
-    if prev is None:
-        if ignore_value or ignore_lease:
-            raise errors.ErrKeyNotFound
-        return KV(req.key, rev, rev, 1, req.value, lease)
-    # prev.key: share the key bytes object between a key's versions.
-    return KV(prev.key, prev.create_revision, rev, prev.version + 1,
-              prev.value if ignore_value else req.value,
-              prev.lease if ignore_lease else lease)
+class _Write(object):
+    """One write request in progress over a view (etcd's storeTxnWrite).
 
-
-def put(view, request):
-    """PutRequest -> (PutResponse, [Event]).  Always one new revision.  Raises
-    ErrLeaseNotFound (checked first, as etcd does) or ErrKeyNotFound (ignore_value /
-    ignore_lease on a missing key) before writing anything."""
-    lease = request.lease
-    if lease and not view.lease_exists(lease):
-        raise errors.ErrLeaseNotFound
-    begin = view.revision
-    rev = begin + 1
-    prev = view.get(request.key, begin)
-    kv = _new_kv(request, prev, rev, lease)
-    events = [Event(PUT, kv, prev)]
-    view.commit(rev, events)
-    resp = rpc.PutResponse()
-    resp.header.revision = rev
-    if prev is not None and request.prev_kv:
-        _fill_kv(resp.prev_kv, prev)
-    return resp, events
-
-
-def delete_range(view, request):
-    """DeleteRangeRequest -> (DeleteRangeResponse, [Event]).  A new revision only if a key
-    was deleted; header.revision is that revision, else the current one."""
-    begin = view.revision
-    key = request.key
-    range_end = request.range_end
-    if range_end:
-        kvs = view.range(key, range_end, begin)
-        if not isinstance(kvs, list):
-            kvs = list(kvs)
-    else:
-        kv = view.get(key, begin)
-        kvs = [kv] if kv is not None else []
-    resp = rpc.DeleteRangeResponse()
-    if not kvs:
-        resp.header.revision = begin
-        return resp, []
-    rev = begin + 1
-    events = [Event(DELETE, KV(kv.key, 0, rev, 0, b"", 0), kv) for kv in kvs]
-    view.commit(rev, events)
-    resp.header.revision = rev
-    resp.deleted = len(kvs)
-    if request.prev_kv:
-        _add_kvs(resp.prev_kvs, kvs)
-    return resp, events
-
-
-# ---------------------------------------------------------------------------------------
-# Txn
-# ---------------------------------------------------------------------------------------
-
-class _TxnState(object):
-    """The writes of one txn so far, layered over the view (etcd's storeTxnWrite).
-
-    Reads at revisions <= begin go to the view; a read at begin+1 (only possible once
-    something was written) merges the pending writes in.
+    Every writing request opens one, writes through :meth:`put` and :meth:`delete`, and
+    :meth:`end`\\ s it: that commits the request's one new revision, if anything was
+    written.  It is also the reader a txn's ops see: reads at revisions <= begin go to the
+    view; a read at begin+1 (only possible once something was written) merges the pending
+    writes in.
     """
 
-    __slots__ = ("view", "begin", "rev", "pending", "events")
+    __slots__ = ("view", "begin", "rev", "read_rev", "pending", "events")
 
     def __init__(self, view):
         self.view = view
         self.begin = view.revision
         self.rev = self.begin + 1
+        #: The revision a "latest" read inside the request sees (etcd: beginRev, +1 once
+        #: the request has changes).
+        self.read_rev = self.begin
         self.pending = {}            # key -> (new KV or tombstone, KV at begin or None)
         self.events = []
 
-    @property
-    def read_rev(self):
-        """The revision a "latest" read inside the txn sees (etcd: beginRev, +1 once the
-        txn has changes)."""
-        return self.rev if self.events else self.begin
+    def put(self, key, value, lease, prev):
+        """Write the next version of ``key``; ``prev`` is its KV as this request reads it
+        (None if the key is absent: the put creates it).  Returns the new KV."""
+        rev = self.rev
+        if prev is None:
+            kv = KV(key, rev, rev, 1, value, lease)
+        else:
+            # prev.key: share the key bytes object between a key's versions.
+            kv = KV(prev.key, prev.create_revision, rev, prev.version + 1, value, lease)
+        self._record(PUT, kv, prev)
+        return kv
 
-    def write(self, etype, kv, prev):
-        p = self.pending.get(kv.key)
+    def delete(self, kv):
+        """Delete the key whose live KV (as this request reads it) is ``kv``."""
+        self._record(DELETE, tombstone(kv.key, self.rev), kv)
+
+    def _record(self, etype, kv, prev):
+        pending = self.pending
+        p = pending.get(kv.key)
         base = prev if p is None else p[1]
-        self.pending[kv.key] = (kv, base)
+        pending[kv.key] = (kv, base)
         # An event's prev_kv is what etcd's watch reports: the key at revision - 1 (the
-        # txn's snapshot, not an earlier op of this txn), and nothing for a creation.  They
-        # differ from ``prev`` only when one txn writes a key twice, which etcd's duplicate
-        # check lets through for delete ranges ending in "\0" (checked on 3.4.23).
+        # request's snapshot, not an earlier op of this txn), and nothing for a creation.
+        # They differ from ``prev`` only when one txn writes a key twice, which etcd's
+        # duplicate check lets through for delete ranges ending in "\0" (checked on
+        # 3.4.23).
         if etype == PUT and kv.create_revision == kv.mod_revision:
             base = None
         self.events.append(Event(etype, kv, base))
+        self.read_rev = self.rev
+
+    def end(self):
+        """Commit what was written as one new revision -- the request's last step, so
+        nothing is committed if an earlier one raised -- and return the revision the
+        response reports: the new one, or ``begin`` if nothing was written."""
+        if self.events:
+            self.view.commit(self.rev, self.events)
+            return self.rev
+        return self.begin
 
     # -- reader interface (get / range / count) ------------------------------------------
     def get(self, key, revision):
@@ -592,6 +563,87 @@ class _TxnState(object):
         for kv, base in self._mine(key, range_end):
             n += (1 if kv.version else 0) - (1 if base is not None else 0)
         return n
+
+
+def _put(w, req, resp):
+    """A PutRequest ``req`` inside write ``w``, filling PutResponse ``resp`` -- the one put
+    of Put and of a Txn's put ops (etcd's applierV3backend.Put).  ErrKeyNotFound for
+    ignore_value / ignore_lease on a missing key; the caller has checked the lease."""
+    prev = w.get(req.key, w.read_rev)
+    if prev is None:
+        if req.ignore_value or req.ignore_lease:
+            raise errors.ErrKeyNotFound
+        w.put(req.key, req.value, req.lease, None)
+    else:
+        w.put(prev.key, prev.value if req.ignore_value else req.value,
+              prev.lease if req.ignore_lease else req.lease, prev)
+    resp.header.revision = w.rev
+    if req.prev_kv and prev is not None:
+        _fill_kv(resp.prev_kv, prev)
+
+
+def _delete_range(w, req, resp):
+    """A DeleteRangeRequest ``req`` inside write ``w``, filling DeleteRangeResponse
+    ``resp`` -- the one delete of DeleteRange and of a Txn's delete ops (etcd's
+    applierV3backend.DeleteRange).  header.revision is the revision ``w`` has reached:
+    begin+1 once this or an earlier op of the request wrote, else begin."""
+    rev = w.read_rev
+    if req.range_end:
+        kvs = w.range(req.key, req.range_end, rev)
+        if not isinstance(kvs, list):
+            kvs = list(kvs)
+    else:
+        kv = w.get(req.key, rev)
+        kvs = [kv] if kv is not None else []
+    for kv in kvs:
+        w.delete(kv)
+    resp.header.revision = w.read_rev
+    if kvs:
+        resp.deleted = len(kvs)
+        if req.prev_kv:
+            _add_kvs(resp.prev_kvs, kvs)
+
+
+def put(view, request):
+    """PutRequest -> (PutResponse, [Event]).  Always one new revision.  Raises
+    ErrLeaseNotFound (checked first, as etcd does) or ErrKeyNotFound (ignore_value /
+    ignore_lease on a missing key) before writing anything."""
+    lease = request.lease
+    if lease and not view.lease_exists(lease):
+        raise errors.ErrLeaseNotFound
+    w = _Write(view)
+    resp = rpc.PutResponse()
+    _put(w, request, resp)
+    w.end()
+    return resp, w.events
+
+
+def delete_range(view, request):
+    """DeleteRangeRequest -> (DeleteRangeResponse, [Event]).  A new revision only if a key
+    was deleted; header.revision is that revision, else the current one."""
+    w = _Write(view)
+    resp = rpc.DeleteRangeResponse()
+    _delete_range(w, request, resp)
+    w.end()
+    return resp, w.events
+
+
+def delete_keys(view, keys):
+    """Delete the live ones among ``keys`` in one new revision, in key order -- a lease's
+    revocation (etcd's lessor deletes the attached keys in one write txn).  Returns the
+    new revision, or the current one when none was live (nothing is written)."""
+    w = _Write(view)
+    begin = w.begin
+    for key in sorted(keys):
+        kv = view.get(key, begin)
+        if kv is not None:
+            w.delete(kv)
+    return w.end()
+
+
+# ---------------------------------------------------------------------------------------
+# Txn
+# ---------------------------------------------------------------------------------------
 
 
 def _compare_one(view, rev, c):
@@ -691,7 +743,7 @@ def _check_range(view, which, op):
         raise errors.ErrCompacted
 
 
-def _apply_txn(st, req, path, resp, compact_rev):
+def _apply_txn(w, req, path, resp, compact_rev):
     succeeded = next(path)
     resp.succeeded = succeeded
     responses = resp.responses
@@ -699,36 +751,15 @@ def _apply_txn(st, req, path, resp, compact_rev):
         which = op.WhichOneof("request")
         out = responses.add()
         if which == "request_range":
-            _do_range(st, op.request_range, st.read_rev, compact_rev, out.response_range)
+            _do_range(w, op.request_range, w.read_rev, compact_rev, out.response_range)
         elif which == "request_put":
-            r = op.request_put
-            prev = st.get(r.key, st.read_rev)
-            kv = _new_kv(r, prev, st.rev, r.lease)
-            st.write(PUT, kv, prev)
-            o = out.response_put
-            o.header.revision = st.rev
-            if r.prev_kv and prev is not None:
-                _fill_kv(o.prev_kv, prev)
+            _put(w, op.request_put, out.response_put)
         elif which == "request_delete_range":
-            r = op.request_delete_range
-            rr = st.read_rev
-            if r.range_end:
-                kvs = list(st.range(r.key, r.range_end, rr))
-            else:
-                kv = st.get(r.key, rr)
-                kvs = [kv] if kv is not None else []
-            for kv in kvs:
-                st.write(DELETE, KV(kv.key, 0, st.rev, 0, b"", 0), kv)
-            o = out.response_delete_range
-            o.header.revision = st.read_rev      # begin+1 if this or an earlier op wrote
-            if kvs:
-                o.deleted = len(kvs)
-                if r.prev_kv:
-                    _add_kvs(o.prev_kvs, kvs)
+            _delete_range(w, op.request_delete_range, out.response_delete_range)
         elif which == "request_txn":
             o = out.response_txn
             o.header.SetInParent()               # nested: empty but present header
-            _apply_txn(st, op.request_txn, path, o, compact_rev)
+            _apply_txn(w, op.request_txn, path, o, compact_rev)
         # else: an empty RequestOp (rejected by the services layer): empty ResponseOp.
 
 
@@ -741,16 +772,11 @@ def txn(view, request):
     _compare_path(view, begin, request, path)
     _check_requests(view, request, iter(path), _check_put)
     _check_requests(view, request, iter(path), _check_range)
-    st = _TxnState(view)
+    w = _Write(view)
     resp = rpc.TxnResponse()
-    _apply_txn(st, request, iter(path), resp, view.compact_revision)
-    events = st.events
-    if events:
-        view.commit(st.rev, events)
-        resp.header.revision = st.rev
-    else:
-        resp.header.revision = begin
-    return resp, events
+    _apply_txn(w, request, iter(path), resp, view.compact_revision)
+    resp.header.revision = w.end()
+    return resp, w.events
 
 
 # ---------------------------------------------------------------------------------------
@@ -768,26 +794,16 @@ def replace_prefix(view, prefix, items):
     detaches it, as a Put without lease does) -- and a DELETE for a key ``items`` lacks.
     A key already holding its value makes no event: re-applying the same items changes
     nothing, writes nothing and keeps the revision (``(view.revision, [])``)."""
-    begin = view.revision
-    rev = begin + 1
-    events = []
-    present = set()
-    for kv in view.range(prefix, prefix_end(prefix), begin):
-        present.add(kv.key)
-        value = items.get(kv.key)
+    w = _Write(view)
+    present = {kv.key: kv for kv in view.range(prefix, prefix_end(prefix), w.begin)}
+    for key in sorted(set(present).union(items)):
+        kv = present.get(key)
+        value = items.get(key)
         if value is None:
-            events.append(Event(DELETE, tombstone(kv.key, rev), kv))
-        elif value != kv.value or kv.lease:
-            events.append(Event(PUT, KV(kv.key, kv.create_revision, rev, kv.version + 1,
-                                        value, 0), kv))
-    for key, value in items.items():
-        if key not in present:
-            events.append(Event(PUT, KV(key, rev, rev, 1, value, 0), None))
-    if not events:
-        return begin, []
-    events.sort(key=lambda e: e.kv.key)
-    view.commit(rev, events)
-    return rev, events
+            w.delete(kv)
+        elif kv is None or value != kv.value or kv.lease:
+            w.put(key, value, 0, kv)
+    return w.end(), w.events
 
 
 # ---------------------------------------------------------------------------------------

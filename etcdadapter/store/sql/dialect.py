@@ -1,10 +1,15 @@
 """What one SQL engine supplies to the generic store: connections, column types, the few
-statements whose syntax differs, and how to classify its errors.
+statements whose syntax differs -- among them the three DELETEs of a compaction's purge
+batch (at the end of :class:`Dialect`: the spelling SQLite uses; MySQL and PostgreSQL
+override them) -- and how to classify its errors.
 
-Everything else -- every query of the views, the write path, the change feed, leases and
-compaction -- is written once in :mod:`etcdadapter.store.sql.views` and
-:mod:`etcdadapter.store.sql.generic` in the SQL common to SQLite, MySQL/MariaDB/TiDB and
-PostgreSQL, with ``%s`` placeholders (rewritten to ``?`` for sqlite3).
+Everything else is written once, in the SQL common to SQLite, MySQL/MariaDB/TiDB and
+PostgreSQL with ``%s`` placeholders (rewritten to ``?`` for sqlite3): the tables
+(:mod:`.schema`), the write path and the recording of a compaction's revision
+(:mod:`.group_commit`), loading and polling the log for the replica (:mod:`.replica`),
+leases and the auth state (:mod:`.generic`), the purge's batches (:mod:`.purge`) and
+imports (:mod:`.importing`).  Reads are answered from the in-memory replica; the only SQL
+a read runs is the barrier's query of the current revision (:mod:`.barrier`).
 """
 
 # Defaults of the store URL's lock_timeout and idle_transaction_timeout (seconds): a write

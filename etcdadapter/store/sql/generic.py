@@ -64,8 +64,10 @@ POLL_BATCH = 500                  # log rows per poll
 WRITE_TIMEOUT = 30.0
 
 
-class _AuthSaveConflict(EtcdError):
-    """Another adapter saved the first auth state at the same moment."""
+class _AuthSaveConflict(Exception):
+    """Another adapter saved the first auth state at the same moment: internal control
+    flow, never a client's error (the runner rolls the transaction back and passes it on;
+    auth_save answers False)."""
 
 
 def _txn_leases(request, out):
