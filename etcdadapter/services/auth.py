@@ -25,7 +25,7 @@ from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import tokens
 from etcdadapter.security.auth_store import ROOT, UNCHANGED, User
-from etcdadapter.services.rpc import Method, UNARY
+from etcdadapter.services.rpc import service_methods
 
 
 
@@ -294,29 +294,25 @@ class AuthService(object):
             self._done(rpc.AuthRoleRevokePermissionResponse))
 
     def methods(self):
-        p = "/etcdserverpb.Auth/"
+        # (method, gateway path under /v3/auth/)
         table = [
-            ("AuthEnable", "AuthEnable", "enable"),
-            ("AuthDisable", "AuthDisable", "disable"),
-            ("AuthStatus", "AuthStatus", "status"),
-            ("Authenticate", "Authenticate", "authenticate"),
-            ("UserAdd", "AuthUserAdd", "user/add"),
-            ("UserGet", "AuthUserGet", "user/get"),
-            ("UserList", "AuthUserList", "user/list"),
-            ("UserDelete", "AuthUserDelete", "user/delete"),
-            ("UserChangePassword", "AuthUserChangePassword", "user/changepw"),
-            ("UserGrantRole", "AuthUserGrantRole", "user/grant"),
-            ("UserRevokeRole", "AuthUserRevokeRole", "user/revoke"),
-            ("RoleAdd", "AuthRoleAdd", "role/add"),
-            ("RoleGet", "AuthRoleGet", "role/get"),
-            ("RoleList", "AuthRoleList", "role/list"),
-            ("RoleDelete", "AuthRoleDelete", "role/delete"),
-            ("RoleGrantPermission", "AuthRoleGrantPermission", "role/grant"),
-            ("RoleRevokePermission", "AuthRoleRevokePermission", "role/revoke"),
+            ("AuthEnable", "enable"),
+            ("AuthDisable", "disable"),
+            ("AuthStatus", "status"),
+            ("Authenticate", "authenticate"),
+            ("UserAdd", "user/add"),
+            ("UserGet", "user/get"),
+            ("UserList", "user/list"),
+            ("UserDelete", "user/delete"),
+            ("UserChangePassword", "user/changepw"),
+            ("UserGrantRole", "user/grant"),
+            ("UserRevokeRole", "user/revoke"),
+            ("RoleAdd", "role/add"),
+            ("RoleGet", "role/get"),
+            ("RoleList", "role/list"),
+            ("RoleDelete", "role/delete"),
+            ("RoleGrantPermission", "role/grant"),
+            ("RoleRevokePermission", "role/revoke"),
         ]
-        methods = []
-        for name, message, http in table:
-            methods.append(Method(p + name, getattr(rpc, message + "Request"),
-                                  getattr(rpc, message + "Response"), UNARY,
-                                  getattr(self, name), ("/v3/auth/" + http,)))
-        return methods
+        return service_methods("Auth", [(name, getattr(self, name), ("/v3/auth/" + http,))
+                                        for name, http in table])

@@ -2,7 +2,7 @@
 (never a schemeless `://host:port`, which broke api7/etcd-adapter's users)."""
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-from etcdadapter.services.rpc import Method, UNARY
+from etcdadapter.services.rpc import service_methods
 
 
 class ClusterService(object):
@@ -18,6 +18,5 @@ class ClusterService(object):
         return response
 
     def methods(self):
-        return [Method("/etcdserverpb.Cluster/MemberList", rpc.MemberListRequest,
-                       rpc.MemberListResponse, UNARY, self.MemberList,
-                       ("/v3/cluster/member/list",))]
+        return service_methods("Cluster", [
+            ("MemberList", self.MemberList, ("/v3/cluster/member/list",))])

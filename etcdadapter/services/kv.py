@@ -11,7 +11,7 @@ from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import permissions as perm
 from etcdadapter.security.authorizer import Authorizer
-from etcdadapter.services.rpc import Method, UNARY
+from etcdadapter.services.rpc import service_methods
 from etcdadapter.store import mvcc
 
 # Bytes etcd's InternalRaftRequest wrapper adds around a request (header with the
@@ -232,16 +232,10 @@ class KVService(object):
         return self.store.compact(request.revision, request.physical).addCallback(done)
 
     def methods(self):
-        p = "/etcdserverpb.KV/"
-        return [
-            Method(p + "Range", rpc.RangeRequest, rpc.RangeResponse, UNARY, self.Range,
-                   ("/v3/kv/range",)),
-            Method(p + "Put", rpc.PutRequest, rpc.PutResponse, UNARY, self.Put,
-                   ("/v3/kv/put",)),
-            Method(p + "DeleteRange", rpc.DeleteRangeRequest, rpc.DeleteRangeResponse, UNARY,
-                   self.DeleteRange, ("/v3/kv/deleterange",)),
-            Method(p + "Txn", rpc.TxnRequest, rpc.TxnResponse, UNARY, self.Txn,
-                   ("/v3/kv/txn",)),
-            Method(p + "Compact", rpc.CompactionRequest, rpc.CompactionResponse, UNARY,
-                   self.Compact, ("/v3/kv/compaction",)),
-        ]
+        return service_methods("KV", [
+            ("Range", self.Range, ("/v3/kv/range",)),
+            ("Put", self.Put, ("/v3/kv/put",)),
+            ("DeleteRange", self.DeleteRange, ("/v3/kv/deleterange",)),
+            ("Txn", self.Txn, ("/v3/kv/txn",)),
+            ("Compact", self.Compact, ("/v3/kv/compaction",)),
+        ])

@@ -23,7 +23,7 @@ from etcdadapter.logs import background_failure
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import permissions as perm
 from etcdadapter.security.authorizer import Authorizer
-from etcdadapter.services.rpc import BIDI_STREAM, UNARY, Method
+from etcdadapter.services.rpc import service_methods
 from etcdadapter.store import lease as lease_rules
 
 log = Logger()
@@ -135,21 +135,14 @@ class LeaseService(object):
         return ks
 
     def methods(self):
-        p = "/etcdserverpb.Lease/"
-        return [
-            Method(p + "LeaseGrant", rpc.LeaseGrantRequest, rpc.LeaseGrantResponse, UNARY,
-                   self.LeaseGrant, ("/v3/lease/grant",)),
-            Method(p + "LeaseRevoke", rpc.LeaseRevokeRequest, rpc.LeaseRevokeResponse,
-                   UNARY, self.LeaseRevoke, ("/v3/lease/revoke", "/v3/kv/lease/revoke")),
-            Method(p + "LeaseKeepAlive", rpc.LeaseKeepAliveRequest,
-                   rpc.LeaseKeepAliveResponse, BIDI_STREAM, self.LeaseKeepAlive,
-                   ("/v3/lease/keepalive",)),
-            Method(p + "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest,
-                   rpc.LeaseTimeToLiveResponse, UNARY, self.LeaseTimeToLive,
-                   ("/v3/lease/timetolive", "/v3/kv/lease/timetolive")),
-            Method(p + "LeaseLeases", rpc.LeaseLeasesRequest, rpc.LeaseLeasesResponse,
-                   UNARY, self.LeaseLeases, ("/v3/lease/leases", "/v3/kv/lease/leases")),
-        ]
+        return service_methods("Lease", [
+            ("LeaseGrant", self.LeaseGrant, ("/v3/lease/grant",)),
+            ("LeaseRevoke", self.LeaseRevoke, ("/v3/lease/revoke", "/v3/kv/lease/revoke")),
+            ("LeaseKeepAlive", self.LeaseKeepAlive, ("/v3/lease/keepalive",)),
+            ("LeaseTimeToLive", self.LeaseTimeToLive,
+             ("/v3/lease/timetolive", "/v3/kv/lease/timetolive")),
+            ("LeaseLeases", self.LeaseLeases, ("/v3/lease/leases", "/v3/kv/lease/leases")),
+        ])
 
 
 class KeepAliveStream(object):

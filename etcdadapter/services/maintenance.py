@@ -24,7 +24,7 @@ at the current revision, which changes with every write as etcd's does.
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security.authorizer import Authorizer
 from etcdadapter.services.identity import SERVER_VERSION
-from etcdadapter.services.rpc import SERVER_STREAM, UNARY, Method, as_etcd_error
+from etcdadapter.services.rpc import as_etcd_error, service_methods
 
 SNAPSHOT_CHUNK = 32 * 1024          # etcd's snapshotSendBufferSize
 SNAPSHOT_BACKLOG = 1024 * 1024      # unsent bytes on the stream before sending pauses
@@ -93,23 +93,16 @@ class MaintenanceService(object):
         stream.bind(SnapshotSender(self, stream))
 
     def methods(self):
-        p = "/etcdserverpb.Maintenance/"
-        return [
-            Method(p + "Status", rpc.StatusRequest, rpc.StatusResponse, UNARY, self.Status,
-                   ("/v3/maintenance/status",)),
-            Method(p + "Alarm", rpc.AlarmRequest, rpc.AlarmResponse, UNARY, self.Alarm,
-                   ("/v3/maintenance/alarm",)),
-            Method(p + "Defragment", rpc.DefragmentRequest, rpc.DefragmentResponse, UNARY,
-                   self.Defragment, ("/v3/maintenance/defragment",)),
+        return service_methods("Maintenance", [
+            ("Status", self.Status, ("/v3/maintenance/status",)),
+            ("Alarm", self.Alarm, ("/v3/maintenance/alarm",)),
+            ("Defragment", self.Defragment, ("/v3/maintenance/defragment",)),
             # etcd 3.4's gateway routes /v3/maintenance/hash to Hash only; 3.5.10+ has
             # /v3/maintenance/hashkv for HashKV.
-            Method(p + "Hash", rpc.HashRequest, rpc.HashResponse, UNARY, self.Hash,
-                   ("/v3/maintenance/hash",)),
-            Method(p + "HashKV", rpc.HashKVRequest, rpc.HashKVResponse, UNARY,
-                   self.HashKV, ("/v3/maintenance/hashkv",)),
-            Method(p + "Snapshot", rpc.SnapshotRequest, rpc.SnapshotResponse,
-                   SERVER_STREAM, self.Snapshot, ("/v3/maintenance/snapshot",)),
-        ]
+            ("Hash", self.Hash, ("/v3/maintenance/hash",)),
+            ("HashKV", self.HashKV, ("/v3/maintenance/hashkv",)),
+            ("Snapshot", self.Snapshot, ("/v3/maintenance/snapshot",)),
+        ])
 
 
 class SnapshotSender(object):

@@ -38,6 +38,29 @@ class Method(object):
         return "<Method %s %s>" % (self.path, self.kind)
 
 
+def service_methods(service, table):
+    """The Methods of one service of rpc.proto (``service``: "KV", "Watch", ...): the
+    gRPC path, message types and kind come from the generated service descriptor; the
+    ``table`` rows (method name, handler, gateway paths) say only what is ours."""
+    from google.protobuf.message_factory import GetMessageClass
+
+    from etcdadapter.pb.etcdserverpb import rpc_pb2
+    descriptor = rpc_pb2.DESCRIPTOR.services_by_name[service]
+    methods = []
+    for name, handler, http_paths in table:
+        m = descriptor.methods_by_name[name]
+        if m.client_streaming:
+            kind = BIDI_STREAM          # etcd has no client-streaming-only method
+        elif m.server_streaming:
+            kind = SERVER_STREAM
+        else:
+            kind = UNARY
+        methods.append(Method("/%s/%s" % (descriptor.full_name, name),
+                              GetMessageClass(m.input_type), GetMessageClass(m.output_type),
+                              kind, handler, http_paths))
+    return methods
+
+
 # etcd methods left out on purpose, and the answer that says why (instead of grpc-go's
 # "unknown method ..."); a method registered later wins over its row here.
 _MEMBERS = ("etcd-adapter's members are its processes: start or stop an adapter on the "

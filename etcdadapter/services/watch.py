@@ -37,7 +37,7 @@ import random
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security.authorizer import Authorizer
-from etcdadapter.services.rpc import BIDI_STREAM, Method
+from etcdadapter.services.rpc import service_methods
 from etcdadapter.services.watch_hub import SYNCED
 
 INVALID_WATCH_ID = -1
@@ -83,10 +83,7 @@ class WatchService(object):
         return ws
 
     def methods(self):
-        return [
-            Method("/etcdserverpb.Watch/Watch", rpc.WatchRequest, rpc.WatchResponse,
-                   BIDI_STREAM, self.Watch, ("/v3/watch",)),
-        ]
+        return service_methods("Watch", [("Watch", self.Watch, ("/v3/watch",))])
 
 
 class WatchStream(object):
