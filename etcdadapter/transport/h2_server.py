@@ -9,6 +9,7 @@ Streams whose content-type is ``application/grpc*`` are gRPC calls dispatched th
 handed to the HTTP router (the JSON gateway), exactly as HTTP/1.1 requests are.
 """
 
+import enum
 from collections import deque
 
 import h2.config
@@ -45,6 +46,16 @@ MAX_HELD_STREAMS = 1024        # new streams waiting for output to drain; more a
 # needs one stream per watch session; APISIX opens about 13).  Each open stream holds
 # state here; Go's HTTP/2 server allows 250, nginx 128.
 DEFAULT_MAX_CONCURRENT_STREAMS = 1000
+
+
+class State(enum.Enum):
+    """Where a connection is.  AWAITING_SETTINGS -> OPEN when the client's preface and
+    first SETTINGS are in; -> DRAINING when we send GOAWAY (calls in flight finish, new
+    streams are refused); -> CLOSED when the connection is lost or broken."""
+    AWAITING_SETTINGS = "awaiting-settings"
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSED = "closed"
 
 
 class H2Settings(object):
@@ -105,14 +116,13 @@ class H2Server(object):
                                  self.settings.max_header_list_size +
                                  self.conn.max_inbound_frame_size)
         self.streams = {}          # stream_id -> GrpcCall or HttpExchange
-        self._settled = False      # the client's preface and SETTINGS are in
+        self.state = State.AWAITING_SETTINGS
         self._held = deque()       # events of streams not dispatched yet (over budget)
         self._held_streams = {}    # stream_id -> number of its events in _held
         self._releasing = False
         self._linger_call = None
         self._in_receive = False
-        self._closed = False
-        self._draining = None      # Deferred fired when the last stream ends after GOAWAY
+        self._drained = None       # Deferred fired when the last stream ends after GOAWAY
         self._dirty = {}           # streaming calls with unflushed messages (ordered set)
         self._dirty_call = None
         self._waiting = {}         # streams whose output waits for window (ordered set)
@@ -124,7 +134,7 @@ class H2Server(object):
         self._flush()
 
     def data_received(self, data):
-        if self._closed:
+        if self.state is State.CLOSED:
             return
         self._in_receive = True
         try:
@@ -147,13 +157,13 @@ class H2Server(object):
 
     def connection_lost(self):
         self._tear_down()
-        if self._draining is not None and not self._draining.called:
-            self._draining.callback(None)
+        if self._drained is not None and not self._drained.called:
+            self._drained.callback(None)
 
     def _tear_down(self):
         """The connection is gone (or going): every stream is cancelled, nothing more
         is dispatched or sent on a stream."""
-        self._closed = True
+        self.state = State.CLOSED
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         if self._dirty_call is not None and self._dirty_call.active():
@@ -171,10 +181,11 @@ class H2Server(object):
         """Send GOAWAY, let in-flight unary calls finish, end streaming calls with
         'server stopped', then close (``linger`` seconds after the last stream ended).
         Returns a Deferred fired when closed."""
-        if self._closed:
+        if self.state is State.CLOSED:
             return defer.succeed(None)
-        if self._draining is None:
-            self._draining = defer.Deferred()
+        if self._drained is None:
+            self.state = State.DRAINING
+            self._drained = defer.Deferred()
             self._linger = linger
             self._held.clear()      # never dispatched: refused like any stream after GOAWAY
             for stream_id in list(self._held_streams):
@@ -191,7 +202,7 @@ class H2Server(object):
                 stream.server_stopping()
             self._flush()
             self._maybe_close_drained()
-        return self._draining
+        return self._drained
 
     def close_idle(self):
         """The idle timeout: GOAWAY with NO_ERROR, so gRPC clients open a new connection
@@ -199,7 +210,7 @@ class H2Server(object):
         return self.shutdown(linger=IDLE_LINGER)
 
     def _maybe_close_drained(self):
-        if self._draining is not None and not self.streams and not self._closed:
+        if self.state is State.DRAINING and not self.streams:
             self._flush()
             if not self._linger:
                 self._lose_connection()
@@ -207,7 +218,7 @@ class H2Server(object):
                 self._linger_call = self.clock.callLater(self._linger, self._linger_over)
 
     def _linger_over(self):
-        if not self._closed:
+        if self.state is not State.CLOSED:
             self._lose_connection()
 
     def output_drained(self):
@@ -216,11 +227,11 @@ class H2Server(object):
         self._update_activity()
 
     def _update_activity(self):
-        if self.deadlines is None or not self._settled or self._closed:
+        if self.deadlines is None or self.state in (State.AWAITING_SETTINGS, State.CLOSED):
             return
         if self.streams or self._held_streams:
             self.deadlines.busy()
-        elif self._draining is None:
+        elif self.state is State.OPEN:
             self.deadlines.idle()
 
     def _protocol_error(self, exc, goaway):
@@ -255,7 +266,7 @@ class H2Server(object):
     def _route_event(self, event):
         t = type(event)
         if t is h2.events.RequestReceived:
-            if self._held or (self._draining is None and self._over_budget()):
+            if self._held or (self.state is not State.DRAINING and self._over_budget()):
                 self._hold(event)
                 return
         elif t in _STREAM_INPUT_EVENTS and event.stream_id in self._held_streams:
@@ -279,7 +290,7 @@ class H2Server(object):
         self._held_streams[sid] = self._held_streams.get(sid, 0) + 1
 
     def _release_held(self):
-        if not self._held or self._releasing or self._closed:
+        if not self._held or self._releasing or self.state is State.CLOSED:
             return
         self._releasing = True
         self._in_receive = True
@@ -341,7 +352,8 @@ class H2Server(object):
             self._windows_opened()
 
     def _on_remote_settings(self, event):
-        self._settled = True        # the client's first SETTINGS: its head is in
+        if self.state is State.AWAITING_SETTINGS:   # the client's first SETTINGS
+            self.state = State.OPEN
         self._windows_opened()
 
     def _on_terminated(self, event):
@@ -368,7 +380,7 @@ class H2Server(object):
     def _request_received(self, event):
         stream_id = event.stream_id
         headers = dict(event.headers)       # pseudo and grpc-* headers: the last wins
-        if self._draining is not None:
+        if self.state is State.DRAINING:
             self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         # Metadata and HTTP headers: the first of a repeated name wins (etcd reads the
@@ -520,7 +532,7 @@ class H2Server(object):
     def _flush_dirty(self):
         self._dirty_call = None
         dirty, self._dirty = self._dirty, {}
-        if self._closed:
+        if self.state is State.CLOSED:
             return
         for call in dirty:
             if self.streams.get(call.stream_id) is call and call.pending:
@@ -528,7 +540,7 @@ class H2Server(object):
         self._flush()
 
     def _finish_grpc(self, call, error):
-        if self._closed or self.streams.get(call.stream_id) is not call:
+        if self.state is State.CLOSED or self.streams.get(call.stream_id) is not call:
             return
         if not call.headers_sent and not call.pending:
             self._send_trailers_only(call.stream_id, error)
@@ -571,7 +583,7 @@ class H2Server(object):
     def _stream_done(self, stream_id):
         stream = self.streams.pop(stream_id, None)
         if stream is not None and stream.stops_request_when_answered \
-                and not self._closed:
+                and self.state is not State.CLOSED:
             # The client may still be sending (we answered early); tell it to stop.
             state = self.conn.streams.get(stream_id)
             if state is not None and state.open:
