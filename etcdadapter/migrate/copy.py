@@ -1,0 +1,86 @@
+"""What ``etcd-adapter migrate`` copies first: etcd's state at one revision R.
+
+* Keys: Range over the whole keyspace at revision R, in pages, each key with its
+  create_revision, mod_revision, version, value and lease.  The store gets them at their
+  mod_revision (keys one write made share a revision; their order within it -- the
+  sub-revision -- is not in a Range answer: key order), its revision R and compact
+  revision R, so history below R is ErrCompacted, as in an etcd compacted at R.
+* Leases: the same IDs and granted TTLs, with etcd's remaining time.
+* Auth: users with their roles, roles with their permissions, the enabled flag.  etcd
+  never answers a password hash: the ``--user`` used to read etcd gets the hash of its
+  password; every other user gets no password (it cannot log in until ``etcdctl user
+  passwd`` sets one after the cut-over); an etcd snapshot carries the hashes instead
+  (docs/etcd-snapshots.md).
+"""
+
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.store.base import KV
+from etcdadapter.store.importing import Imported
+
+PAGE = 1000
+
+
+def keys_at(client, revision, page=PAGE):
+    """Every live KV at ``revision`` (sorted by key)."""
+    out = []
+    key = b"\0"
+    while True:
+        r = client.range(rpc.RangeRequest(key=key, range_end=b"\0", revision=revision,
+                                          limit=page))
+        for kv in r.kvs:
+            out.append(KV(kv.key, kv.create_revision, kv.mod_revision, kv.version,
+                          kv.value, kv.lease))
+        if not r.more or not r.kvs:
+            return out
+        key = r.kvs[-1].key + b"\0"
+
+
+def leases(client):
+    """{id: (granted TTL, remaining seconds)} of etcd's live leases."""
+    out = {}
+    for lease_id in client.lease_ids():
+        ttl = client.lease_ttl(lease_id)
+        if ttl is not None:
+            out[lease_id] = ttl
+    return out
+
+
+def auth_blob(client):
+    """etcd's users, roles and auth flag as the adapter's auth state blob; None when
+    etcd has no users and no roles and auth is off."""
+    from etcdadapter.security import tokens
+    from etcdadapter.security.auth_store import AuthState, User, hash_password
+    users = client.users()
+    roles = client.roles()
+    if not users and not roles and not client.auth_enabled:
+        return None
+    state = AuthState()
+    state.enabled = client.auth_enabled
+    for name, user_roles in users.items():
+        password = None
+        if name == client.user:
+            password = hash_password(client.password)
+        state.users[name] = User(name, password, user_roles)
+    for name, perms in roles.items():
+        state.roles[name] = sorted(perms, key=lambda p: (p.key, p.range_end))
+    if state.enabled:
+        state.token_secret = tokens.new_secret()
+    return state.to_blob()
+
+
+def snapshot(client):
+    """(Imported, {lease id: (ttl, remaining)}, number of keys) of etcd now."""
+    revision = client.revision()
+    kvs = keys_at(client, revision)
+    kvs.sort(key=lambda kv: (kv.mod_revision, kv.key))
+    versions = []
+    sub, last = 0, None
+    for kv in kvs:
+        sub = sub + 1 if kv.mod_revision == last else 0
+        last = kv.mod_revision
+        versions.append((sub, kv))
+    live = leases(client)
+    history = Imported(revision, revision, lambda: iter(versions),
+                       sorted((i, ttl) for i, (ttl, _left) in live.items()),
+                       auth_blob(client))
+    return history, live, len(kvs)

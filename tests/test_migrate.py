@@ -1,0 +1,355 @@
+"""``etcd-adapter migrate``: a running etcd 3.4 moved into SQLite, MariaDB and PostgreSQL
+at etcd's revisions, while a writer keeps writing to etcd and APISIX-like watchers move
+from etcd to the adapter mid-stream.
+
+One scenario per store: APISIX-shaped data (hundreds of routes and upstreams, a txn, a
+lease with keys, a deleted key) in a real etcd; ``etcd-adapter migrate --from --to``
+copies it; an adapter started on the store answers Range exactly as etcd (keys, values,
+create/mod revisions, versions, leases; ErrCompacted below the copied revision) and
+refuses writes with the migration error; an HTTP/JSON watch (APISIX's way) and a gRPC
+watch started against etcd are moved to the adapter with start_revision = last seen + 1
+and, together, see every event of a reference watch on etcd exactly once, with etcd's
+revisions and prev_kv; the follower is stopped (SIGTERM) and resumed without copying
+again; ``migrate --cut-over`` hands over at etcd's revision F, and a write through the
+adapter then gets revision F + 1, which the moved watchers see.
+"""
+
+import queue
+import threading
+import time
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+import command
+import servers
+import stores
+from gateway_client import GatewayClient, b64, watch_body
+from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+
+pytestmark = pytest.mark.adapter
+
+KV = "/etcdserverpb.KV/"
+LEASE = "/etcdserverpb.Lease/"
+MIGRATING = "etcdserver: migration in progress: writes go to etcd until cut-over"
+PREFIX = b"/apisix/"
+PREFIX_END = b"/apisix0"
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    missing = servers.missing_binaries()
+    if missing:
+        pytest.skip("etcd binaries not found: %s" % ", ".join(missing))
+    server = servers.EtcdServer("migrate-etcd")
+    server.start()
+    client = servers.GrpcClient(server.endpoint)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop()
+        server.cleanup()
+
+
+def ok(result):
+    assert result.ok, result
+    return result.response
+
+
+def put(c, key, value, lease=0):
+    return ok(c.call(KV + "Put", rpc.PutRequest(key=key, value=value, lease=lease),
+                     rpc.PutResponse)).header.revision
+
+
+def txn_puts(c, pairs):
+    ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v)) for k, v in pairs]
+    return ok(c.call(KV + "Txn", rpc.TxnRequest(success=ops), rpc.TxnResponse))
+
+
+def delete(c, key):
+    return ok(c.call(KV + "DeleteRange", rpc.DeleteRangeRequest(key=key),
+                     rpc.DeleteRangeResponse))
+
+
+def grant(c, lease_id, ttl):
+    return ok(c.call(LEASE + "LeaseGrant", rpc.LeaseGrantRequest(ID=lease_id, TTL=ttl),
+                     rpc.LeaseGrantResponse))
+
+
+def revision_of(c):
+    return ok(c.call(KV + "Range", rpc.RangeRequest(key=b"\0", count_only=True),
+                     rpc.RangeResponse)).header.revision
+
+
+def kvs_at(c, revision):
+    r = ok(c.call(KV + "Range", rpc.RangeRequest(key=b"\0", range_end=b"\0",
+                                                 revision=revision), rpc.RangeResponse))
+    return [(kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease)
+            for kv in r.kvs]
+
+
+def event_tuple(e):
+    prev = None
+    if e.HasField("prev_kv"):
+        p = e.prev_kv
+        prev = (p.create_revision, p.mod_revision, p.version, p.value, p.lease)
+    kv = e.kv
+    return (e.type, kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value,
+            kv.lease, prev)
+
+
+class Writer(object):
+    """Writes to etcd until stopped: puts, a two-key txn, deletes, a lease."""
+
+    def __init__(self, client, lease_id):
+        self.client = client
+        self.lease_id = lease_id
+        self.stop = threading.Event()
+        self.count = 0
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        c = self.client
+        try:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                key = b"/apisix/routes/w%03d" % (i % 40)
+                if i % 5 == 0:
+                    txn_puts(c, [(key, b"t%d" % i), (b"/apisix/upstreams/w%d" % i, b"u")])
+                elif i % 7 == 0:
+                    delete(c, key)
+                elif i == 3:
+                    grant(c, self.lease_id, 50)
+                    put(c, b"/apisix/data_plane/server_info/w", b"live",
+                        lease=self.lease_id)
+                else:
+                    put(c, key, b"v%d" % i)
+                self.count += 1
+                time.sleep(0.01)
+        except Exception as e:        # reported by finish()
+            self.error = e
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(10)
+        assert self.error is None, self.error
+        assert self.count > 20, self.count
+
+
+class JsonWatch(object):
+    """APISIX's watch: POST /v3/watch on the HTTP/JSON gateway, events since a
+    revision."""
+
+    def __init__(self, endpoint, start):
+        self.stream = GatewayClient(endpoint).stream("/v3/watch", watch_body(
+            PREFIX, PREFIX_END, start_revision=start, prev_kv=True))
+        created = self.stream.next(10)
+        assert created["result"]["created"] is True, created
+
+    def events(self, quiet=0.4, until=None):
+        """Events until nothing comes for ``quiet`` s (or the last reaches ``until``)."""
+        out = []
+        while until is None or not out or out[-1][3] < until:
+            try:
+                msg = self.stream.next(quiet if until is None else 10)
+            except OSError:
+                break
+            assert msg is not None and "result" in msg, msg
+            r = json_format.ParseDict(msg["result"], rpc.WatchResponse(),
+                                      ignore_unknown_fields=True)
+            out.extend(event_tuple(e) for e in r.events)
+        return out
+
+    def close(self):
+        self.stream.close()
+
+
+class GrpcWatch(object):
+    def __init__(self, endpoint, start):
+        self.channel = grpc.insecure_channel(endpoint)
+        self.watch = servers.GrpcWatch(self.channel)
+        self.watch.create(key=PREFIX, range_end=PREFIX_END, start_revision=start,
+                          prev_kv=True)
+
+    def events(self, quiet=0.4, until=None):
+        out = []
+        while until is None or not out or out[-1][3] < until:
+            try:
+                r = self.watch.next(quiet if until is None else 10)
+            except queue.Empty:
+                break
+            out.extend(event_tuple(e) for e in r.events)
+        return out
+
+    def close(self):
+        self.watch.close()
+        self.channel.close()
+
+
+def migrate(url, etcd_server):
+    return command.Running(["migrate", "--from", "http://" + etcd_server.endpoint,
+                            "--to", url])
+
+
+def load_apisix(c):
+    """Hundreds of routes and upstreams, a txn, a lease with keys, a deleted key."""
+    for i in range(200):
+        put(c, b"/apisix/routes/%03d" % i, b'{"id":"%d","uri":"/r%d"}' % (i, i))
+    for i in range(100):
+        put(c, b"/apisix/upstreams/%03d" % i, b'{"nodes":{"127.0.0.1:%d":1}}' % i)
+    put(c, b"/apisix/routes/000", b'{"id":"0","uri":"/changed"}')
+    txn_puts(c, [(b"/apisix/ssls/1", b"s1"), (b"/apisix/ssls/2", b"s2"),
+                 (b"/apisix/services/1", b"svc")])
+    grant(c, 0x77, 100)
+    put(c, b"/apisix/data_plane/server_info/a", b"a", lease=0x77)
+    put(c, b"/apisix/data_plane/server_info/b", b"b", lease=0x77)
+    delete(c, b"/apisix/routes/199")
+
+
+@pytest.mark.parametrize("kind", stores.SQL_KINDS)
+def test_live_migration(etcd, kind, tmp_path):
+    etcd_server, ec = etcd
+    url, drop = stores.store_url(kind, tmp_path)
+    adapter = None
+    follower = None
+    watches = []
+    try:
+        if revision_of(ec) < 300:
+            load_apisix(ec)
+        r0 = revision_of(ec) + 1
+        reference = GrpcWatch(etcd_server.endpoint, r0)
+        json_watch = JsonWatch(etcd_server.endpoint, r0)
+        grpc_watch = GrpcWatch(etcd_server.endpoint, r0)
+        watches += [reference, json_watch, grpc_watch]
+        writer = Writer(ec, 0x880 + stores.SQL_KINDS.index(kind))
+
+        follower = migrate(url, etcd_server)
+        follower.wait_log("following etcd from revision")
+        copied = int(follower.stdout().split(" at revision ")[1].split()[0])
+        assert copied >= r0 - 1
+        adapter = servers.AdapterServer("migrate-adapter", store=url)
+        adapter.start()
+        ac = servers.GrpcClient(adapter.endpoint)
+
+        # The copy: the very keys, revisions, versions and leases of etcd.
+        at = revision_of(ac)
+        assert at >= copied
+        assert kvs_at(ac, at) == kvs_at(ec, at)
+        assert kvs_at(ac, copied) == kvs_at(ec, copied)
+        below = ac.call(KV + "Range", rpc.RangeRequest(key=b"\0", range_end=b"\0",
+                                                       revision=copied - 1),
+                        rpc.RangeResponse)
+        assert below.error() == ("OUT_OF_RANGE", "etcdserver: mvcc: required revision "
+                                 "has been compacted")
+        ttl = ok(ac.call(LEASE + "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(
+            ID=0x77, keys=True), rpc.LeaseTimeToLiveResponse))
+        etcd_ttl = ok(ec.call(LEASE + "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(
+            ID=0x77), rpc.LeaseTimeToLiveResponse))
+        assert ttl.grantedTTL == 100 and abs(ttl.TTL - etcd_ttl.TTL) <= 1, (ttl, etcd_ttl)
+        assert list(ttl.keys) == [b"/apisix/data_plane/server_info/a",
+                                  b"/apisix/data_plane/server_info/b"]
+
+        # Writes go to etcd until the cut-over.
+        refused = ac.call(KV + "Put", rpc.PutRequest(key=b"/apisix/x", value=b"x"),
+                          rpc.PutResponse)
+        assert refused.error() == ("UNAVAILABLE", MIGRATING)
+        refused = ac.call(LEASE + "LeaseGrant", rpc.LeaseGrantRequest(TTL=10),
+                          rpc.LeaseGrantResponse)
+        assert refused.error() == ("UNAVAILABLE", MIGRATING)
+        reply = GatewayClient(adapter.endpoint).post(
+            "/v3/kv/put", {"key": b64(b"/apisix/x"), "value": b64(b"x")})
+        assert (reply.status, reply.json()["code"], reply.json()["message"]) == (
+            503, 14, MIGRATING)
+
+        # The watchers move from etcd to the adapter, from what they saw + 1.
+        now = revision_of(ec)
+        seen_json = json_watch.events(until=now)
+        seen_grpc = grpc_watch.events(until=now)
+        assert seen_json and seen_grpc
+        json_watch.close()
+        grpc_watch.close()
+        last = max(seen_json[-1][3], seen_grpc[-1][3])
+        servers.wait_until(lambda: revision_of(ac) >= last, what="adapter at %d" % last)
+        json_watch = JsonWatch(adapter.endpoint, seen_json[-1][3] + 1)
+        grpc_watch = GrpcWatch(adapter.endpoint, seen_grpc[-1][3] + 1)
+        watches += [json_watch, grpc_watch]
+
+        # Interrupted and resumed: no second copy.
+        assert follower.terminate() == 0
+        assert "stopped at revision" in follower.stdout(), follower.stdout()
+        follower = migrate(url, etcd_server)
+        follower.wait_log("following etcd from revision")
+        out = follower.stdout()
+        assert out.startswith("resuming the migration at revision "), out
+        assert "(copied at revision %d)" % copied in out and "key(s)" not in out, out
+        time.sleep(0.3)
+
+        # The writer stops; the cut-over hands over at etcd's revision.
+        writer.finish()
+        final = revision_of(ec)
+        status, out, err = command.run(["migrate", "--cut-over", "--to", url])
+        assert (status, err) == (0, ""), (out, err, follower.stdout())
+        assert out == "cut over at revision %d: the store accepts writes\n" % final
+        assert follower.proc.wait(10) == 0
+        assert ("cut over at revision %d: adapters on the store accept writes from "
+                "revision %d on" % (final, final + 1)) in follower.stdout()
+
+        expected = reference.events(until=final)
+        assert expected[-1][3] == final
+        assert seen_json + json_watch.events(until=final) == expected
+        assert seen_grpc + grpc_watch.events(until=final) == expected
+        middle = (copied + final) // 2
+        assert kvs_at(ac, middle) == kvs_at(ec, middle)
+        assert kvs_at(ac, final) == kvs_at(ec, final)
+        def lease_ids(c):
+            r = ok(c.call(LEASE + "LeaseLeases", rpc.LeaseLeasesRequest(),
+                          rpc.LeaseLeasesResponse))
+            return sorted(lease.ID for lease in r.leases)
+        assert writer.lease_id in lease_ids(ac)
+        assert lease_ids(ac) == lease_ids(ec)
+
+        # Writes through the adapter continue at etcd's revision + 1.
+        def accepted():
+            r = ac.call(KV + "Put", rpc.PutRequest(key=b"/apisix/routes/after",
+                                                   value=b"a"), rpc.PutResponse)
+            if r.error() == ("UNAVAILABLE", MIGRATING):
+                return None
+            return ok(r).header.revision
+        assert servers.wait_until(accepted, timeout=3, what="writes accepted") == final + 1
+        after = (0, b"/apisix/routes/after", final + 1, final + 1, 1, b"a", 0, None)
+        assert json_watch.events(until=final + 1) == [after]
+        assert grpc_watch.events(until=final + 1) == [after]
+        ac.close()
+    finally:
+        for w in watches:
+            w.close()
+        if follower is not None:
+            follower.kill()
+        if adapter is not None:
+            adapter.stop()
+            adapter.cleanup()
+        drop()
+
+
+def test_refusals(tmp_path):
+    status, out, err = command.run(["migrate", "--from", "http://127.0.0.1:1",
+                                    "--to", "memory://"])
+    assert status == 2
+    assert err.startswith("etcd-adapter migrate: the memory store lives inside one "
+                          "adapter process: migrate into a SQL store"), err
+    status, out, err = command.run(["migrate", "--to", "sqlite:///%s/a.db" % tmp_path])
+    assert (status, err) == (2, "etcd-adapter migrate: --from (etcd endpoints) is "
+                                "required, or --cut-over\n")
+    url = "sqlite:///%s/b.db" % tmp_path
+    status, out, err = command.run(["migrate", "--cut-over", "--to", url])
+    assert (status, err) == (1, "etcd-adapter migrate: no migration is in progress on "
+                                "%s\n" % url)
+    status, out, err = command.run(["migrate", "--from", "http://127.0.0.1:1",
+                                    "--to", url])
+    assert status == 1
+    assert err.startswith("etcd-adapter migrate: cannot reach etcd (http://127.0.0.1:1: "), err
