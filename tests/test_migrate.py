@@ -26,12 +26,14 @@ import command
 import servers
 import stores
 from gateway_client import GatewayClient, b64, watch_body
+from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 pytestmark = pytest.mark.adapter
 
 KV = "/etcdserverpb.KV/"
 LEASE = "/etcdserverpb.Lease/"
+AUTH = "/etcdserverpb.Auth/"
 MIGRATING = "etcdserver: migration in progress: writes go to etcd until cut-over"
 PREFIX = b"/apisix/"
 PREFIX_END = b"/apisix0"
@@ -353,3 +355,127 @@ def test_refusals(tmp_path):
                                     "--to", url])
     assert status == 1
     assert err.startswith("etcd-adapter migrate: cannot reach etcd (http://127.0.0.1:1: "), err
+
+
+class AuthClient(object):
+    """gRPC calls carrying a token once logged in."""
+
+    def __init__(self, endpoint):
+        self.channel = grpc.insecure_channel(endpoint)
+        self.token = None
+
+    def call(self, method, request, response_class):
+        fn = self.channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString(),
+                                      response_deserializer=response_class.FromString)
+        try:
+            return fn(request, timeout=10,
+                      metadata=[("token", self.token)] if self.token else None)
+        except grpc.RpcError as e:
+            return (e.code().name, e.details())
+
+    def login(self, name, password):
+        r = self.call(AUTH + "Authenticate", rpc.AuthenticateRequest(
+            name=name, password=password), rpc.AuthenticateResponse)
+        if isinstance(r, tuple):
+            return r
+        self.token = r.token
+        return "ok"
+
+    def close(self):
+        self.channel.close()
+
+
+def users_and_roles(c):
+    users = c.call(AUTH + "UserList", rpc.AuthUserListRequest(), rpc.AuthUserListResponse)
+    out = {}
+    for name in users.users:
+        out[name] = list(c.call(AUTH + "UserGet", rpc.AuthUserGetRequest(name=name),
+                                rpc.AuthUserGetResponse).roles)
+    for name in c.call(AUTH + "RoleList", rpc.AuthRoleListRequest(),
+                       rpc.AuthRoleListResponse).roles:
+        perms = c.call(AUTH + "RoleGet", rpc.AuthRoleGetRequest(role=name),
+                       rpc.AuthRoleGetResponse).perm
+        out["role:" + name] = [(p.permType, p.key, p.range_end) for p in perms]
+    return out
+
+
+def test_auth_copied(tmp_path):
+    """Users, roles and permissions come along; the --user logs in with its password,
+    the others have none until it is set again after the cut-over."""
+    missing = servers.missing_binaries()
+    if missing:
+        pytest.skip("etcd binaries not found: %s" % ", ".join(missing))
+    etcd_server = servers.EtcdServer("migrate-auth-etcd")
+    etcd_server.start()
+    adapter = follower = None
+    url = "sqlite:///%s/auth.db" % tmp_path
+    ec = AuthClient(etcd_server.endpoint)
+    ac = None
+    try:
+        A = AUTH
+        ec.call(A + "UserAdd", rpc.AuthUserAddRequest(name="root", password="root-pw"),
+                rpc.AuthUserAddResponse)
+        ec.call(A + "UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root"),
+                rpc.AuthUserGrantRoleResponse)
+        ec.call(A + "RoleAdd", rpc.AuthRoleAddRequest(name="reader"), rpc.AuthRoleAddResponse)
+        ec.call(A + "RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
+            name="reader", perm=authpb.Permission(permType=authpb.Permission.READ,
+                                                  key=b"/apisix/", range_end=b"/apisix0")),
+            rpc.AuthRoleGrantPermissionResponse)
+        ec.call(A + "UserAdd", rpc.AuthUserAddRequest(name="alice", password="alice-pw"),
+                rpc.AuthUserAddResponse)
+        ec.call(A + "UserGrantRole", rpc.AuthUserGrantRoleRequest(user="alice",
+                                                                  role="reader"),
+                rpc.AuthUserGrantRoleResponse)
+        put(servers.GrpcClient(etcd_server.endpoint), b"/apisix/routes/1", b"r1")
+        ec.call(A + "AuthEnable", rpc.AuthEnableRequest(), rpc.AuthEnableResponse)
+        assert ec.login("root", "root-pw") == "ok"
+        expected = users_and_roles(ec)
+        assert expected["alice"] == ["reader"]
+
+        follower = command.Running(["migrate", "--from", "http://" + etcd_server.endpoint,
+                                    "--to", url, "--user", "root:root-pw"])
+        follower.wait_log("following etcd from revision")
+        assert "users and roles" in follower.stdout()
+        port = command.free_port()
+        adapter = command.Running(["--listen", "127.0.0.1:%d" % port, "--store", url])
+        adapter.wait_http(port)         # the gRPC probe of AdapterServer needs a token
+        endpoint = "127.0.0.1:%d" % port
+        ac = AuthClient(endpoint)
+        assert ac.call(KV + "Range", rpc.RangeRequest(key=b"/apisix/routes/1"),
+                       rpc.RangeResponse) == ("INVALID_ARGUMENT",
+                                              "etcdserver: user name is empty")
+        assert ac.login("alice", "alice-pw") == (
+            "INVALID_ARGUMENT", "etcdserver: authentication failed, invalid user ID or "
+            "password")
+        assert ac.login("root", "root-pw") == "ok"
+        assert users_and_roles(ac) == expected
+        r = ac.call(KV + "Range", rpc.RangeRequest(key=b"/apisix/routes/1"),
+                    rpc.RangeResponse)
+        assert [kv.value for kv in r.kvs] == [b"r1"]
+        refused = ac.call(A + "UserChangePassword", rpc.AuthUserChangePasswordRequest(
+            name="alice", password="alice-pw"), rpc.AuthUserChangePasswordResponse)
+        assert refused == ("UNAVAILABLE", MIGRATING)
+
+        status, out, err = command.run(["migrate", "--cut-over", "--to", url])
+        assert status == 0, (out, err)
+        assert follower.proc.wait(10) == 0
+
+        def changed():
+            r = ac.call(A + "UserChangePassword", rpc.AuthUserChangePasswordRequest(
+                name="alice", password="alice-pw"), rpc.AuthUserChangePasswordResponse)
+            return r != ("UNAVAILABLE", MIGRATING) and r
+        assert not isinstance(servers.wait_until(changed, timeout=3), tuple)
+        alice = AuthClient(endpoint)
+        assert alice.login("alice", "alice-pw") == "ok"
+        alice.close()
+    finally:
+        ec.close()
+        if ac is not None:
+            ac.close()
+        if follower is not None:
+            follower.kill()
+        if adapter is not None:
+            assert adapter.terminate() == 0
+        etcd_server.stop()
+        etcd_server.cleanup()

@@ -187,6 +187,7 @@ class Follower(object):
                          % (item, self.revision + 1))
                 if self.stopping.wait(WATCH_RETRY_DELAY):
                     break
+                self._try(self.client.login)       # the token may have expired
                 inbox = self._start_watch()
             now = time.monotonic()
             if now >= next_lease:
