@@ -14,7 +14,11 @@ again; ``migrate --cut-over`` hands over at etcd's revision F, and a write throu
 adapter then gets revision F + 1, which the moved watchers see.
 """
 
+import base64
+import os
 import queue
+import re
+import shlex
 import threading
 import time
 
@@ -479,3 +483,66 @@ def test_auth_copied(tmp_path):
             assert adapter.terminate() == 0
         etcd_server.stop()
         etcd_server.cleanup()
+
+
+def readme_block(name):
+    readme = open(os.path.join(servers.REPO_ROOT, "README.md")).read()
+    return re.search(r"<!-- sh: %s -->\n```sh\n(.*?)```" % name, readme, re.S).group(1)
+
+
+def test_readme_steps(etcd):
+    """README's "Live, at etcd's revisions" steps, pasted (MariaDB, etcd's address and
+    the adapter's port substituted), do what the text says."""
+    etcd_server, ec = etcd
+    url, drop = stores.create_database("mariadb")
+    port = command.free_port()
+
+    def args(name):
+        text = readme_block(name).strip()
+        text = text.replace("'mysql://etcd_adapter:change-me@127.0.0.1:3306/etcd_adapter'",
+                            url).replace("http://etcd.internal:2379",
+                                         "http://" + etcd_server.endpoint)
+        words = shlex.split(text)
+        assert words[0] == "etcd-adapter", text
+        return words[1:]
+    follower = adapter = None
+    try:
+        put(ec, b"/apisix/routes/readme", b"before")
+        follower = command.Running(args("live-migrate-follow"))
+        follower.wait_log("following etcd from revision")
+        copied = re.match(r"copied (\d+) key\(s\), (\d+) lease\(s\) at revision (\d+) in "
+                          r"[0-9.]+s\nfollowing etcd from revision (\d+)\n$",
+                          follower.stdout())
+        assert copied, follower.stdout()
+        assert int(copied.group(4)) == int(copied.group(3)) + 1
+        adapter = command.Running(args("live-migrate-adapter"),
+                                  {"ETCD_ADAPTER_LISTEN": "127.0.0.1:%d" % port})
+        adapter.wait_http(port)
+        gateway = GatewayClient("127.0.0.1:%d" % port)
+        reply = gateway.post("/v3/kv/put", {"key": b64(b"/apisix/x"), "value": b64(b"x")})
+        assert (reply.status, reply.json()["code"], reply.json()["message"]) == (
+            503, 14, MIGRATING)
+        written = put(ec, b"/apisix/routes/readme", b"during")
+
+        def seen():
+            r = gateway.post("/v3/kv/range", {"key": b64(b"/apisix/routes/readme")}).json()
+            return r.get("kvs") and r["kvs"][0]
+        servers.wait_until(lambda: seen()["mod_revision"] == str(written), what="copied")
+        assert base64.b64decode(seen()["value"]) == b"during"
+
+        status, out, err = command.run(args("live-migrate-cut-over"))
+        final = revision_of(ec)
+        assert (status, out, err) == (
+            0, "cut over at revision %d: the store accepts writes\n" % final, ""), follower.stdout()
+        assert follower.proc.wait(10) == 0
+
+        def accepted():
+            r = gateway.post("/v3/kv/put", {"key": b64(b"/apisix/y"), "value": b64(b"y")})
+            return r.status == 200 and int(r.json()["header"]["revision"])
+        assert servers.wait_until(accepted, timeout=3, what="writes accepted") == final + 1
+    finally:
+        if follower is not None:
+            follower.kill()
+        if adapter is not None:
+            assert adapter.terminate() == 0
+        drop()
