@@ -546,3 +546,60 @@ def test_readme_steps(etcd):
         if adapter is not None:
             assert adapter.terminate() == 0
         drop()
+
+
+def test_tls_client_certificate(tmp_path):
+    """--from https://... with --cacert, --cert and --key: an etcd that requires client
+    certificates is copied and followed; without the certificate it is a one-line
+    error."""
+    import subprocess
+    import certs
+    from etcdadapter.migrate.etcd_client import EtcdClient
+    if servers.missing_binaries():
+        pytest.skip("etcd binaries not found")
+    ca = certs.CA(tmp_path)
+    server_cert, server_key, _ = ca.issue("server", "etcd", "server+client",
+                                            ips=["127.0.0.1"])
+    client_cert, client_key, _ = ca.issue("client", "migrate", "client")
+    port, peer = command.free_port(), command.free_port()
+    url = "https://127.0.0.1:%d" % port
+    peer_url = "http://127.0.0.1:%d" % peer
+    with open(str(tmp_path / "etcd.log"), "wb") as log:
+        etcd_proc = subprocess.Popen(
+            [servers.ETCD_BIN, "--name", "default", "--data-dir", str(tmp_path / "data"),
+             "--listen-client-urls", url, "--advertise-client-urls", url,
+             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+             "--initial-cluster", "default=" + peer_url, "--cert-file", server_cert,
+             "--key-file", server_key, "--trusted-ca-file", ca.path,
+             "--client-cert-auth"], stdout=log, stderr=log)
+    store = "sqlite:///%s/tls.db" % tmp_path
+    follower = None
+    try:
+        client = EtcdClient(url, ca.path, client_cert, client_key)
+
+        def put_ok(key):
+            try:
+                return client.call("/v3/kv/put", rpc.PutRequest(key=key, value=b"v"),
+                                   rpc.PutResponse).header.revision
+            except Exception:
+                return None
+        servers.wait_until(lambda: put_ok(b"/apisix/routes/tls"), timeout=20,
+                           what="etcd with TLS")
+        status, out, err = command.run(["migrate", "--from", url, "--to", store,
+                                        "--cacert", ca.path])
+        assert status == 1 and err.startswith(
+            "etcd-adapter migrate: cannot reach etcd (%s: " % url), err
+        follower = command.Running(["migrate", "--from", url, "--to", store, "--cacert",
+                                    ca.path, "--cert", client_cert, "--key", client_key])
+        follower.wait_log("following etcd from revision")
+        assert follower.stdout().startswith("copied 1 key(s), 0 lease(s) at revision ")
+        later = put_ok(b"/apisix/routes/tls2")
+        status, out, err = command.run(["migrate", "--cut-over", "--to", store])
+        assert (status, out, err) == (
+            0, "cut over at revision %d: the store accepts writes\n" % later, "")
+        assert follower.proc.wait(10) == 0
+    finally:
+        if follower is not None:
+            follower.kill()
+        etcd_proc.kill()
+        etcd_proc.wait(10)
