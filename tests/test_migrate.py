@@ -465,9 +465,20 @@ def test_auth_copied(tmp_path):
             name="alice", password="alice-pw"), rpc.AuthUserChangePasswordResponse)
         assert refused == ("UNAVAILABLE", MIGRATING)
 
+        # Made on etcd during the migration: copied at the cut-over.
+        ec.call(A + "UserAdd", rpc.AuthUserAddRequest(name="bob", password="bob-pw"),
+                rpc.AuthUserAddResponse)
+        ec.call(A + "RoleAdd", rpc.AuthRoleAddRequest(name="writer"), rpc.AuthRoleAddResponse)
+        ec.call(A + "UserGrantRole", rpc.AuthUserGrantRoleRequest(user="bob", role="writer"),
+                rpc.AuthUserGrantRoleResponse)
+        expected = users_and_roles(ec)
+        assert expected["bob"] == ["writer"] and users_and_roles(ac) != expected
+
         status, out, err = command.run(["migrate", "--cut-over", "--to", url])
         assert status == 0, (out, err)
         assert follower.proc.wait(10) == 0
+        servers.wait_until(lambda: users_and_roles(ac) == expected, timeout=5,
+                           what="users and roles of the cut-over")
 
         def changed():
             r = ac.call(A + "UserChangePassword", rpc.AuthUserChangePasswordRequest(

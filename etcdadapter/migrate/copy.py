@@ -6,7 +6,8 @@
   sub-revision -- is not in a Range answer: key order), its revision R and compact
   revision R, so history below R is ErrCompacted, as in an etcd compacted at R.
 * Leases: the same IDs and granted TTLs, with etcd's remaining time.
-* Auth: users with their roles, roles with their permissions, the enabled flag.  etcd
+* Auth: users with their roles, roles with their permissions, the enabled flag (again
+  at the cut-over, for changes made meanwhile).  etcd
   never answers a password hash: the ``--user`` used to read etcd gets the hash of its
   password; every other user gets no password (it cannot log in until ``etcdctl user
   passwd`` sets one after the cut-over); an etcd snapshot carries the hashes instead
@@ -45,27 +46,37 @@ def leases(client):
     return out
 
 
-def auth_blob(client):
+def auth_blob(client, previous=None):
     """etcd's users, roles and auth flag as the adapter's auth state blob; None when
-    etcd has no users and no roles and auth is off."""
+    etcd has no users and no roles and auth is off.  ``previous``: the blob copied
+    before (at the cut-over, which copies users and roles again): password hashes the
+    store already has and its token secret are kept."""
     from etcdadapter.security import tokens
-    from etcdadapter.security.auth_store import AuthState, User, hash_password
+    from etcdadapter.security.auth_store import (AuthState, User, check_password,
+                                                 hash_password)
     users = client.users()
     roles = client.roles()
     if not users and not roles and not client.auth_enabled:
         return None
+    before = AuthState.from_blob(previous)
     state = AuthState()
     state.enabled = client.auth_enabled
+    state.revision = before.revision
     for name, user_roles in users.items():
-        password = None
-        if name == client.user:
+        password = before.password_of(name)
+        if name == client.user and not (password and check_password(client.password,
+                                                                     password)):
             password = hash_password(client.password)
         state.users[name] = User(name, password, user_roles)
     for name, perms in roles.items():
         state.roles[name] = sorted(perms, key=lambda p: (p.key, p.range_end))
     if state.enabled:
-        state.token_secret = tokens.new_secret()
-    return state.to_blob()
+        state.token_secret = before.token_secret or tokens.new_secret()
+    blob = state.to_blob()
+    if previous is not None and blob != previous:
+        state.revision += 1                 # as etcd bumps it with each auth change
+        blob = state.to_blob()
+    return blob
 
 
 def snapshot(client):

@@ -222,7 +222,14 @@ class Follower(object):
     def cut_over(self):
         self.sync_leases(refresh=True)
         revision = self.revision
-        self.tx("write", lambda tx: following.clear_mark(tx, self.dialect, revision))
+        previous = self.tx("read", following.read_auth)
+        blob = copy.auth_blob(self.client, previous)
+
+        def body(tx):
+            if blob is not None and blob != previous:
+                following.write_auth(tx, self.dialect, blob)
+            following.clear_mark(tx, self.dialect, revision)
+        self.tx("write", body)
         self.say("cut over at revision %d: adapters on the store accept writes from "
                  "revision %d on" % (revision, revision + 1))
         try:

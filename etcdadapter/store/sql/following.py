@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from etcdadapter.errors import EtcdError, StatusCode
 from etcdadapter.store.sql.replica import read_meta
-from etcdadapter.store.sql.schema import CURRENT, LEASE, LOG, META
+from etcdadapter.store.sql.schema import AUTH, CURRENT, LEASE, LOG, META
 
 log = Logger()
 
@@ -72,6 +72,15 @@ def clear_mark(tx, dialect, revision):
     if current != revision:
         raise FollowError("the store is at revision %d, not %d" % (current, revision))
     tx.run("DELETE FROM " + META + " WHERE id = %s", (MARK_ID,))
+
+
+def read_auth(tx):
+    row = tx.one("SELECT data FROM " + AUTH + " WHERE id = 1")
+    return bytes(row[0]) if row is not None else None
+
+
+def write_auth(tx, dialect, blob):
+    tx.run(dialect.upsert(AUTH, ["id", "data"], "id"), (1, blob))
 
 
 # -- applying etcd's revisions --------------------------------------------------------
