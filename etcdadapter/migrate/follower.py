@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 
+from etcdadapter.errors import EtcdError
 from etcdadapter.migrate import copy
 from etcdadapter.migrate.etcd_client import EtcdClientError
 from etcdadapter.pb.mvccpb import kv_pb2 as mvccpb
@@ -122,22 +123,24 @@ class Follower(object):
             self.leases = live
 
     # -- following ---------------------------------------------------------------------
-    def _watch(self, start, inbox):
+    def _watch(self, start, inbox, abandoned):
         try:
             for response in self.client.watch(start):
-                inbox.put(("response", response))
-                if self.stopping.is_set():
+                if self.stopping.is_set() or abandoned.is_set():
                     return
+                inbox.put(("response", response))
             inbox.put(("end", "the watch stream ended"))
         except Exception as e:                   # reported on the main thread
             inbox.put(("end", e))
 
     def _start_watch(self):
-        inbox = queue.Queue()
-        t = threading.Thread(target=self._watch, args=(self.revision + 1, inbox),
+        """A new watch from the store's revision + 1: (inbox, abandoned); set
+        ``abandoned`` to make its thread drop what else comes and end."""
+        inbox, abandoned = queue.Queue(), threading.Event()
+        t = threading.Thread(target=self._watch, args=(self.revision + 1, inbox, abandoned),
                              name="etcd-watch", daemon=True)
         t.start()
-        return inbox
+        return inbox, abandoned
 
     def _apply(self, responses):
         for r in responses:
@@ -161,7 +164,7 @@ class Follower(object):
     def follow(self):
         """Follow etcd until a cut-over (True) or :attr:`stopping` (False)."""
         self.say("following etcd from revision %d" % (self.revision + 1))
-        inbox = self._start_watch()
+        inbox, abandoned = self._start_watch()
         target = None                  # etcd's revision when the cut-over was asked
         next_mark = next_lease = 0.0
         next_refresh = time.monotonic() + LEASE_REFRESH_INTERVAL
@@ -181,14 +184,18 @@ class Follower(object):
                     if kind != "response":
                         break
                     batch.append(item)
-                self._apply(batch)
+                try:
+                    self._apply(batch)
+                except EtcdError as e:           # the database: nothing was written
+                    kind, item = "end", "database: %s" % e
             if kind == "end":
-                self.say("etcd watch interrupted (%s); watching again from revision %d"
+                abandoned.set()
+                self.say("interrupted (%s); watching etcd again from revision %d"
                          % (item, self.revision + 1))
                 if self.stopping.wait(WATCH_RETRY_DELAY):
                     break
                 self._try(self.client.login)       # the token may have expired
-                inbox = self._start_watch()
+                inbox, abandoned = self._start_watch()
             now = time.monotonic()
             if now >= next_lease:
                 next_lease = now + LEASE_POLL_INTERVAL
@@ -198,26 +205,37 @@ class Follower(object):
                 self._try(self.sync_leases, refresh)
             if now >= next_mark:
                 next_mark = now + MARK_CHECK_INTERVAL
-                mark = self.tx("read", following.read_mark)
-                if mark is None:
-                    raise MigrationError("the migration mark is gone: the store was cut "
-                                         "over by another process")
-                if mark[1] and target is None:
-                    target = self.client.revision()
-                    self.say("cut-over requested: catching up with etcd's revision %d"
-                             % target)
+                if target is None:
+                    target = self._try(self._cut_over_target)
             if target is not None and self.revision >= target:
                 self.cut_over()
+                abandoned.set()
                 return True
         self.say("stopped at revision %d: run the same command to resume"
                  % self.revision)
         return False
 
+    def _cut_over_target(self):
+        """etcd's revision once a cut-over is asked for, else None."""
+        mark = self.tx("read", following.read_mark)
+        if mark is None:
+            raise MigrationError("the migration mark is gone: the store was cut over by "
+                                 "another process")
+        if not mark[1]:
+            return None
+        target = self.client.revision()
+        self.say("cut-over requested: catching up with etcd's revision %d" % target)
+        return target
+
     def _try(self, fn, *args):
+        """fn(*args), or None after saying why etcd or the database failed (the loop
+        tries again later)."""
         try:
-            fn(*args)
+            return fn(*args)
         except EtcdClientError as e:
             self.say("etcd: %s (retrying)" % e)
+        except EtcdError as e:
+            self.say("database: %s (retrying)" % e)
 
     def cut_over(self):
         self.sync_leases(refresh=True)
