@@ -47,11 +47,7 @@ def _parser(prog):
 
 def _dialect(url):
     from etcdadapter.store.urls import open_store
-    store = open_store(url)
-    dialect = getattr(store, "dialect", None)
-    if dialect is None:
-        raise ValueError("not a SQL store")
-    return dialect
+    return open_store(url).dialect
 
 
 def _cut_over(dialect, args, out):
@@ -140,4 +136,6 @@ def main(argv=None, out=None, err=None, prog=PROG):
         err.write("%s: store %s: %s\n" % (prog, args.to_redacted, e))
     except OSError as e:
         err.write("%s: %s\n" % (prog, e))
+    except Exception as e:            # one line, as every etcd-adapter command fails
+        err.write("%s: failed: %s: %s\n" % (prog, e.__class__.__name__, e))
     return 1
