@@ -659,3 +659,27 @@ def test_database_busy_then_back(etcd, tmp_path):
         assert follower.proc.wait(10) == 0
     finally:
         follower.kill()
+
+
+def test_resume_after_etcd_compacted(etcd, tmp_path):
+    """Resumed after etcd compacted revisions the store has not read: a one-line error
+    saying to start again, not a store with a hole."""
+    etcd_server, ec = etcd
+    url = "sqlite:///%s/compacted.db" % tmp_path
+    args = ["migrate", "--from", "http://" + etcd_server.endpoint, "--to", url]
+    follower = command.Running(args)
+    try:
+        follower.wait_log("following etcd from revision")
+        assert follower.terminate() == 0
+        at = int(follower.stdout().split("stopped at revision ")[1].split(":")[0])
+        put(ec, b"/apisix/routes/compacted", b"1")
+        latest = put(ec, b"/apisix/routes/compacted", b"2")
+        ok(ec.call(KV + "Compact", rpc.CompactionRequest(revision=latest),
+                   rpc.CompactionResponse))
+        status, out, err = command.run(args)
+        assert status == 1, (out, err)
+        assert err == ("etcd-adapter migrate: etcd compacted revision %d before the "
+                       "migration read it (the store is at %d): start again on an empty "
+                       "store\n" % (latest, at)), err
+    finally:
+        follower.kill()
