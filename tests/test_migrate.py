@@ -663,10 +663,13 @@ def test_database_busy_then_back(etcd, tmp_path):
 
 def test_resume_after_etcd_compacted(etcd, tmp_path):
     """Resumed after etcd compacted revisions the store has not read: a one-line error
-    saying to start again, not a store with a hole."""
+    saying to start again, not a store with a hole.  (--from lists a dead endpoint
+    first.)"""
     etcd_server, ec = etcd
     url = "sqlite:///%s/compacted.db" % tmp_path
-    args = ["migrate", "--from", "http://" + etcd_server.endpoint, "--to", url]
+    # A dead endpoint first: every request goes on to the next.
+    dead = "http://127.0.0.1:%d" % command.free_port()
+    args = ["migrate", "--from", dead + ",http://" + etcd_server.endpoint, "--to", url]
     follower = command.Running(args)
     try:
         follower.wait_log("following etcd from revision")
