@@ -6,6 +6,8 @@ Starts a real etcd, fills it with N keys (APISIX-like: /apisix/routes/<i>, ~200-
 JSON values, 128 puts per txn), runs ``etcd-adapter migrate --from --to STORE`` until it
 prints "following", then an adapter on the store, and reports the copy time the command
 printed, the wall time to "following", the adapter's start time and RSS, then cuts over.
+``--follow-writes N``: N puts to etcd (8 threads) while following, and how soon the store
+has them.
 
     .venv/bin/python bench/migrate.py --keys 10000 --store sqlite
     .venv/bin/python bench/migrate.py --keys 100000 --store mariadb   (postgresql)
@@ -43,10 +45,48 @@ def fill(client, n):
         assert r.ok, r
 
 
+def store_revision(url):
+    from etcdadapter.store.sql.replica import read_meta
+    from etcdadapter.store.sql.runner import Runner, Session
+    from etcdadapter.store.urls import open_store
+    session = Session(Runner(open_store(url).dialect, 1, None, 1))
+    return lambda: session.transaction("read", read_meta)[0]
+
+
+def follow_rate(client, url, n):
+    """n puts to etcd from 8 threads as fast as they go; how long until the store has
+    them all."""
+    import threading
+    revision = store_revision(url)
+    per = n // 8
+    started = time.monotonic()
+
+    def writer(w):
+        for i in range(per):
+            client.call("/etcdserverpb.KV/Put", rpc.PutRequest(
+                key=b"/apisix/upstreams/%d-%d" % (w, i), value=b"x" * 200), rpc.PutResponse)
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    written = time.monotonic() - started
+    target = client.call("/etcdserverpb.KV/Range", rpc.RangeRequest(
+        key=b"\0", count_only=True), rpc.RangeResponse).response.header.revision
+    while revision() < target:
+        time.sleep(0.01)
+    took = time.monotonic() - started
+    print("follow: %d puts written to etcd in %.2f s (%.0f/s); store at etcd's revision "
+          "%.2f s after the first (%.0f revisions/s), %.2f s after the last"
+          % (per * 8, written, per * 8 / written, took, per * 8 / took, took - written))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--keys", type=int, default=10000)
     p.add_argument("--store", default="sqlite", choices=stores.SQL_KINDS)
+    p.add_argument("--follow-writes", type=int, default=0, metavar="N",
+                   help="then N puts to etcd while following: the follower's rate")
     args = p.parse_args()
     import tempfile
     from pathlib import Path
@@ -66,6 +106,8 @@ def main():
         print(follower.stdout().splitlines()[0])
         print("migrate: %d keys into %s: %.2f s to following (command wall time)"
               % (args.keys, args.store, wall))
+        if args.follow_writes:
+            follow_rate(client, url, args.follow_writes)
         port = command.free_port()
         started = time.monotonic()
         adapter = command.Running(["--listen", "127.0.0.1:%d" % port, "--store", url])
