@@ -10,6 +10,7 @@ expired is renewed once.
 
 import http.client
 import json
+import socket
 import ssl
 from urllib.parse import urlsplit
 
@@ -75,13 +76,18 @@ class EtcdClient(object):
             h["Authorization"] = self.token
         return h
 
-    def open(self, path, request, timeout=None):
-        """(connection, response) of a POST to the first endpoint that answers."""
+    def open(self, path, request, timeout=None, keepalive=False):
+        """(connection, response) of a POST to the first endpoint that answers.
+        ``keepalive``: TCP keep-alive probes, so that a stream that waits for etcd
+        without a timeout notices an etcd host that vanished (~1 min)."""
         body = json_format.MessageToJson(request, preserving_proto_field_name=True)
         errors = []
         for endpoint in self.endpoints:
             conn = self.connect(endpoint, timeout)
             try:
+                if keepalive:
+                    conn.connect()
+                    _keepalive(conn.sock)
                 conn.request("POST", path, body, self.headers())
                 return conn, conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
@@ -164,7 +170,7 @@ class EtcdClient(object):
         ``start_revision``, with prev_kv (blocking reads; ends when the stream does)."""
         request = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
             key=b"\0", range_end=b"\0", start_revision=start_revision, prev_kv=True))
-        conn, response = self.open("/v3/watch", request, timeout=None)
+        conn, response = self.open("/v3/watch", request, timeout=None, keepalive=True)
         try:
             if response.status != 200:
                 raise _error_of(response.read(), response.status)
@@ -182,6 +188,14 @@ class EtcdClient(object):
                                             ignore_unknown_fields=True)
         finally:
             conn.close()
+
+
+def _keepalive(sock, idle=30, interval=10, count=3):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                        ("TCP_KEEPCNT", count)):
+        if hasattr(socket, name):              # Linux; elsewhere the system's defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def _error_of(text, status):
