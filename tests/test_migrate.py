@@ -637,6 +637,11 @@ def test_database_busy_then_back(etcd, tmp_path):
                                 "--to", url])
     try:
         follower.wait_log("following etcd from revision")
+        status, out, err = command.run(["migrate", "--status", "--to", url])
+        copied = int(follower.stdout().split(" at revision ")[1].split()[0])
+        assert (status, out, err) == (0, "migration in progress on %s: copied at revision "
+                                         "%d, now at revision %d\n" % (url, copied, copied),
+                                      "")
         lock = sqlite3.connect(path, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
         written = [put(ec, b"/apisix/routes/busy%d" % i, b"b%d" % i) for i in range(3)]
@@ -657,6 +662,9 @@ def test_database_busy_then_back(etcd, tmp_path):
         status, out, err = command.run(["migrate", "--cut-over", "--to", url])
         assert status == 0, (out, err)
         assert follower.proc.wait(10) == 0
+        status, out, err = command.run(["migrate", "--status", "--to", url])
+        assert (status, out, err) == (3, "no migration in progress on %s (revision %d)\n"
+                                      % (url, written[-1]), "")
     finally:
         follower.kill()
 

@@ -5,12 +5,14 @@
     etcd-adapter migrate --from http(s)://etcd:2379[,...] --to STORE_URL
                          [--cacert FILE] [--cert FILE --key FILE] [--user NAME:PASSWORD]
     etcd-adapter migrate --cut-over --to STORE_URL [--timeout SECONDS]
+    etcd-adapter migrate --status --to STORE_URL
 
 The first copies etcd's state at its revision R into an empty store (or resumes a
 migration already under way on that store) and follows etcd until a cut-over; adapters
 on the store meanwhile serve reads and watches and refuse writes.  The second asks the
 follower to catch up with etcd's revision and hand over: it returns once the store
-accepts writes.  SIGTERM/SIGINT stop the follower; the same command resumes.
+accepts writes.  The third says where a migration stands (exit status 0 while one is in
+progress, 3 when none is).  SIGTERM/SIGINT stop the follower; the same command resumes.
 
 Exit status: 0 done (cut over, or stopped by a signal), 1 failure, 2 usage error.
 """
@@ -19,6 +21,8 @@ import argparse
 import signal
 import sys
 import time
+
+from etcdadapter.errors import EtcdError
 
 PROG = "etcd-adapter migrate"
 CUT_OVER_TIMEOUT = 60.0
@@ -40,6 +44,9 @@ def _parser(prog):
     p.add_argument("--cut-over", action="store_true",
                    help="ask the running follower to catch up with etcd and hand over, "
                    "and wait until the store accepts writes")
+    p.add_argument("--status", action="store_true",
+                   help="say whether a migration is in progress on the store and where it "
+                   "is (exit status 3: none)")
     p.add_argument("--timeout", type=float, default=CUT_OVER_TIMEOUT, metavar="SECONDS",
                    help="how long --cut-over waits (default %(default)s)")
     return p
@@ -51,7 +58,6 @@ def _dialect(url):
 
 
 def _cut_over(dialect, args, out):
-    from etcdadapter.errors import EtcdError
     from etcdadapter.store.sql.following import read_mark, request_cut_over
     from etcdadapter.store.sql.replica import read_meta
     from etcdadapter.store.sql.runner import Runner, Session
@@ -72,6 +78,29 @@ def _cut_over(dialect, args, out):
         time.sleep(0.1)
     revision = session.transaction("read", read_meta)[0]
     out.write("cut over at revision %d: the store accepts writes\n" % revision)
+    return 0
+
+
+def _status(dialect, args, out):
+    from etcdadapter.store.sql.following import read_mark
+    from etcdadapter.store.sql.replica import read_meta
+    from etcdadapter.store.sql.runner import Runner, Session
+    session = Session(Runner(dialect, 1, None, 1))
+    try:
+        mark, (revision, _compact) = session.transaction(
+            "read", lambda tx: (read_mark(tx), read_meta(tx)))
+    except EtcdError:
+        raise
+    except Exception:                  # no schema yet
+        mark = None
+        revision = None
+    if mark is None:
+        out.write("no migration in progress on %s%s\n" % (
+            args.to_redacted, "" if revision is None else " (revision %d)" % revision))
+        return 3
+    out.write("migration in progress on %s: copied at revision %d, now at revision %d%s\n"
+              % (args.to_redacted, mark[0], revision,
+                 ", cut-over requested" if mark[1] else ""))
     return 0
 
 
@@ -111,19 +140,20 @@ def main(argv=None, out=None, err=None, prog=PROG):
                   "a SQL store (sqlite://, mysql://, postgresql://), or start the adapter "
                   "with --store 'memory://?snapshot=FILE' from an etcd snapshot\n" % prog)
         return 2
-    if not args.cut_over and not args.source:
+    if not (args.cut_over or args.status or args.source):
         err.write("%s: --from (etcd endpoints) is required, or --cut-over\n" % prog)
         return 2
-    if args.cut_over and args.source:
-        err.write("%s: --cut-over talks to the store only: no --from\n" % prog)
+    if (args.cut_over or args.status) and args.source:
+        err.write("%s: --cut-over and --status talk to the store only: no --from\n" % prog)
         return 2
-    from etcdadapter.errors import EtcdError
     from etcdadapter.migrate.etcd_client import EtcdClientError
     from etcdadapter.migrate.follower import MigrationError
     from etcdadapter.store.importing import StoreNotEmpty
     from etcdadapter.store.sql.following import FollowError
     try:
         dialect = _dialect(args.to)
+        if args.status:
+            return _status(dialect, args, out)
         if args.cut_over:
             return _cut_over(dialect, args, out)
         return _migrate(dialect, args, out)
