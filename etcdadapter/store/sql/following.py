@@ -163,22 +163,24 @@ class MigrationMark(object):
 
     @defer.inlineCallbacks
     def start(self):
-        yield self._refresh()
+        # Strict at start (a failure fails the store's start): never accept a write
+        # because the first read did not answer.
+        self._seen((yield self._read()))
         self._loop.start(self.interval, now=False)
 
     def stop(self):
         if self._loop.running:
             self._loop.stop()
 
-    def _refresh(self):
-        def seen(mark):
-            active = mark is not None
-            if active != self.active:
-                log.info("etcd migration {state}", event="migration-mark",
-                         state="in progress: writes refused" if active
-                         else "cut over: writes accepted")
-            self.active = active
+    def _seen(self, mark):
+        active = mark is not None
+        if active != self.active:
+            log.info("etcd migration {state}", event="migration-mark",
+                     state="in progress: writes refused" if active
+                     else "cut over: writes accepted")
+        self.active = active
 
-        def failed(failure):
+    def _refresh(self):
+        def failed(failure):           # the database's trouble is logged elsewhere
             log.debug("reading the migration mark failed: {f}", f=failure.value)
-        return self._read().addCallbacks(seen, failed)
+        return self._read().addCallbacks(self._seen, failed)
