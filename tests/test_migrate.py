@@ -334,6 +334,11 @@ def test_live_migration(etcd, kind, tmp_path):
         after = (0, b"/apisix/routes/after", final + 1, final + 1, 1, b"a", 0, None)
         assert json_watch.events(until=final + 1) == [after]
         assert grpc_watch.events(until=final + 1) == [after]
+
+        # The followed history compacts like the adapter's own: what is left is etcd's.
+        ok(ac.call(KV + "Compact", rpc.CompactionRequest(revision=final, physical=True),
+                   rpc.CompactionResponse))
+        assert kvs_at(ac, final) == kvs_at(ec, final)
         ac.close()
     finally:
         for w in watches:
