@@ -247,8 +247,10 @@ def test_live_migration(etcd, kind, tmp_path):
         assert at >= copied
         assert kvs_at(ac, at) == kvs_at(ec, at)
         assert kvs_at(ac, copied) == kvs_at(ec, copied)
+        # Compacted at copied - 1, the copied revision's own events exact.
+        assert kvs_at(ac, copied - 1) == kvs_at(ec, copied - 1)
         below = ac.call(KV + "Range", rpc.RangeRequest(key=b"\0", range_end=b"\0",
-                                                       revision=copied - 1),
+                                                       revision=copied - 2),
                         rpc.RangeResponse)
         assert below.error() == ("OUT_OF_RANGE", "etcdserver: mvcc: required revision "
                                  "has been compacted")
@@ -259,6 +261,11 @@ def test_live_migration(etcd, kind, tmp_path):
         assert ttl.grantedTTL == 100 and abs(ttl.TTL - etcd_ttl.TTL) <= 1, (ttl, etcd_ttl)
         assert list(ttl.keys) == [b"/apisix/data_plane/server_info/a",
                                   b"/apisix/data_plane/server_info/b"]
+
+        # A watcher resuming at the copied revision itself gets etcd's events.
+        from_copied = [GrpcWatch(etcd_server.endpoint, copied),
+                       GrpcWatch(adapter.endpoint, copied)]
+        watches += from_copied
 
         # Writes go to etcd until the cut-over.
         refused = ac.call(KV + "Put", rpc.PutRequest(key=b"/apisix/x", value=b"x"),
@@ -313,6 +320,9 @@ def test_live_migration(etcd, kind, tmp_path):
         assert expected[-1][3] == final
         assert seen_json + json_watch.events(until=final) == expected
         assert seen_grpc + grpc_watch.events(until=final) == expected
+        etcd_from_copied = from_copied[0].events(until=final)
+        assert etcd_from_copied[0][3] == copied
+        assert from_copied[1].events(until=final) == etcd_from_copied
         middle = (copied + final) // 2
         assert kvs_at(ac, middle) == kvs_at(ec, middle)
         assert kvs_at(ac, final) == kvs_at(ec, final)
@@ -699,3 +709,48 @@ def test_resume_after_etcd_compacted(etcd, tmp_path):
                        "store\n" % (latest, at)), err
     finally:
         follower.kill()
+
+
+def test_copied_revision_is_exact(etcd, tmp_path):
+    """The copied revision R is a txn (keys out of key order, a deletion): a watcher
+    resuming at R on the adapter gets R's events as etcd sends them -- order, deletion,
+    prev_kv --, a read at R - 1 answers as etcd, R - 2 is compacted."""
+    etcd_server, ec = etcd
+    put(ec, b"/apisix/exact/m", b"m0")
+    put(ec, b"/apisix/exact/z", b"z0")
+    ops = [rpc.RequestOp(request_put=rpc.PutRequest(key=b"/apisix/exact/z", value=b"z1")),
+           rpc.RequestOp(request_put=rpc.PutRequest(key=b"/apisix/exact/a", value=b"a1")),
+           rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+               key=b"/apisix/exact/m"))]
+    r = ok(ec.call(KV + "Txn", rpc.TxnRequest(success=ops), rpc.TxnResponse))
+    copied = r.header.revision
+    url = "sqlite:///%s/exact.db" % tmp_path
+    follower = command.Running(["migrate", "--from", "http://" + etcd_server.endpoint,
+                                "--to", url])
+    adapter = None
+    watches = []
+    try:
+        follower.wait_log("following etcd from revision %d" % (copied + 1))
+        adapter = servers.AdapterServer("migrate-exact-adapter", store=url)
+        adapter.start()
+        ac = servers.GrpcClient(adapter.endpoint)
+        watches = [GrpcWatch(etcd_server.endpoint, copied),
+                   GrpcWatch(adapter.endpoint, copied)]
+        expected = watches[0].events(until=copied)
+        assert [(e[0], e[1]) for e in expected] == [
+            (0, b"/apisix/exact/z"), (0, b"/apisix/exact/a"), (1, b"/apisix/exact/m")]
+        assert watches[1].events(until=copied) == expected
+        assert kvs_at(ac, copied - 1) == kvs_at(ec, copied - 1)
+        below = ac.call(KV + "Range", rpc.RangeRequest(key=b"\0", range_end=b"\0",
+                                                       revision=copied - 2),
+                        rpc.RangeResponse)
+        assert below.error() == ("OUT_OF_RANGE", "etcdserver: mvcc: required revision "
+                                 "has been compacted")
+        ac.close()
+    finally:
+        for w in watches:
+            w.close()
+        follower.kill()
+        if adapter is not None:
+            adapter.stop()
+            adapter.cleanup()

@@ -4,7 +4,8 @@
   create_revision, mod_revision, version, value and lease.  The store gets them at their
   mod_revision (keys one write made share a revision; their order within it -- the
   sub-revision -- is not in a Range answer: key order), its revision R and compact
-  revision R, so history below R is ErrCompacted, as in an etcd compacted at R.
+  revision R - 1 with R's events exact (:func:`snapshot`), so history below R - 1 is
+  ErrCompacted, as in an etcd compacted at R - 1.
 * Leases: the same IDs and granted TTLs, with etcd's remaining time.
 * Auth: users with their roles, roles with their permissions, the enabled flag (again
   at the cut-over, for changes made meanwhile).  etcd
@@ -79,19 +80,75 @@ def auth_blob(client, previous=None):
     return blob
 
 
-def snapshot(client):
-    """(Imported, {lease id: (ttl, remaining)}, number of keys) of etcd now."""
-    revision = client.revision()
-    kvs = keys_at(client, revision)
-    kvs.sort(key=lambda kv: (kv.mod_revision, kv.key))
-    versions = []
+def events_at(client, revision, timeout=10.0):
+    """The events of ``revision`` in etcd's order, each with its prev_kv; None when
+    that cannot be had exactly (no events: revision 1; a previous version compacted)."""
+    from etcdadapter.pb.mvccpb import kv_pb2 as mvccpb
+    if revision <= 1:
+        return None
+    stream = client.watch(revision, timeout)
+    try:
+        for response in stream:
+            if response.compact_revision or response.canceled:
+                return None
+            if not response.events:
+                continue
+            events = [e for e in response.events if e.kv.mod_revision == revision]
+            for e in events:
+                deleted = e.type == mvccpb.Event.DELETE
+                if not e.HasField("prev_kv") and (deleted or e.kv.version > 1):
+                    return None
+            return events or None
+        return None
+    finally:
+        stream.close()
+
+
+def _kv(kv):
+    return KV(kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease)
+
+
+def _numbered(kvs):
+    """(sub, KV) in (revision, key) order, numbered within each revision."""
+    out = []
     sub, last = 0, None
-    for kv in kvs:
+    for kv in sorted(kvs, key=lambda kv: (kv.mod_revision, kv.key)):
         sub = sub + 1 if kv.mod_revision == last else 0
         last = kv.mod_revision
-        versions.append((sub, kv))
+        out.append((sub, kv))
+    return out
+
+
+def snapshot(client):
+    """(Imported, {lease id: (ttl, remaining)}, number of keys) of etcd now.
+
+    The copy is compacted at R - 1, R's own events exact: the keys at R - 1 (those R
+    did not touch, and the previous versions of those it did) and then R's events in
+    etcd's order, so that a watcher resuming at R gets R's events as etcd sends them
+    (deletions, prev_kv).  When R's events cannot be had (a fresh etcd, R itself
+    compacted), compacted at R."""
+    from etcdadapter.pb.mvccpb import kv_pb2 as mvccpb
+    revision = client.revision()
+    kvs = keys_at(client, revision)
+    count = len(kvs)
+    events = events_at(client, revision)
+    if events is None:
+        compact = revision
+        versions = _numbered(kvs)
+    else:
+        compact = revision - 1
+        touched = set(e.kv.key for e in events)
+        before = [kv for kv in kvs if kv.key not in touched]
+        before += [_kv(e.prev_kv) for e in events if e.HasField("prev_kv")]
+        versions = _numbered(before)
+        for sub, e in enumerate(events):
+            if e.type == mvccpb.Event.DELETE:
+                kv = KV(e.kv.key, 0, revision, 0, b"", 0)
+            else:
+                kv = _kv(e.kv)
+            versions.append((sub, kv))
     live = leases(client)
-    history = Imported(revision, revision, lambda: iter(versions),
+    history = Imported(revision, compact, lambda: iter(versions),
                        sorted((i, ttl) for i, (ttl, _left) in live.items()),
                        auth_blob(client))
-    return history, live, len(kvs)
+    return history, live, count

@@ -165,12 +165,13 @@ class EtcdClient(object):
                                        rpc.AuthRoleGetResponse).perm)
         return out
 
-    def watch(self, start_revision):
+    def watch(self, start_revision, timeout=None):
         """A generator of WatchResponses of a watch over the whole keyspace from
-        ``start_revision``, with prev_kv (blocking reads; ends when the stream does)."""
+        ``start_revision``, with prev_kv (blocking reads, each at most ``timeout``
+        seconds; ends when the stream does)."""
         request = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
             key=b"\0", range_end=b"\0", start_revision=start_revision, prev_kv=True))
-        conn, response = self.open("/v3/watch", request, timeout=None, keepalive=True)
+        conn, response = self.open("/v3/watch", request, timeout=timeout, keepalive=True)
         try:
             if response.status != 200:
                 raise _error_of(response.read(), response.status)
