@@ -19,6 +19,7 @@ import os
 import queue
 import re
 import shlex
+import sqlite3
 import threading
 import time
 
@@ -644,7 +645,6 @@ def test_database_busy_then_back(etcd, tmp_path):
     """A write the database cannot take (SQLite locked by another process past the
     busy timeout) loses nothing: the follower says so, watches etcd again from the
     store's revision + 1, and catches up once the lock is gone."""
-    import sqlite3
     etcd_server, ec = etcd
     path = str(tmp_path / "busy.db")
     url = "sqlite://%s?busy_timeout=0.2" % path
@@ -686,7 +686,8 @@ def test_database_busy_then_back(etcd, tmp_path):
 
 def test_resume_after_etcd_compacted(etcd, tmp_path):
     """Resumed after etcd compacted revisions the store has not read: a one-line error
-    saying to start again, not a store with a hole.  (--from lists a dead endpoint
+    saying to start again, not a store with a hole; started again, a copy compacted at
+    etcd's revision.  (--from lists a dead endpoint
     first.)"""
     etcd_server, ec = etcd
     url = "sqlite:///%s/compacted.db" % tmp_path
@@ -707,6 +708,20 @@ def test_resume_after_etcd_compacted(etcd, tmp_path):
         assert err == ("etcd-adapter migrate: etcd compacted revision %d before the "
                        "migration read it (the store is at %d): start again on an empty "
                        "store\n" % (latest, at)), err
+
+        # Starting again: etcd compacted at its revision R, so R's previous values are
+        # gone and the copy is compacted at R (reads at R - 1: ErrCompacted).
+        follower = command.Running(["migrate", "--from", "http://" + etcd_server.endpoint,
+                                    "--to", "sqlite:///%s/again.db" % tmp_path])
+        follower.wait_log("following etcd from revision %d" % (latest + 1))
+        status, out, err = command.run(["migrate", "--cut-over", "--to",
+                                        "sqlite:///%s/again.db" % tmp_path])
+        assert status == 0, (out, err)
+        assert follower.proc.wait(10) == 0
+        db = sqlite3.connect(str(tmp_path / "again.db"))
+        assert db.execute("SELECT revision, compact_revision FROM etcd_meta").fetchall() \
+            == [(latest, latest)]
+        db.close()
     finally:
         follower.kill()
 
