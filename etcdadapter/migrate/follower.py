@@ -80,7 +80,9 @@ class Follower(object):
     def prepare(self):
         """Copy etcd into the empty store, or resume; returns True if it copied."""
         d = self.dialect
-        schema.migrate(self.session, d, 1)
+        # The store's default first revision (the wall clock in ms), should the copy
+        # not happen and adapters start on this database anyway.
+        schema.migrate(self.session, d, int(time.time() * 1000))
         mark = self.tx("read", following.read_mark)
         self.client.login()
         if mark is not None:
