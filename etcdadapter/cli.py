@@ -11,6 +11,9 @@ foreground, without a pid file, with one-line errors.
 * SIGTERM/SIGINT drain and exit 0 (see AdapterService.stopService).
 * ``etcd-adapter snapshot restore FILE --to URL``: an etcd snapshot into a store
   (:mod:`etcdadapter.snapshot.restore`), instead of serving.
+* ``etcd-adapter migrate --from ETCD_URLS --to URL``: a running etcd into a SQL store at
+  etcd's revisions, followed until ``etcd-adapter migrate --cut-over --to URL``
+  (:mod:`etcdadapter.migrate.command`).
 """
 
 import sys
@@ -86,6 +89,9 @@ def main(argv=None):
     if argv[:1] == ["snapshot"]:
         from etcdadapter.snapshot import restore
         return restore.main(argv[1:], prog=PROG + " snapshot")
+    if argv[:1] == ["migrate"]:
+        from etcdadapter.migrate import command
+        return command.main(argv[1:], prog=PROG + " migrate")
     try:
         options = parse(argv)
     except BrokenPipeError:          # --help piped into head

@@ -48,11 +48,15 @@ class CA(object):
 
     def issue(self, name, cn, usage, dns=(), ips=(), uris=()):
         """Write ``name``.pem / ``name``-key.pem; return (cert path, key path, cert).
-        ``usage``: "server" (serverAuth only), "client" (clientAuth only)."""
+        ``usage``: "server" (serverAuth only), "client" (clientAuth only),
+        "server+client" (both)."""
         key = _key()
         now = datetime.datetime.now(datetime.timezone.utc)
         eku = {"server": [ExtendedKeyUsageOID.SERVER_AUTH],
-               "client": [ExtendedKeyUsageOID.CLIENT_AUTH]}[usage]
+               "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+               # etcd's HTTP/JSON gateway dials etcd's gRPC with the server certificate
+               "server+client": [ExtendedKeyUsageOID.SERVER_AUTH,
+                                 ExtendedKeyUsageOID.CLIENT_AUTH]}[usage]
         b = (x509.CertificateBuilder()
              .subject_name(_name(cn)).issuer_name(self.cert.subject)
              .public_key(key.public_key())

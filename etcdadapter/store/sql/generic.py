@@ -45,6 +45,8 @@ from etcdadapter.store.sql import replica, schema
 from etcdadapter.store.sql.barrier import ReadBarrier
 from etcdadapter.store.sql.dialect import DUPLICATE
 from etcdadapter.store.sql.feed import ChangeFeed
+from etcdadapter.store.sql.following import (ErrMigrationInProgress, MigrationMark,
+                                             read_mark)
 from etcdadapter.store.sql.group_commit import MAX_BYTES, MAX_ITEMS, GroupCommitter, Item
 from etcdadapter.store.sql.notify import Listener
 from etcdadapter.store.sql.purge import BATCH, Purger
@@ -121,6 +123,9 @@ class SQLStore(Store):
             self.listener = Listener(dialect, reactor, self.feed, poll_interval)
         self._inflight = set()
         self._started = False
+        #: ``etcd-adapter migrate`` following etcd into this database: writes refused.
+        self.migration = MigrationMark(lambda: self.runner.call(
+            lambda s: s.transaction("ddl", read_mark), pool=READ), reactor)
 
     def __repr__(self):
         return "<SQLStore %s>" % (self.dialect.describe(),)
@@ -160,6 +165,11 @@ class SQLStore(Store):
         except BaseException:
             self.runner.stop()
             raise
+        try:
+            yield self.migration.start()
+        except BaseException:
+            self.runner.stop()
+            raise
         self.feed.start(keyspace)
         if self.listener is not None:
             self.listener.start()
@@ -179,6 +189,7 @@ class SQLStore(Store):
             return
         self._started = False
         self.purger.stopping = True
+        self.migration.stop()
         if self.listener is not None:
             self.listener.stop()
         yield self.drain()
@@ -276,6 +287,8 @@ class SQLStore(Store):
         """Deferred[evaluate(view, batch)] once its batch committed."""
         if not self._started:
             return defer.fail(errors.ErrStopped())
+        if self.migration.active:
+            return defer.fail(ErrMigrationInProgress())
         return self._track(self.committer.submit(Item(evaluate, size, leases)))
 
     def _now_ms(self):
@@ -418,6 +431,8 @@ class SQLStore(Store):
         return self._tx("read", body)
 
     def auth_save(self, blob, expected=ANY):
+        if self.migration.active:
+            return defer.fail(ErrMigrationInProgress())
         d = self.dialect
         blob = bytes(blob)
 
@@ -451,6 +466,8 @@ class SQLStore(Store):
             ttl = lease_rules.granted_ttl(ttl)
         except EtcdError as e:
             return defer.fail(e)
+        if self.migration.active:
+            return defer.fail(ErrMigrationInProgress())
         expiry = self._now_ms() + ttl * 1000
         d = self.dialect
 
@@ -484,6 +501,8 @@ class SQLStore(Store):
         return self._write(evaluate, leases=(lease_id,))
 
     def lease_keepalive(self, lease_id):
+        if self.migration.active:
+            return defer.fail(ErrMigrationInProgress())
         now = self._now_ms()
 
         def body(tx):
@@ -522,6 +541,8 @@ class SQLStore(Store):
 
     @defer.inlineCallbacks
     def lease_expire(self, limit=lease_rules.MAX_REVOKES_PER_PASS):
+        if self.migration.active:
+            return []            # etcd expires them; the follower copies the deletions
         now = self._now_ms()
         due = yield self._tx("read", lambda tx: [r[0] for r in tx.all(
             "SELECT id FROM " + LEASE + " WHERE expiry <= %s ORDER BY expiry, id "
