@@ -7,7 +7,7 @@ lease with keys, a deleted key) in a real etcd; ``etcd-adapter migrate --from --
 copies it; an adapter started on the store answers Range exactly as etcd (keys, values,
 create/mod revisions, versions, leases; at the copied revision R and R - 1, ErrCompacted
 below) and refuses writes with the migration error; an HTTP/JSON watch (APISIX's way)
-and a gRPC watch started against etcd are moved to the adapter with start_revision =
+a gRPC watch and an ``etcdctl watch`` started against etcd are moved to the adapter with start_revision =
 last seen + 1 and, together, see every event of a reference watch on etcd exactly once,
 with etcd's revisions and prev_kv (so does a watch from R itself); the follower is
 stopped (SIGTERM, or SIGKILL on MariaDB) and resumed without copying again; ``migrate
@@ -20,11 +20,13 @@ stopped follower, a copied revision that is a txn out of key order, usage errors
 """
 
 import base64
+import json
 import os
 import queue
 import re
 import shlex
 import sqlite3
+import subprocess
 import threading
 import time
 
@@ -38,6 +40,7 @@ import stores
 from gateway_client import GatewayClient, b64, watch_body
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from etcdadapter.pb.mvccpb import kv_pb2 as mvccpb
 
 pytestmark = pytest.mark.adapter
 
@@ -203,6 +206,43 @@ class GrpcWatch(object):
         self.channel.close()
 
 
+class EtcdctlWatch(object):
+    """``etcdctl watch --rev=START --prev-kv -w json`` on the prefix, as an operator or
+    a script would run it; its output lines (one WatchResponse each) read in a thread."""
+
+    def __init__(self, endpoint, start):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        env["ETCDCTL_API"] = "3"
+        self.proc = subprocess.Popen(
+            [servers.ETCDCTL_BIN, "--endpoints=" + endpoint, "watch", PREFIX.decode(),
+             PREFIX_END.decode(), "--rev=%d" % start, "--prev-kv", "-w", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        self.lines = queue.Queue()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def events(self, quiet=0.4, until=None):
+        out = []
+        while until is None or not out or out[-1][3] < until:
+            try:
+                line = self.lines.get(timeout=quiet if until is None else 10)
+            except queue.Empty:
+                break
+            for e in json.loads(line).get("Events") or ():
+                out.append(event_tuple(json_format.ParseDict(e, mvccpb.Event())))
+        return out
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
 def migrate(url, etcd_server):
     return command.Running(["migrate", "--from", "http://" + etcd_server.endpoint,
                             "--to", url])
@@ -246,7 +286,8 @@ def test_live_migration(etcd, kind, tmp_path):
         reference = GrpcWatch(etcd_server.endpoint, r0)
         json_watch = JsonWatch(etcd_server.endpoint, r0)
         grpc_watch = GrpcWatch(etcd_server.endpoint, r0)
-        watches += [reference, json_watch, grpc_watch]
+        ctl_watch = EtcdctlWatch(etcd_server.endpoint, r0)
+        watches += [reference, json_watch, grpc_watch, ctl_watch]
         writer = Writer(ec, 0x880 + stores.SQL_KINDS.index(kind))
 
         follower = migrate(url, etcd_server)
@@ -294,14 +335,17 @@ def test_live_migration(etcd, kind, tmp_path):
         now = revision_of(ec)
         seen_json = json_watch.events(until=now)
         seen_grpc = grpc_watch.events(until=now)
-        assert seen_json and seen_grpc
+        seen_ctl = ctl_watch.events(until=now)
+        assert seen_json and seen_grpc and seen_ctl
         json_watch.close()
         grpc_watch.close()
-        last = max(seen_json[-1][3], seen_grpc[-1][3])
+        ctl_watch.close()
+        last = max(seen_json[-1][3], seen_grpc[-1][3], seen_ctl[-1][3])
         servers.wait_until(lambda: revision_of(ac) >= last, what="adapter at %d" % last)
         json_watch = JsonWatch(adapter.endpoint, seen_json[-1][3] + 1)
         grpc_watch = GrpcWatch(adapter.endpoint, seen_grpc[-1][3] + 1)
-        watches += [json_watch, grpc_watch]
+        ctl_watch = EtcdctlWatch(adapter.endpoint, seen_ctl[-1][3] + 1)
+        watches += [json_watch, grpc_watch, ctl_watch]
 
         # Interrupted and resumed: no second copy.  SIGTERM stops it cleanly; SIGKILL
         # (MariaDB's run) may cut a transaction short, which the database rolls back.
@@ -331,6 +375,7 @@ def test_live_migration(etcd, kind, tmp_path):
         assert expected[-1][3] == final
         assert seen_json + json_watch.events(until=final) == expected
         assert seen_grpc + grpc_watch.events(until=final) == expected
+        assert seen_ctl + ctl_watch.events(until=final) == expected
         etcd_from_copied = from_copied[0].events(until=final)
         assert etcd_from_copied[0][3] == copied
         assert from_copied[1].events(until=final) == etcd_from_copied
@@ -355,6 +400,7 @@ def test_live_migration(etcd, kind, tmp_path):
         after = (0, b"/apisix/routes/after", final + 1, final + 1, 1, b"a", 0, None)
         assert json_watch.events(until=final + 1) == [after]
         assert grpc_watch.events(until=final + 1) == [after]
+        assert ctl_watch.events(until=final + 1) == [after]
 
         # The followed history compacts like the adapter's own: what is left is etcd's.
         ok(ac.call(KV + "Compact", rpc.CompactionRequest(revision=final, physical=True),
