@@ -126,7 +126,9 @@ def main():
           % (args.workload, run.calls, 1e6 * run.server_seconds / run.calls,
              " (profiled)" if prof else ""))
     if prof:
-        pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "30")))
+        # SORT=cumtime TOP=60 for another view
+        pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+            int(os.environ.get("TOP", "30")))
 
 
 if __name__ == "__main__":
