@@ -10,8 +10,8 @@ below) and refuses writes with the migration error; an HTTP/JSON watch (APISIX's
 a gRPC watch and an ``etcdctl watch`` started against etcd are moved to the adapter
 with start_revision = last seen + 1 and, together, see every event of a reference watch
 on etcd exactly once, with etcd's revisions and prev_kv (so does a watch from R
-itself); the follower is stopped (SIGTERM, or SIGKILL on MariaDB) and resumed without copying again; ``migrate
---cut-over`` hands over at etcd's revision F, a write through the adapter then gets
+itself); the follower is stopped (SIGTERM, or SIGKILL on MariaDB) and resumed without
+copying again; ``migrate --cut-over`` hands over at etcd's revision F, a write through the adapter then gets
 revision F + 1, which the moved watchers see, and a compaction leaves etcd's keys.
 
 Then: users and roles (auth on), the README's steps as pasted, TLS with client
