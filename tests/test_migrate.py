@@ -6,13 +6,14 @@ One scenario per store: APISIX-shaped data (hundreds of routes and upstreams, a 
 lease with keys, a deleted key) in a real etcd; ``etcd-adapter migrate --from --to``
 copies it; an adapter started on the store answers Range exactly as etcd (keys, values,
 create/mod revisions, versions, leases; at the copied revision R and R - 1, ErrCompacted
-below) and refuses writes with the migration error; an HTTP/JSON watch (APISIX's way),
-a gRPC watch and an ``etcdctl watch`` started against etcd are moved to the adapter
-with start_revision = last seen + 1 and, together, see every event of a reference watch
-on etcd exactly once, with etcd's revisions and prev_kv (so does a watch from R
-itself); the follower is stopped (SIGTERM, or SIGKILL on MariaDB) and resumed without
-copying again; ``migrate --cut-over`` hands over at etcd's revision F, a write through the adapter then gets
-revision F + 1, which the moved watchers see, and a compaction leaves etcd's keys.
+below) and refuses writes with the migration error; an HTTP/JSON watch (APISIX's way), a
+gRPC watch and an ``etcdctl watch`` started against etcd are moved to the adapter with
+start_revision = last seen + 1 and, together, see every event of a reference watch on
+etcd exactly once, with etcd's revisions and prev_kv (so does a watch from R itself);
+the follower is stopped (SIGTERM, or SIGKILL on MariaDB) and resumed without copying
+again; ``migrate --cut-over`` hands over at etcd's revision F, a write through the
+adapter then gets revision F + 1, which the moved watchers see, and a compaction leaves
+etcd's keys.
 
 Then: users and roles (auth on), the README's steps as pasted, TLS with client
 certificates, a database that refuses writes for a while, etcd compacted under a
