@@ -679,3 +679,28 @@ def test_nested_txns_decode_a_level_at_a_time():
         assert rpc.TxnRequest.FromString(shallow).success[0].WhichOneof("request") == which
         deep = decode(rpc.TxnRequest, nested_txn(60, shallow))
         assert levels(deep)[0] == 60 + (which == "request_txn")
+
+
+def test_a_header_value_that_is_not_utf8_is_carried_not_a_crash():
+    # grpc-go accepts any field value RFC 7230 allows (obs-text bytes too); such a value
+    # once raised UnicodeDecodeError out of the connection (h2 decoded headers as UTF-8).
+    reg, _ = echo_registry()
+    seen = []
+    original = reg.lookup("/etcdserverpb.KV/Range").handler
+
+    def handler(request, context):
+        seen.append(context.metadata)
+        return original(request, context)
+    reg.lookup("/etcdserverpb.KV/Range").handler = handler
+    h = Harness(reg)
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"abc"),
+                  extra_headers=[(b"x-bad", b"\xff\xfe"), (b"x-bad", b"second")])
+    _, payloads, trailers = h.result(sid)
+    assert trailers["grpc-status"] == "0" and not h.lost
+    assert rpc.RangeResponse.FromString(payloads[0]).count == 3
+    assert seen[0]["x-bad"] == "\xff\xfe"          # byte for byte; the first one wins
+    # The same header list again (cached) gives the same metadata.
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"abcd"),
+                  extra_headers=[(b"x-bad", b"\xff\xfe"), (b"x-bad", b"second")])
+    assert h.result(sid)[2]["grpc-status"] == "0"
+    assert seen[1] == seen[0] and seen[1]["x-bad"] == "\xff\xfe"

@@ -48,6 +48,25 @@ MAX_HELD_STREAMS = 1024        # new streams waiting for output to drain; more a
 DEFAULT_MAX_CONCURRENT_STREAMS = 1000
 
 
+MAX_CACHED_HEADS = 64         # per connection (grpc-timeout values make many distinct)
+
+
+def _request_head(raw_headers):
+    """(headers, first) of a request's header list: ``headers`` with the last of a
+    repeated name (pseudo and grpc-* headers), ``first`` the non-pseudo ones with the
+    first of a repeated name (metadata and HTTP headers: etcd reads the first token /
+    Authorization, as Go's Header.Get).  Names and values are bytes on the wire and
+    become str byte for byte (latin-1, as on HTTP/1.1): a value that is not UTF-8 is
+    carried as grpc-go carries it, not refused."""
+    headers, first = {}, {}
+    for k, v in raw_headers:
+        k, v = k.decode("latin-1"), v.decode("latin-1")
+        headers[k] = v
+        if not k.startswith(":"):
+            first.setdefault(k, v)
+    return headers, first
+
+
 class State(enum.Enum):
     """Where a connection is.  AWAITING_SETTINGS -> OPEN when the client's preface and
     first SETTINGS are in; -> DRAINING when we send GOAWAY (calls in flight finish, new
@@ -96,7 +115,7 @@ class H2Server(object):
         self.deadlines = deadlines
         self.stats = stats
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding="utf-8",
+            client_side=False, header_encoding=None,      # bytes: see _request_head
             validate_outbound_headers=False, normalize_outbound_headers=False,
             validate_inbound_headers=False, normalize_inbound_headers=False)
         self.conn = ServerConnection(config, min(self.settings.max_concurrent_streams,
@@ -116,6 +135,7 @@ class H2Server(object):
                                  self.settings.max_header_list_size +
                                  self.conn.max_inbound_frame_size)
         self.streams = {}          # stream_id -> GrpcCall or HttpExchange
+        self._heads = {}           # header list -> its _request_head (clients repeat them)
         self.state = State.AWAITING_SETTINGS
         self._held = deque()       # events of streams not dispatched yet (over budget)
         self._held_streams = {}    # stream_id -> number of its events in _held
@@ -379,21 +399,21 @@ class H2Server(object):
 
     def _request_received(self, event):
         stream_id = event.stream_id
-        headers = dict(event.headers)       # pseudo and grpc-* headers: the last wins
         if self.state is State.DRAINING:
             self._reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        # Metadata and HTTP headers: the first of a repeated name wins (etcd reads the
-        # first token / Authorization; Go's Header.Get).
-        first = {}
-        for k, v in event.headers:
-            if not k.startswith(":"):
-                first.setdefault(k, v)
+        key = tuple(event.headers)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= MAX_CACHED_HEADS:
+                self._heads.clear()
+            head = self._heads[key] = _request_head(event.headers)
+        headers, first = head
         content_type = headers.get("content-type", "")
         if content_type.startswith("application/grpc"):
             self._start_grpc(stream_id, headers, first, event.stream_ended)
         else:
-            exchange = H2HttpExchange(self, stream_id, headers, first)
+            exchange = H2HttpExchange(self, stream_id, dict(headers), dict(first))
             self.streams[stream_id] = exchange
             if event.stream_ended:
                 exchange.request_complete()
