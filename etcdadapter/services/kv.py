@@ -150,17 +150,18 @@ class KVService(object):
             return perms
         return None
 
-    def _check_lease_puts(self, perms, leases):
-        """etcd's checkLeasePuts: a put may attach a lease only if the caller may write
-        every key already attached to it (it could not revoke the lease otherwise).
-        Deferred firing once every lease in ``leases`` passed."""
+    def _after_lease_checks(self, perms, leases, write):
+        """``write()`` once etcd's checkLeasePuts passed: a put may attach a lease only if
+        the caller may write every key already attached to it (it could not revoke the
+        lease otherwise).  Deferred[write()'s result]."""
         if perms is None or not leases or perms.admin:
-            return defer.succeed(None)
+            return write()          # nothing to check (the common case): no extra step
         checks = [self.store.lease_time_to_live(lease_id, True).addCallback(
             lambda info: perm.check_lease_keys(perms, info.keys))
             for lease_id in sorted(leases)]
-        return defer.gatherResults(checks, consumeErrors=True).addErrback(
+        d = defer.gatherResults(checks, consumeErrors=True).addErrback(
             lambda f: f.value.subFailure)
+        return d.addCallback(lambda _: write())
 
     def _check_size(self, request):
         if request.ByteSize() + _RAFT_OVERHEAD > self.limits.max_request_bytes:
@@ -183,8 +184,8 @@ class KVService(object):
         check_put(request)
         self._check_size(request)
         perms = self._authorize(perm.check_put, context, request)
-        d = self._check_lease_puts(perms, (request.lease,) if request.lease else ())
-        d.addCallback(lambda _: self.store.put(request))
+        d = self._after_lease_checks(perms, (request.lease,) if request.lease else (),
+                                     lambda: self.store.put(request))
         return d.addCallback(self._header)
 
     def DeleteRange(self, request, context):
@@ -202,8 +203,8 @@ class KVService(object):
         perms = self._authorize(perm.check_txn, context, request)
         # Stricter than etcd, which checks the leases of plain Puts only: a put inside a
         # txn attaches a lease just the same.
-        d = self._check_lease_puts(perms, perm.txn_put_leases(request))
-        d.addCallback(lambda _: self.store.txn(request))
+        d = self._after_lease_checks(perms, perm.txn_put_leases(request),
+                                     lambda: self.store.txn(request))
         return d.addCallback(self._header)
 
     def ReplacePrefix(self, prefix, items, context):
