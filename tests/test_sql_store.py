@@ -430,6 +430,26 @@ def test_poll_batches_split_only_between_revisions(make_store):
     assert seen_b[-1].events[0].prev_kv == KV(b"t00", 2, 2, 1, b"x", 0)
 
 
+@SERVER_KINDS
+def test_an_idle_feed_polls_without_pool_transactions(make_store):
+    # Timed polls first read the revision on the reactor's connection; only when the
+    # database moved does a poll transaction run on a pool thread.
+    a = make_store()
+    # Ticks every 50 ms (PostgreSQL's timed polls only back up LISTEN/NOTIFY: rarer).
+    b = make_store(url=make_store.url, store_kw={"poll_interval": 0.05})
+    feed = raw(b).feed
+    seen = []
+    b.subscribe(seen.append)
+    polls = []
+    real_poll = feed._poll
+    feed._poll = lambda after: polls.append(after) or real_poll(after)
+    time.sleep(1.0)                      # about 20 ticks of an idle database
+    assert len(polls) <= 2, polls
+    rev = put(a, b"after-idle").header.revision
+    wait_until(lambda: [c.revision for c in seen] == [rev])   # a tick sees it, polls it
+    assert polls and polls[-1] == rev - 1
+
+
 def test_other_instance_writes_arrive_in_order_exactly_once(make_store):
     a = make_store()
     b = make_store(url=make_store.url)

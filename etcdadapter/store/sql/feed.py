@@ -41,12 +41,14 @@ FAILED_RETRY = 0.5       # seconds between polls while the database fails
 
 
 class ChangeFeed(object):
-    def __init__(self, reactor, poll, interval, reload):
+    def __init__(self, reactor, poll, interval, reload, probe=None):
         """``poll(after)`` -> Deferred[(revisions, revision, compact_revision, more,
         behind)] (see :func:`.replica.poll`); ``reload()`` -> Deferred[Keyspace], a fresh
-        load of the database."""
+        load of the database; ``probe()`` (optional) -> Deferred[(revision,
+        compact_revision) or None], a cheap look at the database before a timed poll."""
         self.reactor = reactor
         self._poll = poll
+        self._probe = probe
         self._reload_fn = reload
         self.interval = interval
         #: The replica; replaced by a fresh load when the feed fell behind a purge.
@@ -202,15 +204,28 @@ class ChangeFeed(object):
 
     def _tick(self):
         self._timer = None
-        self._start_poll()
+        self._start_poll(probe=self._probe is not None)
 
-    def _start_poll(self):
+    def _start_poll(self, probe=False):
         if not self._running or self._polling is not None or self._reloading is not None:
             return
         self._again = False
-        d = self._polling = defer.maybeDeferred(self._poll, self.delivered)
+        if probe:
+            d = defer.maybeDeferred(self._probe).addCallback(self._after_probe)
+        else:
+            d = defer.maybeDeferred(self._poll, self.delivered)
+        self._polling = d
         d.addCallbacks(self._polled, self._poll_failed)
         d.addBoth(self._poll_done)
+
+    def _after_probe(self, head):
+        # A timed poll of an idle database would find nothing, at the cost of a
+        # transaction on a pool thread every interval; one statement on the reactor's
+        # connection says so first.  (Polls for a waiting read skip this: the barrier
+        # has just read the revision.)
+        if head is not None and head[0] <= self.delivered:
+            return (), head[0], head[1], False, False
+        return self._poll(self.delivered)
 
     def _polled(self, result):
         if self._failing:

@@ -104,9 +104,10 @@ class SQLStore(Store):
         #: Two pools: reads (polls, the barrier when it needs a thread, lease queries)
         #: never queue behind writes waiting for the revision counter's lock.
         self.runner = Runner(dialect, pool_size, reactor, write_pool_size)
-        self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._load)
-        self.barrier = ReadBarrier(self._database_revision, reactor)
         self._revision_reader = dialect.revision_reader(reactor)
+        self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._load,
+                               probe=self._probe if self._revision_reader else None)
+        self.barrier = ReadBarrier(self._database_revision, reactor)
         #: The write batches' connection when the reactor can drive it (no thread);
         #: None: the committer uses its pool thread.
         self.write_connection = dialect.reactor_connection(
@@ -407,6 +408,11 @@ class SQLStore(Store):
         """See :meth:`.feed.ChangeFeed.subscribe` (``on_lost``: revisions another
         instance compacted before this one's feed could read them)."""
         return self.feed.subscribe(callback, on_lost)
+
+    def _probe(self):
+        """(revision, compact revision) read on the reactor's connection, or None while
+        it is busy or down: a timed poll then runs as usual (and finds out)."""
+        return self._revision_reader.read().addCallbacks(self._answered, lambda _f: None)
 
     def _poll(self, after):
         batch = self.poll_batch
