@@ -335,9 +335,6 @@ class H2Server(object):
         if handler is not None:     # PingReceived (auto-acked by h2), SettingsAcknowledged,
             handler(self, event)    # PriorityUpdated...: nothing to do
 
-    def _on_request(self, event):
-        self._request_received(event)
-
     def _on_data(self, event):
         if event.flow_controlled_length:
             self.conn.acknowledge_received_data(event.flow_controlled_length,
@@ -380,16 +377,6 @@ class H2Server(object):
         self._tear_down()
         self._lose_connection()
 
-    _event_handlers = {
-        h2.events.RequestReceived: _on_request,
-        h2.events.DataReceived: _on_data,
-        h2.events.StreamEnded: _on_stream_ended,
-        h2.events.TrailersReceived: _on_trailers,
-        h2.events.StreamReset: _on_reset,
-        h2.events.WindowUpdated: _on_window_update,
-        h2.events.RemoteSettingsChanged: _on_remote_settings,
-        h2.events.ConnectionTerminated: _on_terminated,
-    }
 
     def _windows_opened(self):
         # Only the streams whose output waits for window: a connection may hold many
@@ -620,3 +607,15 @@ class H2Server(object):
             fn(*args, **kwargs)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             pass
+
+    # What each h2 event does (see _handle_event).
+    _event_handlers = {
+        h2.events.RequestReceived: _request_received,
+        h2.events.DataReceived: _on_data,
+        h2.events.StreamEnded: _on_stream_ended,
+        h2.events.TrailersReceived: _on_trailers,
+        h2.events.StreamReset: _on_reset,
+        h2.events.WindowUpdated: _on_window_update,
+        h2.events.RemoteSettingsChanged: _on_remote_settings,
+        h2.events.ConnectionTerminated: _on_terminated,
+    }
