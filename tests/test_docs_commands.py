@@ -183,32 +183,26 @@ def test_quickstart_sqlite(paste):
     assert os.path.getsize(os.path.join(paste.state, "etcd.db")) > 0
 
 
+# What each database quick start creates, dropped afterwards ({name}: the paste's name).
+QUICKSTART_DROPS = {
+    "mariadb": ("DROP DATABASE IF EXISTS {name}", "DROP USER IF EXISTS '{name}'@'%'"),
+    "postgresql": ("DROP DATABASE IF EXISTS {name}", "DROP ROLE IF EXISTS {name}"),
+}
+
+
 @pytest.mark.adapter
-def test_quickstart_mariadb(paste):
-    stores._require("mariadb")
+@pytest.mark.parametrize("kind", sorted(QUICKSTART_DROPS))
+def test_quickstart_database(paste, kind):
+    stores._require(kind)
     try:
-        paste.run(SH["quickstart-mariadb"])
+        paste.run(SH["quickstart-" + kind])
         check(paste)
         paste.stop()
     finally:
         def drop(cur):
-            cur.execute("DROP DATABASE IF EXISTS " + paste.name)
-            cur.execute("DROP USER IF EXISTS '%s'@'%%'" % paste.name)
-        stores._admin("mariadb", drop)
-
-
-@pytest.mark.adapter
-def test_quickstart_postgresql(paste):
-    stores._require("postgresql")
-    try:
-        paste.run(SH["quickstart-postgresql"])
-        check(paste)
-        paste.stop()
-    finally:
-        def drop(cur):
-            cur.execute("DROP DATABASE IF EXISTS " + paste.name)
-            cur.execute("DROP ROLE IF EXISTS " + paste.name)
-        stores._admin("postgresql", drop)
+            for statement in QUICKSTART_DROPS[kind]:
+                cur.execute(statement.format(name=paste.name))
+        stores._admin(kind, drop)
 
 
 @pytest.mark.adapter
