@@ -341,3 +341,29 @@ def test_writes_after_another_adapter_compacted(make_store):
     assert error_of(b.compact(5)) == errors.ErrCompacted()
     assert time.monotonic() - t < 5
     assert b.compact_revision == 8
+
+
+@pytest.mark.parametrize("store_kind", ["mariadb"])
+def test_an_idle_feed_does_not_reconnect_every_tick_while_the_database_is_away(make_store):
+    # A timed poll first reads the revision on the reactor's connection; while the
+    # database is away that connection is not tried again every tick (the poll's own
+    # transaction finds out when it is back).
+    make_store()                            # creates the database; stays direct
+    proxy = _proxy_for(make_store.kind)
+    try:
+        s = make_store(url=proxy.url_for(make_store.url), poll_interval=0.05)
+        reader = raw(s)._revision_reader.connection
+        connects = []
+        real_connect = reader._connect
+        reader._connect = lambda: connects.append(1) or real_connect()
+        proxy.cut()
+        servers.wait_until(lambda: raw(s).runner.down_since is not None, timeout=10,
+                           what="the outage noticed")
+        before = len(connects)
+        time.sleep(2.0)                     # polls while failing: every 0.5 s
+        assert len(connects) - before <= 1, len(connects) - before
+        proxy.restore()
+        servers.wait_until(lambda: raw(s).runner.down_since is None and reader.connected,
+                           timeout=10, what="the reader back")
+    finally:
+        proxy.close()

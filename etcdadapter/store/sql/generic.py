@@ -412,7 +412,12 @@ class SQLStore(Store):
     def _probe(self):
         """(revision, compact revision) read on the reactor's connection, or None while
         it is busy or down: a timed poll then runs as usual (and finds out)."""
-        return self._revision_reader.read().addCallbacks(self._answered, lambda _f: None)
+        reader = self._revision_reader
+        if not reader.connection.connected and self.runner.down_since is not None:
+            # The database is away: no connect attempt every tick (read() starts one);
+            # the poll's transaction tells when it is back.
+            return defer.succeed(None)
+        return reader.read().addCallbacks(self._answered, lambda _f: None)
 
     def _poll(self, after):
         batch = self.poll_batch
