@@ -413,7 +413,7 @@ class SQLStore(Store):
         """(revision, compact revision) read on the reactor's connection, or None while
         it is busy or down: a timed poll then runs as usual (and finds out)."""
         reader = self._revision_reader
-        if not reader.connection.connected and self.runner.down_since is not None:
+        if not reader.connected and self.runner.down_since is not None:
             # The database is away: no connect attempt every tick (read() starts one);
             # the poll's transaction tells when it is back.
             return defer.succeed(None)

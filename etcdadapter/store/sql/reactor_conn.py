@@ -251,6 +251,10 @@ class RevisionReader(object):
         self.queries = 0
 
     @property
+    def connected(self):
+        return self.connection.connected
+
+    @property
     def on_connected(self):
         return self.connection.on_connected
 

@@ -104,6 +104,10 @@ class _RevisionReader(object):
         self.conn = None
         self.queries = 0
 
+    @property
+    def connected(self):
+        return self.conn is not None
+
     def read(self):
         from twisted.internet import defer
         try:
