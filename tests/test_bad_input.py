@@ -380,8 +380,10 @@ def test_request_trailers_reset_the_stream(pair, end):
     trailers = [("x-trailer", "1")]
     ref = h2_call(pair.etcd.port, RANGE, body, trailers=trailers, trailers_end=end)
     got = h2_call(pair.target.port, RANGE, body, trailers=trailers, trailers_end=end)
-    assert ref == "stream reset (error code 1)", ref
-    assert got == ref
+    # grpc-go runs a unary handler as soon as its one message is in, so etcd sometimes
+    # answers before its reader reaches the trailers (seen in CI); we always reset.
+    assert ref in ("stream reset (error code 1)", ("200", "0", "", 1)), ref
+    assert got == "stream reset (error code 1)"
 
 
 CONNECTION_ERRORS = {   # frame -> the GOAWAY error code we send
