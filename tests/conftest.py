@@ -11,9 +11,10 @@ Without the etcd/etcdctl binaries the tests that need servers are skipped, unles
 
 import pytest
 
-import servers
+from support import servers
+from support.servers import require_etcd_binaries
 # The store fixtures (make_store, parametrised by store_kind) for every test module.
-from stores import make_store, store_kind  # noqa: F401
+from support.stores import make_store, store_kind  # noqa: F401
 
 
 def pytest_configure(config):
@@ -31,15 +32,6 @@ def pytest_configure(config):
 def pytest_report_header(config):
     return "etcd-adapter compat: target=%s, etcd=%s, etcdctl=%s" % (
         servers.target_kind(), servers.ETCD_BIN, servers.ETCDCTL_BIN)
-
-
-def require_etcd_binaries():
-    missing = servers.missing_binaries()
-    if missing:
-        message = "etcd binaries not found on PATH: %s" % ", ".join(missing)
-        if servers.in_ci():
-            pytest.fail(message + " (CI=true: failing instead of skipping)")
-        pytest.skip(message)
 
 
 class Pair(object):
@@ -175,7 +167,7 @@ def target_store(request, tmp_path):
     kind: memory, sqlite, mariadb, postgresql; use ``indirect=["target_store"]``): a fresh
     database, dropped at teardown.  Request it before ``start_servers`` so that the
     servers stop before their database is dropped."""
-    from stores import store_url
+    from support.stores import store_url
     kind = getattr(request, "param", "memory")
     url, cleanup = store_url(kind, tmp_path)
     yield url

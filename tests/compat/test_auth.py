@@ -14,7 +14,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-import servers
+from support import servers
 from etcdadapter import errors
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
@@ -31,7 +31,7 @@ from etcdadapter.services.identity import ServerIdentity
 from etcdadapter.services.kv import KVService
 from etcdadapter.services.rpc import CallContext
 from etcdadapter.store.memory import MemoryStore
-from fired import error_of, result
+from support.fired import error_of, result
 from test_tls import _creds, _https_post, pki  # noqa: F401 (pki: a fixture)
 from test_tls import _grpc as tls_grpc
 
@@ -914,7 +914,7 @@ def test_client_certificate_cn_is_the_user(cn_server, pki):
 @pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
 def test_a_token_from_one_adapter_works_on_another(request, tmp_path, kind):
     import time
-    from stores import store_url
+    from support.stores import store_url
     url, drop = store_url(kind, tmp_path)
     ttl = 2.0
     a, b = (servers.AdapterServer("auth-%s-%s" % (kind, n), store=url,
@@ -971,7 +971,7 @@ def test_concurrent_user_changes_on_two_adapters_are_all_kept(request, tmp_path,
     """Users added at the same moment through two adapters sharing one database: each
     change is compare-and-saved, so none overwrites another (etcd orders them in raft)."""
     from concurrent.futures import ThreadPoolExecutor
-    from stores import store_url
+    from support.stores import store_url
     url, drop = store_url(kind, tmp_path)
     a, b = (servers.AdapterServer("auth-cas-%s-%s" % (kind, n), store=url)
             for n in "ab")

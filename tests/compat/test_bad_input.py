@@ -28,7 +28,7 @@ import pytest
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.transport.grpc_codec import frame_message
 
-import servers
+from support import servers
 
 pytestmark = pytest.mark.adapter
 

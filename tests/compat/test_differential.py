@@ -22,8 +22,8 @@ import pytest
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store.mvcc import prefix_end
 
-import servers
-from stores import SQL_KINDS
+from support import servers
+from support.stores import SQL_KINDS
 
 
 def _seeds(spec):

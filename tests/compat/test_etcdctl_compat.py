@@ -25,7 +25,7 @@ import subprocess
 
 import pytest
 
-import servers
+from support import servers
 
 pytestmark = pytest.mark.adapter
 

@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-import servers
+from support import servers
 from test_etcdctl_compat import etcdctl, normalise_stderr, normalise_stdout
 from test_watch_grpc import _etcdctl_watch, _norm_out, _stop
 

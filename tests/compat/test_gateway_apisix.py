@@ -20,8 +20,8 @@ import json
 
 import pytest
 
-from gateway_client import (Rev, b64, module_differ_fixture, parse_reply, prefix_end,
-                            raw_exchange, unb64, watch_body)
+from support.gateway_client import (Rev, b64, module_differ_fixture, parse_reply,
+                                    prefix_end, raw_exchange, unb64, watch_body)
 
 pytestmark = pytest.mark.adapter
 

@@ -22,8 +22,9 @@ import time
 
 import pytest
 
-from gateway_client import (STATUS_MASK, TARGET_IS_ETCD, GatewayClient, b64, error_body,
-                            module_differ_fixture, parse_reply, prefix_end, raw_exchange)
+from support.gateway_client import (STATUS_MASK, TARGET_IS_ETCD, GatewayClient, b64,
+                                    error_body, module_differ_fixture, parse_reply,
+                                    prefix_end, raw_exchange)
 
 pytestmark = pytest.mark.adapter
 

@@ -19,9 +19,9 @@ import re
 
 import pytest
 
-from gateway_client import (PerSide, Rev, STATUS_MASK, TARGET_IS_ETCD, b64,
-                            error_body, module_differ_fixture, prefix_end, unb64,
-                            watch_body)
+from support.gateway_client import (PerSide, Rev, STATUS_MASK, TARGET_IS_ETCD, b64,
+                                    error_body, module_differ_fixture, prefix_end, unb64,
+                                    watch_body)
 
 pytestmark = pytest.mark.adapter
 

@@ -19,7 +19,7 @@ import pytest
 from etcd3gw import exceptions
 from etcd3gw.lease import Lease
 
-from gateway_client import STATUS_MASK, Normaliser, dump
+from support.gateway_client import STATUS_MASK, Normaliser, dump
 
 pytestmark = pytest.mark.adapter
 

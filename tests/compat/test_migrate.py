@@ -35,10 +35,10 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-import command
-import servers
-import stores
-from gateway_client import GatewayClient, b64, watch_body
+from support import command
+from support import servers
+from support import stores
+from support.gateway_client import GatewayClient, b64, watch_body
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.pb.mvccpb import kv_pb2 as mvccpb
@@ -641,7 +641,7 @@ def test_tls_client_certificate(tmp_path):
     certificates is copied and followed; without the certificate it is a one-line
     error."""
     import subprocess
-    import certs
+    from support import certs
     from etcdadapter.migrate.etcd_client import EtcdClient
     if servers.missing_binaries():
         pytest.skip("etcd binaries not found")

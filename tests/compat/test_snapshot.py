@@ -22,9 +22,9 @@ import uuid
 import grpc
 import pytest
 
-import command
-import servers
-import stores
+from support import command
+from support import servers
+from support import stores
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 

@@ -23,7 +23,7 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.pb.mvccpb import kv_pb2
 from etcdadapter.store.mvcc import prefix_end
 
-import servers
+from support import servers
 from test_watch_grpc import WatchSession
 
 pytestmark = pytest.mark.adapter

@@ -28,7 +28,7 @@ import pytest
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.services.watch_hub import prefix_end
 
-import servers
+from support import servers
 
 pytestmark = pytest.mark.adapter
 

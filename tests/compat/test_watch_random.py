@@ -49,8 +49,8 @@ import pytest
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store.mvcc import prefix_end
 
-import servers
-from stores import SQL_KINDS
+from support import servers
+from support.stores import SQL_KINDS
 from test_differential import _describe, _seeds
 from test_watch_grpc import Dual, WatchSession, _ser
 

@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
-import command
-from certs import CA
-from command import BIN, Running, free_port, get, metric, run
+from support import command
+from support.certs import CA
+from support.command import BIN, Running, free_port, get, metric, run
+from support.servers import REPO_ROOT
 from etcdadapter import __version__
 from etcdadapter.services.identity import SERVER_VERSION
 
@@ -233,8 +234,7 @@ def test_serves_metrics_port_and_drains(tmp_path):
 
 def test_twistd_keeps_working():
     port = free_port()
-    env = command.environment({"PYTHONPATH": os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))})
+    env = command.environment({"PYTHONPATH": REPO_ROOT})
     proc = subprocess.run(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
          "--pidfile=", "etcd-adapter", "--listen", "127.0.0.1:%d" % port, "--version"],

@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import stores
-from command import Running, free_port, get, metric, run
-from db_proxy import DatabaseProxy
+from support import stores
+from support.command import Running, free_port, get, metric, run
+from support.db_proxy import DatabaseProxy
 from etcdadapter.store.sql import schema
 
 pytestmark = pytest.mark.adapter

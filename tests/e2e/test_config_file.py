@@ -6,8 +6,8 @@ import textwrap
 import pytest
 from twisted.python import usage
 
-import servers
-from certs import CA
+from support import servers
+from support.certs import CA
 from etcdadapter import tap
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 

@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-import servers
-from certs import CA
+from support import servers
+from support.certs import CA
 from etcdadapter import tap
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-from gateway_client import GatewayClient
+from support.gateway_client import GatewayClient
 from test_sql_multi import Watcher
 
 DOCS = os.path.join(servers.REPO_ROOT, "docs")

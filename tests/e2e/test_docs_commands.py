@@ -33,9 +33,9 @@ import uuid
 import pytest
 import yaml
 
-import servers
-import stores
-from command import Running, free_port, get, metric
+from support import servers
+from support import stores
+from support.command import Running, free_port, get, metric
 
 ROOT = servers.REPO_ROOT
 README = open(os.path.join(ROOT, "README.md")).read()
@@ -207,7 +207,7 @@ def test_quickstart_database(paste, kind):
 
 @pytest.mark.adapter
 def test_etcd_flag_spellings(paste):
-    from conftest import require_etcd_binaries
+    from support.servers import require_etcd_binaries
     require_etcd_binaries()
     paste.run(SH["etcd-flags"])
     status, text = get(paste.metrics_port, "/metrics")
@@ -248,7 +248,7 @@ def _post(port, path, body, token=None):
 def test_apisix_auth(paste):
     """The etcdctl commands of docs/apisix.md, then APISIX's user and password from its
     config block: authenticated, may write its prefix only."""
-    from conftest import require_etcd_binaries
+    from support.servers import require_etcd_binaries
     require_etcd_binaries()
     paste.start(["--store", "sqlite://%s/etcd.db" % paste.state.replace(
         "var-lib-etcd-adapter", "")])
@@ -275,7 +275,7 @@ def test_apisix_auth(paste):
 def test_migrating_with_make_mirror(paste):
     """``etcdctl make-mirror`` from a real etcd into the adapter: the keys arrive (with
     the adapter's revisions), and later writes to etcd follow."""
-    from conftest import require_etcd_binaries
+    from support.servers import require_etcd_binaries
     require_etcd_binaries()
     etcd = servers.EtcdServer("docs-mirror")
     etcd.start()

@@ -26,12 +26,12 @@ import time
 import grpc
 import pytest
 
-import servers
+from support import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-from gateway_client import GatewayClient
-from servers import wait_until
-from logged import JsonLoggedAdapter
-from stores import create_database
+from support.gateway_client import GatewayClient
+from support.servers import wait_until
+from support.logged import JsonLoggedAdapter
+from support.stores import create_database
 
 pytestmark = pytest.mark.adapter
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-import servers
+from support import servers
 
 PROGRAM = r"""
 import asyncio

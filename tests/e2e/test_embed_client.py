@@ -19,12 +19,12 @@ from etcdadapter.embed import (DELETE, PUT, Compare, Delete, EmbeddedAdapter, Et
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
-import servers
-import stores
-from embedding import embedded  # noqa: F401 (the fixture)
-from embedding import endpoint, event_tuple, kv_tuple
-from servers import GrpcWatch, wait_until
-from stores import call
+from support import servers
+from support import stores
+from support.embedding import embedded  # noqa: F401 (the fixture)
+from support.embedding import endpoint, event_tuple, kv_tuple
+from support.servers import GrpcWatch, wait_until
+from support.stores import call
 
 KV = "/etcdserverpb.KV/"
 AUTH = "/etcdserverpb.Auth/"

@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-import servers
-from conftest import require_etcd_binaries
-from gateway_client import GatewayClient, b64, prefix_end, unb64, watch_body
+from support import servers
+from support.servers import require_etcd_binaries
+from support.gateway_client import GatewayClient, b64, prefix_end, unb64, watch_body
 
 pytestmark = pytest.mark.adapter
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import servers
+from support import servers
 
 pytestmark = pytest.mark.adapter
 

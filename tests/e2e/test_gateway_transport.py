@@ -13,7 +13,7 @@ import h2.connection
 import h2.events
 import pytest
 
-import servers
+from support import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 pytestmark = pytest.mark.adapter

@@ -13,7 +13,7 @@ import time
 import grpc
 import pytest
 
-import servers
+from support import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.transport import h2_server
 

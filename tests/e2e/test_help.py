@@ -7,7 +7,7 @@ import sys
 
 from twisted.python import reflect
 
-import servers
+from support import servers
 from etcdadapter import tap
 
 

@@ -15,7 +15,7 @@ import base64
 import grpc
 import pytest
 
-import servers
+from support import servers
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from test_auth import _MESSAGES, _grpc, _http, _setup_steps, _tokens, cn_server  # noqa: F401

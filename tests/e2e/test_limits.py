@@ -20,8 +20,8 @@ import h2.connection
 import h2.settings
 import pytest
 
-import servers
-from certs import CA, read
+from support import servers
+from support.certs import CA, read
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.transport.grpc_codec import frame_message
 from test_gateway_transport import metric

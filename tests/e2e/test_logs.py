@@ -7,10 +7,10 @@ import json
 import pytest
 from twisted.logger import Logger, LogPublisher
 
-import servers
+from support import servers
 from etcdadapter import logs
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-from logged import JsonLoggedAdapter
+from support.logged import JsonLoggedAdapter
 
 
 def emit(observer, fn):

@@ -7,7 +7,7 @@ import socket
 import grpc
 import pytest
 
-import servers
+from support import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 

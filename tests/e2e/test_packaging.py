@@ -6,7 +6,7 @@ import subprocess
 import sys
 import zipfile
 
-import servers
+from support import servers
 
 
 def test_wheel_contains_packages_and_twisted_plugin(tmp_path):

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-import servers
+from support import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 UNIT = os.path.join(servers.REPO_ROOT, "contrib", "systemd", "etcd-adapter.service")

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from twisted.python import usage
 
-import servers
+from support import servers
 from etcdadapter import tap
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from test_watch_grpc import WatchSession

@@ -13,8 +13,8 @@ import time
 import grpc
 import pytest
 
-import servers
-from certs import CA, read
+from support import servers
+from support.certs import CA, read
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 pytestmark = pytest.mark.adapter

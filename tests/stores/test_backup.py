@@ -10,10 +10,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-import servers
-import stores
+from support import servers
+from support import stores
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-from stores import create_database
+from support.stores import create_database
 from test_sql_multi import Watcher
 
 pytestmark = pytest.mark.adapter

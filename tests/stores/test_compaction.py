@@ -28,8 +28,8 @@ from etcdadapter.store import compactor, mvcc
 from etcdadapter.store.compactor import PERIODIC, REVISION, Compactor, parse_retention
 from etcdadapter.store.memory import MemoryStore
 from etcdadapter.store.sql import purge
-from fired import error_of, result
-from stores import SQL_KINDS, call, is_memory, raw, settle
+from support.fired import error_of, result
+from support.stores import SQL_KINDS, call, is_memory, raw, settle
 
 HOUR = 3600.0
 

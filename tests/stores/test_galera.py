@@ -32,9 +32,9 @@ import pytest
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
-import galera
-import servers
-from gateway_client import GatewayClient, b64
+from support import galera
+from support import servers
+from support.gateway_client import GatewayClient, b64
 from test_sql_multi import INCREMENTS, Watcher, run_incrementers, ok
 
 pytestmark = [pytest.mark.adapter, pytest.mark.serial]
@@ -122,7 +122,7 @@ def test_instances_starting_together_on_three_nodes(cluster):
     through the claim row (GET_LOCK would be per node): all start, one revision."""
     from twisted.internet import defer
     from etcdadapter.store.urls import open_store
-    import stores
+    from support import stores
     urls = cluster.create_database(DATABASE + "_fresh")
     opened = [open_store(url, reactor=stores.reactor()) for url in urls * 2]
     try:
@@ -144,7 +144,7 @@ def test_tidb_settings_across_nodes(cluster):
     and compare-and-swap increments from both, none lost."""
     from twisted.internet import defer
     from etcdadapter.store.urls import open_store
-    import stores
+    from support import stores
     urls = [node.url(DATABASE + "_tidb", scheme="tidb") for node in cluster.nodes[:2]]
     cluster.nodes[0].query("CREATE DATABASE `%s_tidb`" % DATABASE)
     opened = [open_store(url, reactor=stores.reactor()) for url in urls]
@@ -153,7 +153,7 @@ def test_tidb_settings_across_nodes(cluster):
                                                 consumeErrors=True))
         assert all(s.dialect.name == "tidb" for s in opened)
         a, b = [stores.BlockingStore(s) for s in opened]
-        from fired import result
+        from support.fired import result
         for i in range(30):
             rev = result(a.put(rpc.PutRequest(key=b"/t/k",
                                               value=b"%d" % i))).header.revision
@@ -249,8 +249,8 @@ def test_without_causal_reads_the_held_node_reads_stale(cluster, urls):
     the held node answers the old value at once -- what the setting prevents."""
     from twisted.internet import defer
     from etcdadapter.store.urls import open_store
-    from fired import result
-    import stores
+    from support.fired import result
+    from support import stores
     opened = [open_store(urls[0], reactor=stores.reactor()),
               open_store(urls[1] + "?wsrep_sync_wait=0", reactor=stores.reactor())]
     try:

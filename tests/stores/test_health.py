@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import servers
-from db_proxy import DatabaseProxy
-from logged import JsonLoggedAdapter
-from stores import create_database
+from support import servers
+from support.db_proxy import DatabaseProxy
+from support.logged import JsonLoggedAdapter
+from support.stores import create_database
 
 pytestmark = pytest.mark.adapter
 
@@ -135,7 +135,7 @@ def test_unavailable_errors_are_fresh_exceptions():
     leader"; each failure must be its own exception: re-raising one shared instance
     grows its traceback by every raise (and keeps all those frames alive)."""
     import traceback
-    import stores
+    from support import stores
     from etcdadapter import errors
     from etcdadapter.store.sql.mysql import MySQLDialect
     from etcdadapter.store.sql.runner import Runner

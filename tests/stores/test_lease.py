@@ -11,8 +11,8 @@ from etcdadapter.services.lease import LeaseService
 from etcdadapter.services.rpc import CallContext, ServerStream
 from etcdadapter.store.base import DELETE, LeaseTTL
 
-import servers
-from fired import error_of, result
+from support import servers
+from support.fired import error_of, result
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import time
 import grpc
 import pytest
 
-import servers
+from support import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-from stores import _with_params, store_url
+from support.stores import _with_params, store_url
 from test_auth import _grpc, _http, _setup_steps, _tokens
 from test_tls import _creds, _https_post, pki, policy_server  # noqa: F401
 from test_tls import _grpc as tls_grpc

@@ -17,7 +17,7 @@ import time
 import grpc
 import pytest
 
-import servers
+from support import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 pytestmark = pytest.mark.adapter

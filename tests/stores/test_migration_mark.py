@@ -8,9 +8,9 @@ started on a marked database refuses writes from its first request."""
 import pytest
 from twisted.internet import task
 
-import servers
-import stores
-from fired import error_of, result
+from support import servers
+from support import stores
+from support.fired import error_of, result
 from etcdadapter.errors import StatusCode
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store.sql import following

@@ -19,9 +19,9 @@ from etcdadapter.pb.mvccpb import kv_pb2
 from etcdadapter.store import keyspace, memory, mvcc
 from etcdadapter.store.base import DELETE, KV, PUT, Change, Event, StoreStatus
 from etcdadapter.store.memory import MemoryStore
-from fired import error_of, result
-import stores
-from stores import is_memory, raw, settle
+from support.fired import error_of, result
+from support import stores
+from support.stores import is_memory, raw, settle
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -12,14 +12,14 @@ from etcdadapter.embed import DELETE, PUT
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store.base import DELETE as S_DELETE
 from etcdadapter.store.base import KV, PUT as S_PUT, Change, Event
-from fired import result
-from gateway_client import GatewayClient, prefix_end, unb64, watch_body
+from support.fired import result
+from support.gateway_client import GatewayClient, prefix_end, unb64, watch_body
 
-import servers
-from embedding import embedded  # noqa: F401 (the fixture)
-from embedding import endpoint, event_tuple
-from servers import GrpcWatch, wait_until
-from stores import call, settle
+from support import servers
+from support.embedding import embedded  # noqa: F401 (the fixture)
+from support.embedding import endpoint, event_tuple
+from support.servers import GrpcWatch, wait_until
+from support.stores import call, settle
 
 
 def test_store_replace_prefix_writes_only_differences(make_store):

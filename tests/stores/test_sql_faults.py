@@ -33,9 +33,9 @@ import pytest
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
-import servers
-import stores
-from stores import create_database
+from support import servers
+from support import stores
+from support.stores import create_database
 from test_sql_multi import Watcher, ok, start_adapters
 
 pytestmark = [pytest.mark.adapter, pytest.mark.serial]
@@ -259,7 +259,7 @@ def test_database_restart_under_load(db, request):
 def partitioned(db, request):
     """(kind, a: an adapter reaching the database through a proxy, b: one reaching it
     directly, proxy)."""
-    from db_proxy import DatabaseProxy
+    from support.db_proxy import DatabaseProxy
     from urllib.parse import urlsplit
     kind, url = db
     proxy = DatabaseProxy(urlsplit(url).port)
@@ -370,8 +370,8 @@ def test_feed_reports_revisions_compacted_before_it_read_them(make_store):
     its replica afresh and tells its subscribers which revisions they lost (every one
     below the compact revision) -- before delivering what follows -- so the watch layer can
     cancel the watchers that needed them instead of skipping silently."""
-    from fired import result
-    from stores import call, raw
+    from support.fired import result
+    from support.stores import call, raw
     params = {"notify": "false"} if make_store.kind == "postgresql" else {}
     a = make_store(poll_interval=30, **params)       # no push wake-ups either
     b = make_store(url=make_store.url)

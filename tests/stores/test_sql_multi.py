@@ -23,8 +23,8 @@ import pytest
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
-import servers
-from stores import create_database
+from support import servers
+from support.stores import create_database
 
 pytestmark = pytest.mark.adapter
 
@@ -230,7 +230,7 @@ def test_instances_starting_together_on_a_fresh_database(kind):
     unique violation on pg_type.)"""
     from twisted.internet import defer
     from etcdadapter.store.urls import open_store
-    import stores
+    from support import stores
     url, drop = create_database(kind)
     opened = []
     try:

@@ -26,11 +26,11 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store import mvcc
 from etcdadapter.store.memory import MemoryStore
 from etcdadapter.store.sql.group_commit import Item
-from db_proxy import DatabaseProxy
-from fired import error_of, result
-from stores import MYSQL_URL, POSTGRES_URL, call, raw
+from support.db_proxy import DatabaseProxy
+from support.fired import error_of, result
+from support.stores import MYSQL_URL, POSTGRES_URL, call, raw
 
-import servers
+from support import servers
 from test_sql_multi import db_url, start_adapters  # noqa: F401  (fixture)
 
 KV = "/etcdserverpb.KV/"

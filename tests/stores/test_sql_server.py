@@ -7,10 +7,10 @@ import pytest
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
-import servers
+from support import servers
 import test_differential
-from conftest import require_etcd_binaries
-from stores import SQL_KINDS, store_url
+from support.servers import require_etcd_binaries
+from support.stores import SQL_KINDS, store_url
 
 pytestmark = pytest.mark.adapter
 

@@ -32,10 +32,10 @@ from twisted.internet import defer
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
-import servers
-import stores
-from fired import result
-from stores import create_database, raw
+from support import servers
+from support import stores
+from support.fired import result
+from support.stores import create_database, raw
 from test_sql_multi import Watcher, ok, start_adapters
 
 pytestmark = pytest.mark.serial     # pauses adapters and times how others answer

@@ -21,11 +21,11 @@ from etcdadapter.store.sql.postgresql import PostgresDialect
 from etcdadapter.store.sql.sqlite import SQLiteDialect
 from etcdadapter.store.urls import StoreURLError, open_store
 
-import stores
-from db_proxy import DatabaseProxy
-from servers import wait_until
-from fired import error_of, result
-from stores import SQL_KINDS, call, raw, settle
+from support import stores
+from support.db_proxy import DatabaseProxy
+from support.servers import wait_until
+from support.fired import error_of, result
+from support.stores import SQL_KINDS, call, raw, settle
 
 
 @pytest.fixture(params=SQL_KINDS)

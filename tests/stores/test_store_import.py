@@ -8,7 +8,7 @@ import uuid
 import pytest
 from twisted.internet.task import Clock
 
-import stores
+from support import stores
 from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store.base import KV

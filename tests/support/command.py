@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-import servers
+from support import servers
 
 BIN = os.path.join(os.path.dirname(sys.executable), "etcd-adapter")
 PREFIX = "ETCD_ADAPTER_"

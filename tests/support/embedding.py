@@ -9,8 +9,8 @@ import pytest
 
 from etcdadapter.embed import EmbeddedAdapter
 
-import stores
-from stores import call
+from support import stores
+from support.stores import call
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import time
 import pymysql
 import pytest
 
-import servers
+from support import servers
 
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"

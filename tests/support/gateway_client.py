@@ -33,7 +33,7 @@ import time
 
 import pytest
 
-import servers
+from support import servers
 from etcdadapter.store import mvcc
 
 def b64(data):

@@ -3,7 +3,7 @@ events (one JSON object per line: every line must parse)."""
 
 import json
 
-import servers
+from support import servers
 
 
 class JsonLoggedAdapter(servers.AdapterServer):

@@ -38,10 +38,11 @@ import threading
 import time
 
 import grpc
+import pytest
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ETCD_BIN = shutil.which("etcd")
 ETCDCTL_BIN = shutil.which("etcdctl")
@@ -70,6 +71,16 @@ def missing_binaries():
     """Names of the etcd binaries the tests need that are not on PATH."""
     return [name for name, path in (("etcd", ETCD_BIN), ("etcdctl", ETCDCTL_BIN))
             if path is None]
+
+
+def require_etcd_binaries():
+    """Skip the calling test without etcd and etcdctl on PATH (fail it when CI=true)."""
+    missing = missing_binaries()
+    if missing:
+        message = "etcd binaries not found on PATH: %s" % ", ".join(missing)
+        if in_ci():
+            pytest.fail(message + " (CI=true: failing instead of skipping)")
+        pytest.skip(message)
 
 
 # ---------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import pytest
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-import servers
+from support import servers
 
 KINDS = ("memory", "sqlite", "mariadb", "postgresql")
 SQL_KINDS = KINDS[1:]

@@ -10,7 +10,7 @@ from etcdadapter.pb.authpb import auth_pb2
 from etcdadapter.pb.etcdserverpb import rpc_pb2
 from etcdadapter.pb.mvccpb import kv_pb2
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PB_DIR = os.path.join(REPO_ROOT, "etcdadapter", "pb")
 
 

@@ -18,7 +18,7 @@ from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import (
     SYNCED, UNSYNCED, RangeIndex, WatchHub, Watcher, prefix_end)
 from etcdadapter.store.memory import MemoryStore
-from fired import result as _result
+from support.fired import result as _result
 
 PUT = kv_pb2.Event.PUT
 DELETE = kv_pb2.Event.DELETE
