@@ -28,7 +28,7 @@ import pytest
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.transport.grpc_codec import frame_message
 
-from support import servers
+from support import h2_frames, servers
 
 pytestmark = pytest.mark.adapter
 
@@ -398,15 +398,13 @@ CONNECTION_ERRORS = {   # frame -> the GOAWAY error code we send
 def test_a_connection_error_closes_with_one_goaway(pair, case):
     # etcd (grpc-go 1.26) just closes; we say why first (RFC 7540 5.4.1), once -- h2 had
     # queued a GOAWAY and we added another.
-    from test_h2_flood import PREFACE, _frame
-    from test_limits import _read_frames
     frame, code = CONNECTION_ERRORS[case]
     seen = []
     for server in (pair.etcd, pair.target):
         s = socket.create_connection(("127.0.0.1", server.port))
-        s.sendall(PREFACE + _frame(4, 0, 0))
+        s.sendall(h2_frames.PREFACE + h2_frames.frame(4, 0, 0))
         s.sendall(frame)
-        frames = _read_frames(s, None)          # until the server closes
+        frames = h2_frames.read_frames(s, None)          # until the server closes
         s.close()
         seen.append([struct.unpack(">I", f[3][4:8])[0] for f in frames if f[0] == 7])
     assert seen[0] == [], "etcd sent GOAWAY %r" % (seen[0],)

@@ -14,6 +14,7 @@ import h2.events
 import pytest
 
 from support import servers
+from support.servers import metric
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 pytestmark = pytest.mark.adapter
@@ -28,22 +29,6 @@ def b64(data):
 def post(adapter, path, obj, conn=None):
     resp, data = _request(adapter, "POST", path, json.dumps(obj).encode(), conn=conn)
     return resp.status, json.loads(data)
-
-
-def metric(adapter, name, **labels):
-    """The value of one sample of /metrics (0 if absent)."""
-    resp, data = _request(adapter, "GET", "/metrics")
-    assert resp.status == 200
-    assert resp.getheader("Content-Type").startswith("text/plain; version=")
-    want = {k: str(v) for k, v in labels.items()}
-    for line in data.decode().splitlines():
-        m = re.match(r"^([a-zA-Z_:]+)(?:\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in want.items()):
-            return float(m.group(3))
-    return 0.0
 
 
 class H2Client(object):

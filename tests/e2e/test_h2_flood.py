@@ -14,39 +14,12 @@ import grpc
 import pytest
 
 from support import servers
+from support.h2_frames import PREFACE, frame, send_for
+from support.servers import rss_kib
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.transport import h2_server
 
 pytestmark = [pytest.mark.adapter, pytest.mark.serial]
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def _frame(kind, flags, stream_id, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + \
-        struct.pack(">I", stream_id) + payload
-
-
-def _rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def _send_for(sock, data, seconds):
-    """Push as much of ``data`` as the server takes within ``seconds``; never read."""
-    sock.setblocking(False)
-    sent = 0
-    deadline = time.monotonic() + seconds
-    view = memoryview(data)
-    while sent < len(data) and time.monotonic() < deadline:
-        try:
-            sent += sock.send(view[sent:sent + 65536])
-        except BlockingIOError:
-            time.sleep(0.01)
-    return sent
 
 
 def _range_latency(server):
@@ -59,16 +32,16 @@ def _range_latency(server):
 
 
 def test_ping_flood_from_a_client_that_never_reads(adapter):
-    base = _rss_kib(adapter.proc.pid)
+    base = rss_kib(adapter.proc.pid)
     flood = socket.create_connection(("127.0.0.1", adapter.port))
     flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    ping = _frame(6, 0, 0, b"12345678")
-    blob = PREFACE + _frame(4, 0, 0) + ping * (6 << 20)      # 6 Mi PINGs, ~100 MB
+    ping = frame(6, 0, 0, b"12345678")
+    blob = PREFACE + frame(4, 0, 0) + ping * (6 << 20)      # 6 Mi PINGs, ~100 MB
     try:
-        sent = _send_for(flood, blob, 5.0)
+        sent = send_for(flood, blob, 5.0)
         assert sent > 1 << 20       # the flood did reach the server
         assert _range_latency(adapter) < 2.0
-        grown = _rss_kib(adapter.proc.pid) - base
+        grown = rss_kib(adapter.proc.pid) - base
         assert grown < 48 * 1024, "RSS grew by %d KiB" % grown
     finally:
         flood.close()
@@ -114,7 +87,7 @@ def headers_only_streams(n, first=1):
     import hpack
     block = hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple(k, v)
                                     for k, v in GRPC_HEADERS])
-    return b"".join(_frame(1, 4, sid, block) for sid in range(first, first + 2 * n, 2))
+    return b"".join(frame(1, 4, sid, block) for sid in range(first, first + 2 * n, 2))
 
 
 class StreamFlood(threading.Thread):
@@ -124,7 +97,7 @@ class StreamFlood(threading.Thread):
 
     def __init__(self, port, streams):
         threading.Thread.__init__(self, daemon=True)
-        self.data = PREFACE + _frame(4, 0, 0) + headers_only_streams(streams)
+        self.data = PREFACE + frame(4, 0, 0) + headers_only_streams(streams)
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setblocking(False)
         self.sent = 0

@@ -22,10 +22,10 @@ import pytest
 
 from support import servers
 from support.certs import CA, read
+from support.h2_frames import PREFACE, frame, read_frames, send_for
+from support.servers import metric, rss_kib
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.transport.grpc_codec import frame_message
-from test_gateway_transport import metric
-from test_h2_flood import PREFACE, _frame, _rss_kib, _send_for
 from test_watch_grpc import WatchSession
 
 pytestmark = pytest.mark.adapter
@@ -297,29 +297,6 @@ def test_max_connections(request):
 # ---------------------------------------------------------------------------------------
 # HTTP/2 frame bounds
 
-def _read_frames(sock, until_type, timeout=10.0):
-    """Frames (type, flags, stream, payload) until one of ``until_type`` or EOF."""
-    sock.settimeout(timeout)
-    buf, frames = b"", []
-    while True:
-        while len(buf) >= 9:
-            length = struct.unpack(">I", b"\0" + buf[:3])[0]
-            if len(buf) < 9 + length:
-                break
-            frame = (buf[3], buf[4], struct.unpack(">I", buf[5:9])[0] & 0x7FFFFFFF,
-                     buf[9:9 + length])
-            buf = buf[9 + length:]
-            frames.append(frame)
-            if frame[0] == until_type:
-                return frames
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            return frames
-        buf += chunk
-
 
 def _goaway_code(frames):
     goaways = [f for f in frames if f[0] == GOAWAY]
@@ -333,9 +310,9 @@ _HEADERS_START = (  # a valid HPACK start: :method POST, :scheme http, :path /
 
 def test_continuation_flood_is_cut_off(adapter):
     s = socket.create_connection(("127.0.0.1", adapter.port))
-    s.sendall(PREFACE + _frame(SETTINGS, 0, 0))
-    s.sendall(_frame(1, 0, 1, _HEADERS_START))        # HEADERS without END_HEADERS
-    piece = _frame(9, 0, 1, b"\x00" * 16384)           # CONTINUATION, never the last
+    s.sendall(PREFACE + frame(SETTINGS, 0, 0))
+    s.sendall(frame(1, 0, 1, _HEADERS_START))        # HEADERS without END_HEADERS
+    piece = frame(9, 0, 1, b"\x00" * 16384)           # CONTINUATION, never the last
     sent = 0
     s.setblocking(False)
     got = b""
@@ -354,7 +331,7 @@ def test_continuation_flood_is_cut_off(adapter):
     except (BrokenPipeError, ConnectionResetError):
         pass
     s.setblocking(True)
-    frames = _read_frames(_Replay(got, s), GOAWAY)
+    frames = read_frames(_Replay(got, s), GOAWAY)
     s.close()
     # Cut at about the advertised header list size (1 MiB) plus a frame; the kernel
     # buffers between us hold the rest of what we managed to send.
@@ -366,16 +343,16 @@ def test_continuation_flood_is_cut_off(adapter):
 def test_many_small_continuations_and_oversized_frames_are_refused(adapter):
     # 65 tiny CONTINUATION frames: h2's own limit (64).
     s = socket.create_connection(("127.0.0.1", adapter.port))
-    s.sendall(PREFACE + _frame(SETTINGS, 0, 0) + _frame(1, 0, 1, _HEADERS_START) +
-              _frame(9, 0, 1, b"\x00") * 70)
-    assert _goaway_code(_read_frames(s, GOAWAY)) == PROTOCOL_ERROR
+    s.sendall(PREFACE + frame(SETTINGS, 0, 0) + frame(1, 0, 1, _HEADERS_START) +
+              frame(9, 0, 1, b"\x00") * 70)
+    assert _goaway_code(read_frames(s, GOAWAY)) == PROTOCOL_ERROR
     s.close()
     # A DATA frame announcing 8 MiB (we advertise 16 KiB frames): refused at its header,
     # before any of its body.
     s = socket.create_connection(("127.0.0.1", adapter.port))
-    s.sendall(PREFACE + _frame(SETTINGS, 0, 0) + struct.pack(">I", 8 << 20)[1:] +
+    s.sendall(PREFACE + frame(SETTINGS, 0, 0) + struct.pack(">I", 8 << 20)[1:] +
               b"\x00\x00" + struct.pack(">I", 1))
-    assert _goaway_code(_read_frames(s, GOAWAY)) == FRAME_SIZE_ERROR
+    assert _goaway_code(read_frames(s, GOAWAY)) == FRAME_SIZE_ERROR
     s.close()
     _version(adapter)
 
@@ -445,7 +422,7 @@ def test_a_client_that_never_reads_is_bounded(request, flood):
     try:
         _put_big(server)
         time.sleep(0.5)
-        base = _rss_kib(server.proc.pid)
+        base = rss_kib(server.proc.pid)
         handled = _handled_ranges(server)
         paused = metric(server, "etcd_adapter_output_paused_total")
         s = socket.socket()
@@ -456,7 +433,7 @@ def test_a_client_that_never_reads_is_bounded(request, flood):
                 blob = _h2_range_flood(server, flood == "h2-open-windows")
             else:
                 blob = _http1_range_flood(server)
-            _send_for(s, blob, 3.0)
+            send_for(s, blob, 3.0)
             time.sleep(1.0)
             # Others are answered promptly, the flood's requests wait.
             t0 = time.monotonic()
@@ -467,7 +444,7 @@ def test_a_client_that_never_reads_is_bounded(request, flood):
                 assert r.ok and len(r.response.kvs[0].value) == BIG
             assert time.monotonic() - t0 < 2.0
             answered = _handled_ranges(server) - handled - 1
-            grown = _rss_kib(server.proc.pid) - base
+            grown = rss_kib(server.proc.pid) - base
             assert metric(server, "etcd_adapter_output_paused_total") >= paused + 1
             # Without the budget all ASKS are answered and RSS grows by 200-270 MiB;
             # with it, 3-5 answers and 6-9 MiB (the 4 MiB budget, a response more, and

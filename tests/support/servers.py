@@ -28,6 +28,7 @@ Also here: a small gRPC client (:class:`GrpcClient`) built on grpcio generic cal
 import errno
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -758,3 +759,28 @@ def store_revision(client):
                     rpc.RangeResponse)
     assert r.ok, r
     return r.response.header.revision
+
+
+def rss_kib(pid):
+    """The resident memory of process ``pid``, in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def metric(adapter, name, **labels):
+    """The value of one sample of /metrics (0 if absent)."""
+    resp, data = http_request(adapter, "GET", "/metrics")
+    assert resp.status == 200
+    assert resp.getheader("Content-Type").startswith("text/plain; version=")
+    want = {k: str(v) for k, v in labels.items()}
+    for line in data.decode().splitlines():
+        m = re.match(r"^([a-zA-Z_:]+)(?:\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in want.items()):
+            return float(m.group(3))
+    return 0.0
