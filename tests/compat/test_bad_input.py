@@ -29,6 +29,7 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.transport.grpc_codec import frame_message
 
 from support import h2_frames, servers
+from support.deep_txn import PUT_ONLY, RANGE_ONLY, nested_txn
 
 pytestmark = pytest.mark.adapter
 
@@ -136,35 +137,6 @@ def test_txn_larger_than_max_request_bytes(pair):
 TXN = "/etcdserverpb.KV/Txn"
 
 
-def _varint(n):
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def nested_txn(levels, innermost):
-    """A serialized TxnRequest nested ``levels`` deep (the outer one is level 1) through
-    each level's success[0].request_txn, around the serialized ``innermost``.  Built as
-    bytes: protobuf in Python nests no more than 50 levels."""
-    heads = []
-    size = len(innermost)
-    for _ in range(levels - 1):
-        op = b"\x22" + _varint(size)                       # RequestOp.request_txn
-        head = b"\x12" + _varint(len(op) + size) + op       # TxnRequest.success
-        heads.append(head)
-        size += len(head)
-    return b"".join(reversed(heads)) + innermost
-
-
-def _one_op(**op):
-    return rpc.TxnRequest(success=[rpc.RequestOp(**op)]).SerializeToString()
-
-
-RANGE_ONLY = _one_op(request_range=rpc.RangeRequest(key=b"deep"))
-PUT_ONLY = _one_op(request_put=rpc.PutRequest(key=b"deep", value=b"v"))
 DEEP_TXNS = {   # levels, innermost txn, whether etcd runs it
     "range_at_128": (128, RANGE_ONLY, True),
     "range_at_129": (129, RANGE_ONLY, False),

@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from support.deep_txn import PUT_ONLY_JSON, nested_txn_json
 from support.gateway_client import (STATUS_MASK, TARGET_IS_ETCD, GatewayClient, b64,
                                     error_body, module_differ_fixture, parse_reply,
                                     prefix_end, raw_exchange)
@@ -200,17 +201,7 @@ def test_lone_surrogate_escapes(gw):
     ])
 
 
-def nested_txn_json(levels, innermost):
-    """A /v3/kv/txn body nested ``levels`` deep (the outer txn is level 1) through each
-    level's success[0].request_txn, around the JSON text ``innermost``."""
-    text = innermost
-    for _ in range(levels - 1):
-        text = '{"success":[{"request_txn":%s}]}' % text
-    return text
-
-
 RANGE_ONLY = '{"success":[{"request_range":{"key":"%s"}}]}' % b64("deep")
-PUT_ONLY = '{"success":[{"request_put":{"key":"%s","value":"dg=="}}]}' % b64("deep")
 # etcd (--max-txn-ops 128): 128 levels of one op each pass, 129 if the innermost txn is
 # empty; deeper is too many operations -- unless the JSON itself is wrong further down
 # (jsonpb reads it all first), or nests beyond Go's 10,000 levels (3 a txn level).
@@ -219,18 +210,18 @@ DEEP_TXNS = [
     (129, RANGE_ONLY, 400),
     (129, "{}", 200),
     (130, "{}", 400),
-    (490, PUT_ONLY, 400),
-    (3000, PUT_ONLY, 400),
+    (490, PUT_ONLY_JSON, 400),
+    (3000, PUT_ONLY_JSON, 400),
     (3000, '{"success":[{"request_put":{"key":"YQ"}}]}', 400),
     (1000, '{"compare":5}', 400),
-    (3400, PUT_ONLY, 400),
+    (3400, PUT_ONLY_JSON, 400),
 ]
 
 
 def test_deeply_nested_txns(gw):
     gw.same_each([("/v3/kv/txn", nested_txn_json(levels, innermost), status)
                   for levels, innermost, status in DEEP_TXNS])
-    out = gw.same("/v3/kv/txn", nested_txn_json(3000, PUT_ONLY), status=400)
+    out = gw.same("/v3/kv/txn", nested_txn_json(3000, PUT_ONLY_JSON), status=400)
     assert out.ref.json() == error_body("etcdserver: too many operations in txn request", 3)
 
 

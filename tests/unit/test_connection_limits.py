@@ -16,7 +16,8 @@ from etcdadapter.transport.deadlines import BUSY, HEAD, IDLE, Deadlines
 from etcdadapter.transport.h2_frame_guard import FrameGuard, FrameLimitExceeded
 from etcdadapter.transport.limits import ConnectionStats, LogThrottle
 from etcdadapter.transport.output_budget import MIN_BUDGET, OutputBudget
-from test_h2_server import Harness, echo_registry
+
+from support.h2_harness import Harness, echo_registry
 
 
 def _deadlines(header=10.0, idle=300.0):

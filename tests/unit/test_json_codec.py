@@ -12,6 +12,8 @@ from etcdadapter.gateway import json_codec as jc
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.pb.mvccpb import kv_pb2
 
+from support.deep_txn import PUT_ONLY_JSON, nested_txn_json
+
 # body -> etcd's error message (all InvalidArgument, HTTP 400)
 RANGE_ERRORS = [
     ('{"key":"YQ"}', "illegal base64 data at input byte 0"),
@@ -214,8 +216,7 @@ def test_error_bodies():
 
 def test_nested_txns_decode_without_recursion():
     from etcdadapter import errors
-    from test_gateway_bad_input import PUT_ONLY, nested_txn_json
-    txn = jc.decode_request(rpc.TxnRequest, nested_txn_json(129, PUT_ONLY))
+    txn = jc.decode_request(rpc.TxnRequest, nested_txn_json(129, PUT_ONLY_JSON))
     n = 1
     inner = txn
     while inner.success[0].WhichOneof("request") == "request_txn":
@@ -224,7 +225,7 @@ def test_nested_txns_decode_without_recursion():
     assert n == 129 and inner.success[0].request_put.key == b"deep"
     # 3,000 levels (9,000 JSON levels; Go stops at 10,000): built to level 130, left
     # empty there; the JSON below is still checked.
-    txn = jc.decode_request(rpc.TxnRequest, nested_txn_json(3000, PUT_ONLY))
+    txn = jc.decode_request(rpc.TxnRequest, nested_txn_json(3000, PUT_ONLY_JSON))
     n, inner = 1, txn
     while inner.success and inner.success[0].WhichOneof("request") == "request_txn":
         inner = inner.success[0].request_txn
