@@ -50,20 +50,20 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.store.mvcc import prefix_end
 
 from support import servers
+from support.differential import describe, seeds
 from support.stores import SQL_KINDS
-from test_differential import _describe, _seeds
 from test_watch_grpc import Dual, WatchSession, _ser
 
 pytestmark = pytest.mark.adapter
 
-SEEDS = _seeds(os.environ.get("ETCDADAPTER_WATCH_SEEDS", "1-3"))
+SEEDS = seeds(os.environ.get("ETCDADAPTER_WATCH_SEEDS", "1-3"))
 OPS_PER_SEED = int(os.environ.get("ETCDADAPTER_WATCH_OPS", "700"))
 # The adapter's --store; "{tmp}" is the test's temporary directory.  E.g.
 # ETCDADAPTER_WATCH_STORE='sqlite:///{tmp}/watch.db'
 STORE = os.environ.get("ETCDADAPTER_WATCH_STORE", "memory://")
 # The same runs with the adapter on each SQL store (a fresh database each; one seed by
 # default: ``ETCDADAPTER_WATCH_SQL_SEEDS`` fuzzes further).
-SQL_SEEDS = _seeds(os.environ.get("ETCDADAPTER_WATCH_SQL_SEEDS", "1"))
+SQL_SEEDS = seeds(os.environ.get("ETCDADAPTER_WATCH_SQL_SEEDS", "1"))
 CASES = ([pytest.param("memory", s, id="seed_%d" % s) for s in SEEDS]
          + [pytest.param(kind, s, id="%s-seed_%d" % (kind, s))
             for kind in SQL_KINDS for s in SQL_SEEDS])
@@ -333,7 +333,7 @@ class Run(object):
         if ref.ok != got.ok or (ref.response if ref.ok else ref.error()) != (
                 got.response if got.ok else got.error()):
             self.fail("%s %s differs\n--- etcd:\n%s\n--- ours:\n%s" % (
-                method, str(request).replace("\n", " "), _describe(ref), _describe(got)))
+                method, str(request).replace("\n", " "), describe(ref), describe(got)))
         return ref
 
     # -- responses

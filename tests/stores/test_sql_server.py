@@ -1,6 +1,6 @@
 """The server on each SQL store, end to end: twistd with ``--store <URL>``, driven over
 gRPC -- KV, a watch stream, a lease -- then restarted on the same database; and the
-differential sequence (test_differential.py) against a real etcd with the adapter on each
+differential sequence (support/differential.py) against a real etcd with the adapter on each
 SQL store."""
 
 import pytest
@@ -8,7 +8,7 @@ import pytest
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 from support import servers
-import test_differential
+from support.differential import run_sequence
 from support.servers import require_etcd_binaries
 from support.stores import SQL_KINDS, store_url
 
@@ -108,7 +108,7 @@ def test_differential_on_sql_store(start_servers, sql_url):
     revisions, compactions) against a real etcd, with the adapter on a SQL store."""
     require_etcd_binaries()
     pair = start_servers(target_store=sql_url)
-    test_differential.run_sequence(pair, 7, 300)
+    run_sequence(pair, 7, 300)
 
 
 @pytest.mark.parametrize("kind", ["mariadb", "postgresql"])
