@@ -14,7 +14,6 @@ import pytest
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from support import servers
 from etcdadapter import errors
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
@@ -31,9 +30,12 @@ from etcdadapter.services.identity import ServerIdentity
 from etcdadapter.services.kv import KVService
 from etcdadapter.services.rpc import CallContext
 from etcdadapter.store.memory import MemoryStore
+
+from support import servers
+from support.auth import (MESSAGES, cn_server, grpc_call, http_post,  # noqa: F401 (cn_server)
+                          setup_steps, user_tokens)
 from support.fired import error_of, result
-from test_tls import _creds, _https_post, pki  # noqa: F401 (pki: a fixture)
-from test_tls import _grpc as tls_grpc
+from support.tls import client_creds, https_post, pki, tls_grpc  # noqa: F401 (pki: a fixture)
 
 C = errors.StatusCode
 
@@ -496,70 +498,6 @@ def test_kdf_runs_off_the_reactor_thread(monkeypatch):
 # ---------------------------------------------------------------------------------------
 # gRPC and HTTP against a real etcd 3.4
 
-def _setup_steps():
-    P = authpb.Permission
-    return [
-        ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw"), None),
-        ("UserAdd", rpc.AuthUserAddRequest(name="alice", password="apw"), None),
-        ("RoleAdd", rpc.AuthRoleAddRequest(name="r1"), None),
-        ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
-            name="r1", perm=P(key=b"/a/", range_end=b"/a0", permType=P.READWRITE)), None),
-        ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
-            name="r1", perm=P(key=b"/b", permType=P.READ)), None),
-        ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="alice", role="r1"), None),
-        ("AuthEnable", rpc.AuthEnableRequest(), None),
-        ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root"), None),
-        ("AuthEnable", rpc.AuthEnableRequest(), None),
-    ]
-
-
-_MESSAGES = {m: m for m in ("AuthEnable", "AuthDisable", "Authenticate")}
-
-
-def _types(method):
-    service, name = method
-    if service != "Auth":
-        table = {"Range": rpc.RangeRequest, "Put": rpc.PutRequest, "Txn": rpc.TxnRequest,
-                 "DeleteRange": rpc.DeleteRangeRequest,
-                 "LeaseGrant": rpc.LeaseGrantRequest, "Status": rpc.StatusRequest}
-        req = table[name]
-        return getattr(rpc, req.__name__.replace("Request", "Response"))
-    message = name if name in _MESSAGES else "Auth" + name
-    return getattr(rpc, message + "Response")
-
-
-def _grpc(server, service, name, request, token, offset=0, metadata=None):
-    with grpc.insecure_channel(server.endpoint) as channel:
-        call = channel.unary_unary("/etcdserverpb.%s/%s" % (service, name),
-                                   request_serializer=lambda m: m.SerializeToString(),
-                                   response_deserializer=_types((service, name)).FromString)
-        if metadata is None and token:
-            metadata = [("token", token)]
-        try:
-            response = call(request, metadata=metadata, timeout=10)
-        except grpc.RpcError as e:
-            return ("error", e.code().name, e.details())
-    response = servers.normalise_response(response, offset)
-    response.ClearField("header")
-    if name == "Authenticate":
-        return ("token", bool(response.token))
-    if name in ("Status", "LeaseGrant"):     # allowed without a token: that is the point
-        return ("ok", True)
-    return ("ok", response.SerializeToString(deterministic=True))
-
-
-def _tokens(server):
-    out = {}
-    for user, password in (("root", "pw"), ("alice", "apw")):
-        with grpc.insecure_channel(server.endpoint) as channel:
-            call = channel.unary_unary(
-                "/etcdserverpb.Auth/Authenticate",
-                request_serializer=lambda m: m.SerializeToString(),
-                response_deserializer=rpc.AuthenticateResponse.FromString)
-            out[user] = call(rpc.AuthenticateRequest(name=user, password=password),
-                             timeout=10).token
-    return out
-
 
 def _run_both(pair, steps):
     sides = [pair.etcd, pair.target]
@@ -570,11 +508,11 @@ def _run_both(pair, steps):
         got = []
         for i, server in enumerate(sides):
             if who == "login":
-                tokens[i] = _tokens(server)
+                tokens[i] = user_tokens(server)
                 got.append("login")
                 continue
             token = tokens[i].get(who, who)
-            got.append(_grpc(server, service, name, request, token,
+            got.append(grpc_call(server, service, name, request, token,
                              pair.offset if i else 0))
         assert got[0] == got[1], "step %d %s(%s) as %s: etcd %r, ours %r" % (
             n, method, request, who, got[0], got[1])
@@ -584,7 +522,7 @@ def _run_both(pair, steps):
 def test_grpc_errors_match_etcd(pair):
     P = authpb.Permission
     R = rpc
-    steps = _setup_steps() + [("login", None, "login")] + [
+    steps = setup_steps() + [("login", None, "login")] + [
         ("KV.Range", R.RangeRequest(key=b"/a/x"), None),
         ("KV.Range", R.RangeRequest(key=b"/a/x"), "bogus"),
         ("KV.Range", R.RangeRequest(key=b"/a/x"), "alice"),
@@ -688,16 +626,6 @@ def test_grpc_errors_match_etcd(pair):
     _run_both(pair, steps)
 
 
-def _http(server, path, body, token=None, header="Authorization"):
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers[header] = token
-    resp, data = servers.http_request(server, "POST", path, json.dumps(body), headers)
-    doc = json.loads(data.decode("utf-8"))
-    doc.pop("header", None)
-    return resp.status, doc
-
-
 def _http_watch_first(server, body, token):
     """The first line of a /v3/watch stream, without header and watch_id."""
     import http.client
@@ -718,26 +646,26 @@ def _http_watch_first(server, body, token):
 @pytest.mark.adapter
 def test_http_gateway_matches_etcd(pair):
     for server in (pair.etcd, pair.target):
-        for method, request, _ in _setup_steps():
-            _grpc(server, "Auth", method, request, None)
+        for method, request, _ in setup_steps():
+            grpc_call(server, "Auth", method, request, None)
     results = []
     for server in (pair.etcd, pair.target):
         out = []
-        status, doc = _http(server, "/v3/auth/authenticate", {"name": "alice",
+        status, doc = http_post(server, "/v3/auth/authenticate", {"name": "alice",
                                                               "password": "apw"})
         alice = doc["token"]
         out.append((status, sorted(doc)))
-        out.append(_http(server, "/v3/auth/authenticate", {"name": "alice",
+        out.append(http_post(server, "/v3/auth/authenticate", {"name": "alice",
                                                            "password": "bad"}))
-        out.append(_http(server, "/v3/kv/put", {"key": "L2EvMQ==", "value": "eA=="}))
-        out.append(_http(server, "/v3/kv/put", {"key": "L2EvMQ==", "value": "eA=="}, alice))
-        out.append(_http(server, "/v3/kv/range", {"key": "L2EvMQ=="}, "bogus"))
-        out.append(_http(server, "/v3/kv/range", {"key": "L2M="}, alice))
-        out.append(_http(server, "/v3/kv/range", {"key": "L2EvMQ=="}, alice,
+        out.append(http_post(server, "/v3/kv/put", {"key": "L2EvMQ==", "value": "eA=="}))
+        out.append(http_post(server, "/v3/kv/put", {"key": "L2EvMQ==", "value": "eA=="}, alice))
+        out.append(http_post(server, "/v3/kv/range", {"key": "L2EvMQ=="}, "bogus"))
+        out.append(http_post(server, "/v3/kv/range", {"key": "L2M="}, alice))
+        out.append(http_post(server, "/v3/kv/range", {"key": "L2EvMQ=="}, alice,
                          header="Grpc-Metadata-Token"))
-        out.append(_http(server, "/v3/auth/user/list", {}, alice))
-        out.append(_http(server, "/v3/auth/role/get", {"role": "r1"}, alice))
-        out.append(_http(server, "/v3/auth/user/get", {"name": "alice"}, alice))
+        out.append(http_post(server, "/v3/auth/user/list", {}, alice))
+        out.append(http_post(server, "/v3/auth/role/get", {"role": "r1"}, alice))
+        out.append(http_post(server, "/v3/auth/user/get", {"name": "alice"}, alice))
         out.append(_http_watch_first(server, {"create_request": {"key": "L2M="}}, alice))
         out.append(_http_watch_first(server, {"create_request": {"key": "L2EvMQ=="}}, alice))
         # No user / a bad token: etcd names that error in cancel_reason.
@@ -758,12 +686,12 @@ def test_http_gateway_matches_etcd(pair):
                 kv.pop("create_revision"), kv.pop("mod_revision")
         assert a == b
     # ours only: the 3.5 AuthStatus and a "Bearer " token (3.5.32+)
-    status, doc = _http(pair.target, "/v3/auth/authenticate", {"name": "root",
+    status, doc = http_post(pair.target, "/v3/auth/authenticate", {"name": "root",
                                                                "password": "pw"})
     root = doc["token"]
-    assert _http(pair.target, "/v3/auth/status", {}, "Bearer " + root) == (
+    assert http_post(pair.target, "/v3/auth/status", {}, "Bearer " + root) == (
         200, {"enabled": True, "authRevision": "8"})
-    assert _http(pair.target, "/v3/auth/status", {}) == (
+    assert http_post(pair.target, "/v3/auth/status", {}) == (
         400, {"error": "etcdserver: user name is empty", "code": 3,
               "message": "etcdserver: user name is empty"})
 
@@ -789,16 +717,16 @@ def test_a_repeated_token_header_the_first_counts(pair):
     """etcd reads the first value of a repeated token/authorization (gRPC metadata keeps
     them all; Go's Header.Get and the gateway take the first); we took the last."""
     for server in (pair.etcd, pair.target):
-        for method, request, _ in _setup_steps():
-            _grpc(server, "Auth", method, request, None)
+        for method, request, _ in setup_steps():
+            grpc_call(server, "Auth", method, request, None)
     R = rpc.RangeRequest(key=b"/a/x")
     results = []
     for server in (pair.etcd, pair.target):
-        alice = _tokens(server)["alice"]
+        alice = user_tokens(server)["alice"]
         out = []
         for key in ("token", "authorization"):
             for first, second in ((alice, "bogus"), ("bogus", alice)):
-                out.append(_grpc(server, "KV", "Range", R, None,
+                out.append(grpc_call(server, "KV", "Range", R, None,
                                  metadata=[(key, first), (key, second)]))
         for name in ("Authorization", "Grpc-Metadata-Token"):
             for first, second in ((alice, "bogus"), ("bogus", alice)):
@@ -826,21 +754,21 @@ def short_ttl():
 @pytest.mark.adapter
 def test_expired_token_over_grpc_and_http(short_ttl):
     import time
-    for method, request, _ in _setup_steps():
-        _grpc(short_ttl, "Auth", method, request, None)
-    token = _tokens(short_ttl)["alice"]
+    for method, request, _ in setup_steps():
+        grpc_call(short_ttl, "Auth", method, request, None)
+    token = user_tokens(short_ttl)["alice"]
     get = rpc.RangeRequest(key=b"/a/x")
-    assert _grpc(short_ttl, "KV", "Range", get, token)[0] == "ok"
+    assert grpc_call(short_ttl, "KV", "Range", get, token)[0] == "ok"
     time.sleep(0.6)
-    assert _grpc(short_ttl, "KV", "Range", get, token)[0] == "ok"   # slides
+    assert grpc_call(short_ttl, "KV", "Range", get, token)[0] == "ok"   # slides
     time.sleep(0.6)
-    assert _http(short_ttl, "/v3/kv/range", {"key": "L2EveA=="}, token)[0] == 200
+    assert http_post(short_ttl, "/v3/kv/range", {"key": "L2EveA=="}, token)[0] == 200
     time.sleep(1.5)
-    assert _grpc(short_ttl, "KV", "Range", get, token) == (
+    assert grpc_call(short_ttl, "KV", "Range", get, token) == (
         "error", "UNAUTHENTICATED", "etcdserver: invalid auth token")
-    token = _tokens(short_ttl)["alice"]
+    token = user_tokens(short_ttl)["alice"]
     time.sleep(1.5)
-    assert _http(short_ttl, "/v3/kv/range", {"key": "L2EveA=="}, token) == (
+    assert http_post(short_ttl, "/v3/kv/range", {"key": "L2EveA=="}, token) == (
         401, {"error": "etcdserver: invalid auth token", "code": 16,
               "message": "etcdserver: invalid auth token"})
 
@@ -848,21 +776,10 @@ def test_expired_token_over_grpc_and_http(short_ttl):
 # ---------------------------------------------------------------------------------------
 # mTLS: the certificate's CN is the user when there is no token
 
-@pytest.fixture(scope="module")
-def cn_server(pki):
-    server = servers.AdapterServer("auth-cn", extra_args=[
-        "--cert-file", pki["server"][0], "--key-file", pki["server"][1],
-        "--trusted-ca-file", pki["ca"], "--client-cert-auth"])
-    server.credentials = _creds(pki, "admin")
-    server.start()
-    yield server
-    server.stop()
-    server.cleanup()
-
 
 @pytest.mark.adapter
 def test_client_certificate_cn_is_the_user(cn_server, pki):
-    ops, apisix = _creds(pki, "admin"), _creds(pki, "client")     # CN ops, CN apisix
+    ops, apisix = client_creds(pki, "admin"), client_creds(pki, "client")     # CN ops, CN apisix
     P = authpb.Permission
     for method, request in (
             ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw")),
@@ -875,7 +792,7 @@ def test_client_certificate_cn_is_the_user(cn_server, pki):
                 name="reader", perm=P(key=b"/apisix/", range_end=b"/apisix0"))),
             ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="apisix", role="reader")),
             ("AuthEnable", rpc.AuthEnableRequest())):
-        name = method if method in _MESSAGES else "Auth" + method
+        name = method if method in MESSAGES else "Auth" + method
         _, err = tls_grpc(cn_server, ops, "/etcdserverpb.Auth/" + method, request,
                           getattr(rpc, name + "Response"))
         assert err is None, (method, err)
@@ -895,13 +812,13 @@ def test_client_certificate_cn_is_the_user(cn_server, pki):
                         rpc.AuthUserListRequest(), rpc.AuthUserListResponse)
     assert err is None and list(got.users) == ["apisix", "ops", "root"]
     # the JSON API and watches see the same user
-    status, doc = _https_post(cn_server, pki, "client", "/v3/kv/range",
+    status, doc = https_post(cn_server, pki, "client", "/v3/kv/range",
                               {"key": base64.b64encode(b"/apisix/r").decode()})
     assert status == 200 and doc["count"] == "1"
-    status, doc = _https_post(cn_server, pki, "client", "/v3/kv/put",
+    status, doc = https_post(cn_server, pki, "client", "/v3/kv/put",
                               {"key": base64.b64encode(b"/apisix/r").decode()})
     assert (status, doc["message"]) == (403, "etcdserver: permission denied")
-    status, doc = _https_post(cn_server, pki, "client", "/v3/watch", {"create_request": {
+    status, doc = https_post(cn_server, pki, "client", "/v3/watch", {"create_request": {
         "key": base64.b64encode(b"/other").decode()}})
     assert doc["result"]["canceled"] and doc["result"]["cancel_reason"] == \
         perm.WATCH_PERMISSION_DENIED
@@ -922,8 +839,8 @@ def test_a_token_from_one_adapter_works_on_another(request, tmp_path, kind):
     request.node._etcdadapter_servers = [a, b]
     try:
         servers.start_all([a, b])
-        for method, req, _ in _setup_steps():
-            _grpc(a, "Auth", method, req, None)
+        for method, req, _ in setup_steps():
+            grpc_call(a, "Auth", method, req, None)
         get = rpc.RangeRequest(key=b"/a/x")
         put = rpc.PutRequest(key=b"/a/x", value=b"from-b")
         invalid = ("error", "UNAUTHENTICATED", "etcdserver: invalid auth token")
@@ -933,31 +850,31 @@ def test_a_token_from_one_adapter_works_on_another(request, tmp_path, kind):
         http_invalid = (401, {"error": "etcdserver: invalid auth token", "code": 16,
                               "message": "etcdserver: invalid auth token"})
         t0 = time.monotonic()
-        token, idle = _tokens(a)["alice"], _tokens(a)["alice"]
+        token, idle = user_tokens(a)["alice"], user_tokens(a)["alice"]
         assert token.partition(".")[0].isalpha() and token.partition(".")[2].isdigit()
         # b never saw it: accepted (issued within the TTL), on gRPC and HTTP alike.
-        assert _grpc(b, "KV", "Put", put, token)[0] == "ok"
-        assert _http(b, "/v3/kv/range", {"key": "L2EveA=="}, token)[0] == 200
-        assert _grpc(b, "KV", "Put", rpc.PutRequest(key=b"/b", value=b"x"), token) == (
+        assert grpc_call(b, "KV", "Put", put, token)[0] == "ok"
+        assert http_post(b, "/v3/kv/range", {"key": "L2EveA=="}, token)[0] == 200
+        assert grpc_call(b, "KV", "Put", rpc.PutRequest(key=b"/b", value=b"x"), token) == (
             "error", "PERMISSION_DENIED", "etcdserver: permission denied")
         # Used on b every 1.2 s, it slides there past its TTL; a, where it was last
         # used at issue, has let it expire.
         for _ in range(2):
             time.sleep(1.2)
-            assert _grpc(b, "KV", "Range", get, token)[0] == "ok"
+            assert grpc_call(b, "KV", "Range", get, token)[0] == "ok"
         assert time.monotonic() - t0 > ttl
-        assert _grpc(a, "KV", "Range", get, token) == invalid
+        assert grpc_call(a, "KV", "Range", get, token) == invalid
         # Unused for longer than the TTL: refused where it was never seen.
-        assert _grpc(b, "KV", "Range", get, idle) == invalid
-        assert _http(b, "/v3/kv/range", {"key": "L2EveA=="}, idle) == http_invalid
+        assert grpc_call(b, "KV", "Range", get, idle) == invalid
+        assert http_post(b, "/v3/kv/range", {"key": "L2EveA=="}, idle) == http_invalid
         # Garbled: etcd's errors.
         garbled = token[:-1] + ("1" if token[-1] != "1" else "2")
-        assert _grpc(b, "KV", "Range", get, garbled) == invalid
-        assert _http(b, "/v3/kv/range", {"key": "L2EveA=="}, "Bearer x" + token) == \
+        assert grpc_call(b, "KV", "Range", get, garbled) == invalid
+        assert http_post(b, "/v3/kv/range", {"key": "L2EveA=="}, "Bearer x" + token) == \
             http_invalid
         # A fresh root token from b runs admin calls on a.
-        root = _tokens(b)["root"]
-        assert _grpc(a, "Auth", "UserList", rpc.AuthUserListRequest(), root)[0] == "ok"
+        root = user_tokens(b)["root"]
+        assert grpc_call(a, "Auth", "UserList", rpc.AuthUserListRequest(), root)[0] == "ok"
     finally:
         for server in (b, a):
             server.stop()
@@ -982,13 +899,13 @@ def test_concurrent_user_changes_on_two_adapters_are_all_kept(request, tmp_path,
 
         def add(i):
             server = (a, b)[i % 2]
-            return _grpc(server, "Auth", "UserAdd",
+            return grpc_call(server, "Auth", "UserAdd",
                          rpc.AuthUserAddRequest(name=names[i], password="p"), None)
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(add, range(len(names))))
         assert answers == [("ok", rpc.AuthUserAddResponse().SerializeToString())] * 24
         for server in (a, b):
-            status, listed = _grpc(server, "Auth", "UserList", rpc.AuthUserListRequest(),
+            status, listed = grpc_call(server, "Auth", "UserList", rpc.AuthUserListRequest(),
                                    None)
             assert rpc.AuthUserListResponse.FromString(listed).users == names
         # The auth revision counts every change once.

@@ -18,9 +18,9 @@ import pytest
 from support import servers
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-from test_auth import _MESSAGES, _grpc, _http, _setup_steps, _tokens, cn_server  # noqa: F401
-from test_tls import _creds, _https_post, pki, policy_server  # noqa: F401
-from test_tls import _grpc as tls_grpc
+from support.auth import (MESSAGES, cn_server, grpc_call, http_post,  # noqa: F401 (cn_server)
+                          setup_steps, user_tokens)
+from support.tls import client_creds, https_post, pki, policy_server, tls_grpc  # noqa: F401
 
 pytestmark = pytest.mark.adapter
 
@@ -42,7 +42,7 @@ def _b64(key):
 
 
 def _call(server, service, name, request, token=None):
-    """(kind, ...) as test_auth._grpc, but the response message itself when OK."""
+    """(kind, ...) as support.auth.grpc_call, but the response message itself when OK."""
     response_type = getattr(rpc, type(request).__name__.replace("Request", "Response"))
     with grpc.insecure_channel(server.endpoint) as channel:
         call = channel.unary_unary("/etcdserverpb.%s/%s" % (service, name),
@@ -70,9 +70,9 @@ def auth_server(request):
     server = servers.AdapterServer("lease-auth")
     request.module._etcdadapter_servers = [server]
     server.start()
-    for method, req, _ in _setup_steps():
-        _grpc(server, "Auth", method, req, None)
-    tokens = _tokens(server)
+    for method, req, _ in setup_steps():
+        grpc_call(server, "Auth", method, req, None)
+    tokens = user_tokens(server)
     root, alice = tokens["root"], tokens["alice"]
     for lease_id in (ROOT_LEASE, ALICE_LEASE, EMPTY_LEASE):
         assert _call(server, "Lease", "LeaseGrant",
@@ -113,24 +113,24 @@ def test_time_to_live_keys_need_read_permission_over_http(auth_server):
     body = {"ID": str(ROOT_LEASE), "keys": True}
     for path in ("/v3/lease/timetolive", "/v3/kv/lease/timetolive"):
         # The report of issue 12: no header at all used to list the secret's name.
-        assert _http(auth_server, path, body) == HTTP_USER_EMPTY
-        assert _http(auth_server, path, body, alice) == HTTP_DENIED
-        status, doc = _http(auth_server, path, body, root)
+        assert http_post(auth_server, path, body) == HTTP_USER_EMPTY
+        assert http_post(auth_server, path, body, alice) == HTTP_DENIED
+        status, doc = http_post(auth_server, path, body, root)
         assert (status, doc["keys"]) == (200, [_b64(SECRET)])
-        status, doc = _http(auth_server, path, {"ID": str(ROOT_LEASE)})
+        status, doc = http_post(auth_server, path, {"ID": str(ROOT_LEASE)})
         assert (status, doc["grantedTTL"], "keys" in doc) == (200, "600", False)
-    status, doc = _http(auth_server, "/v3/lease/timetolive",
+    status, doc = http_post(auth_server, "/v3/lease/timetolive",
                         {"ID": str(ALICE_LEASE), "keys": True}, alice)
     assert (status, doc["keys"]) == (200, [_b64(b"/a/1")])
     # ...while a Range on the key is refused, as it always was.
-    assert _http(auth_server, "/v3/kv/range", {"key": _b64(SECRET)}) == HTTP_USER_EMPTY
+    assert http_post(auth_server, "/v3/kv/range", {"key": _b64(SECRET)}) == HTTP_USER_EMPTY
 
 
 def test_put_may_not_attach_a_lease_holding_keys_the_caller_cannot_write(auth_server):
     root, alice = auth_server.tokens["root"], auth_server.tokens["alice"]
     mine = rpc.PutRequest(key=b"/a/2", value=b"v", lease=ROOT_LEASE)
     assert _call(auth_server, "KV", "Put", mine, alice) == DENIED
-    assert _http(auth_server, "/v3/kv/put", {"key": _b64(b"/a/2"), "value": "dg==",
+    assert http_post(auth_server, "/v3/kv/put", {"key": _b64(b"/a/2"), "value": "dg==",
                                              "lease": str(ROOT_LEASE)}, alice) == HTTP_DENIED
     # The same put inside a txn (either branch, nested too): refused as well (etcd lets
     # it through).
@@ -140,7 +140,7 @@ def test_put_may_not_attach_a_lease_holding_keys_the_caller_cannot_write(auth_se
                                failure=[rpc.RequestOp(request_txn=rpc.TxnRequest(
                                    success=[rpc.RequestOp(request_put=mine)]))])):
         assert _call(auth_server, "KV", "Txn", txn, alice) == DENIED
-    assert _http(auth_server, "/v3/kv/txn", {"success": [{"request_put": {
+    assert http_post(auth_server, "/v3/kv/txn", {"success": [{"request_put": {
         "key": _b64(b"/a/2"), "lease": str(ROOT_LEASE)}}]}, alice) == HTTP_DENIED
     assert _ttl(auth_server, ROOT_LEASE, root) == ("ok", [SECRET], 600)    # unchanged
     # Leases whose keys she may write, or with no keys, are hers to use.
@@ -162,7 +162,7 @@ def test_put_may_not_attach_a_lease_holding_keys_the_caller_cannot_write(auth_se
 
 def test_client_certificate_users(cn_server, pki):
     """--client-cert-auth: the CN "apisix" is the user, without a token."""
-    ops, apisix = _creds(pki, "admin"), _creds(pki, "client")      # CN ops, CN apisix
+    ops, apisix = client_creds(pki, "admin"), client_creds(pki, "client")      # CN ops, CN apisix
     P = authpb.Permission
     for method, request in (
             ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw")),
@@ -176,7 +176,7 @@ def test_client_certificate_users(cn_server, pki):
                                   permType=P.READWRITE))),
             ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="apisix", role="gw")),
             ("AuthEnable", rpc.AuthEnableRequest())):
-        name = method if method in _MESSAGES else "Auth" + method
+        name = method if method in MESSAGES else "Auth" + method
         _, err = tls_grpc(cn_server, ops, "/etcdserverpb.Auth/" + method, request,
                           getattr(rpc, name + "Response"))
         assert err is None, (method, err)
@@ -185,7 +185,7 @@ def test_client_certificate_users(cn_server, pki):
 
 def test_client_certificate_policy(policy_server, pki):
     """--client-cert-policy: CN apisix may read /apisix/ only."""
-    _check_cert_identities(policy_server, pki, _creds(pki, "admin"), _creds(pki, "client"),
+    _check_cert_identities(policy_server, pki, client_creds(pki, "admin"), client_creds(pki, "client"),
                            may_write=False)
 
 
@@ -206,7 +206,7 @@ def _check_cert_identities(server, pki, ops, apisix, may_write=True):
     assert err is None and list(got.keys) == [SECRET]
     assert tls_grpc(server, apisix, "/etcdserverpb.Lease/LeaseTimeToLive", ttl,
                     rpc.LeaseTimeToLiveResponse)[1] == denied
-    status, doc = _https_post(server, pki, "client", "/v3/lease/timetolive",
+    status, doc = https_post(server, pki, "client", "/v3/lease/timetolive",
                               {"ID": "8001", "keys": True})
     assert (status, doc["message"]) == (403, "etcdserver: permission denied")
     got, err = tls_grpc(server, apisix, "/etcdserverpb.Lease/LeaseTimeToLive",

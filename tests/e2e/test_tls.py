@@ -14,27 +14,11 @@ import grpc
 import pytest
 
 from support import servers
-from support.certs import CA, read
+from support.certs import read
+from support.tls import client_creds, https_post, pki, policy_server, tls_grpc  # noqa: F401
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 pytestmark = pytest.mark.adapter
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    ca = CA(d)
-    p = {"dir": str(d), "ca": ca.path}
-    # serverAuth only: we never reuse the server certificate as a client certificate.
-    p["server"] = ca.issue("server", "etcd-adapter", "server", dns=["localhost"],
-                           ips=["127.0.0.1"])[:2]
-    p["client"] = ca.issue("client", "apisix", "client", dns=["apisix.example"])[:2]
-    other = CA(tmp_path_factory.mktemp("other-pki"), cn="someone else's CA")
-    p["stranger"] = other.issue("stranger", "apisix", "client")[:2]
-    p["server2"] = ca.issue("server2", "etcd-adapter-renewed", "server",
-                            ips=["127.0.0.1"])[:2]
-    p["admin"] = ca.issue("admin", "ops", "client", dns=["admin.example"])[:2]
-    return p
 
 
 def _start(pki, label, mtls, cert=None):
@@ -230,71 +214,18 @@ def test_bad_tls_options_are_usage_errors(pki, tmp_path):
 
 # -- the client-certificate policy, on both faces -------------------------------------
 
-_POLICY = {"rules": [
-    {"match": {"cn": "apisix"},
-     "permissions": [{"key": "/apisix/", "prefix": True, "type": "READ"}]},
-    {"match": {"dns": "admin.example"}, "permissions": "all"}]}
-
-
-@pytest.fixture(scope="module")
-def policy_server(pki, tmp_path_factory):
-    d = tmp_path_factory.mktemp("policy")
-    path = str(d / "policy.json")
-    with open(path, "w") as f:
-        json.dump(_POLICY, f)
-    server = servers.AdapterServer("policy", extra_args=[
-        "--cert-file", pki["server"][0], "--key-file", pki["server"][1],
-        "--trusted-ca-file", pki["ca"], "--client-cert-auth", "--client-cert-policy", path])
-    server.credentials = _creds(pki, "admin")
-    server.start()
-    yield server
-    server.stop()
-    server.cleanup()
-
-
-def _creds(pki, who):
-    cert, key = pki[who]
-    return grpc.ssl_channel_credentials(read(pki["ca"]), read(key), read(cert))
-
-
-def _grpc(server, creds, method, request, response_type):
-    with grpc.secure_channel(server.endpoint, creds) as ch:
-        call = ch.unary_unary(method, request_serializer=type(request).SerializeToString,
-                              response_deserializer=response_type.FromString)
-        try:
-            return call(request, timeout=5), None
-        except grpc.RpcError as e:
-            return None, (e.code(), e.details())
-
-
-def _https_post(server, pki, who, path, body):
-    ctx = ssl.create_default_context(cafile=pki["ca"])
-    ctx.load_cert_chain(*pki[who])
-    import http.client
-    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=ctx, timeout=10)
-    conn.request("POST", path, body=json.dumps(body).encode())
-    resp = conn.getresponse()
-    if path == "/v3/watch":         # a stream: only its first line
-        data = b""
-        while not data.endswith(b"\n"):
-            data += resp.read(1)
-    else:
-        data = resp.read()
-    conn.close()
-    return resp.status, json.loads(data)
-
 
 DENIED = (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
 
 
 def test_policy_applies_identically_to_grpc_http_and_watches(policy_server, pki):
     import base64
-    admin, reader = _creds(pki, "admin"), _creds(pki, "client")
-    r, err = _grpc(policy_server, admin, "/etcdserverpb.KV/Put",
+    admin, reader = client_creds(pki, "admin"), client_creds(pki, "client")
+    r, err = tls_grpc(policy_server, admin, "/etcdserverpb.KV/Put",
                    rpc.PutRequest(key=b"/apisix/routes/1", value=b"r1"), rpc.PutResponse)
     assert err is None
     # The reader (CN apisix) reads /apisix/ over gRPC ...
-    got, err = _grpc(policy_server, reader, "/etcdserverpb.KV/Range",
+    got, err = tls_grpc(policy_server, reader, "/etcdserverpb.KV/Range",
                      rpc.RangeRequest(key=b"/apisix/", range_end=b"/apisix0"),
                      rpc.RangeResponse)
     assert err is None and [kv.value for kv in got.kvs] == [b"r1"]
@@ -311,19 +242,19 @@ def test_policy_applies_identically_to_grpc_http_and_watches(policy_server, pki)
              rpc.TxnResponse),
             ("/etcdserverpb.KV/Compact", rpc.CompactionRequest(revision=1),
              rpc.CompactionResponse)):
-        assert _grpc(policy_server, reader, method, req, resp)[1] == DENIED, method
+        assert tls_grpc(policy_server, reader, method, req, resp)[1] == DENIED, method
     # The same over HTTP/JSON: 403 with etcd's body; reads of /apisix/ work.
     k = base64.b64encode(b"/apisix/routes/1").decode()
-    assert _https_post(policy_server, pki, "client", "/v3/kv/put", {"key": k}) == (403, {
+    assert https_post(policy_server, pki, "client", "/v3/kv/put", {"key": k}) == (403, {
         "error": "etcdserver: permission denied", "code": 7,
         "message": "etcdserver: permission denied"})
-    status, body = _https_post(policy_server, pki, "client", "/v3/kv/range", {"key": k})
+    status, body = https_post(policy_server, pki, "client", "/v3/kv/range", {"key": k})
     assert status == 200 and body["kvs"][0]["value"] == base64.b64encode(b"r1").decode()
-    status, body = _https_post(policy_server, pki, "client", "/v3/kv/range",
+    status, body = https_post(policy_server, pki, "client", "/v3/kv/range",
                                {"key": base64.b64encode(b"/secret").decode()})
     assert (status, body["code"]) == (403, 7)
     # Watches: allowed inside, created-then-canceled outside (etcd 3.5.6+'s shape).
-    status, first = _https_post(policy_server, pki, "client", "/v3/watch", {
+    status, first = https_post(policy_server, pki, "client", "/v3/watch", {
         "create_request": {"key": base64.b64encode(b"/secret").decode()}})
     assert status == 200
     assert first["result"]["created"] and first["result"]["canceled"]
@@ -341,11 +272,11 @@ def test_policy_applies_identically_to_grpc_http_and_watches(policy_server, pki)
     assert got[0].created and not got[0].canceled and got[0].watch_id == 0
     assert (got[1].created, got[1].canceled, got[1].watch_id) == (True, True, -1)
     # Revoking a lease deletes its keys: the reader needs write permission on them.
-    lease, _ = _grpc(policy_server, admin, "/etcdserverpb.Lease/LeaseGrant",
+    lease, _ = tls_grpc(policy_server, admin, "/etcdserverpb.Lease/LeaseGrant",
                      rpc.LeaseGrantRequest(TTL=60), rpc.LeaseGrantResponse)
-    _grpc(policy_server, admin, "/etcdserverpb.KV/Put",
+    tls_grpc(policy_server, admin, "/etcdserverpb.KV/Put",
           rpc.PutRequest(key=b"/apisix/x", lease=lease.ID), rpc.PutResponse)
-    assert _grpc(policy_server, reader, "/etcdserverpb.Lease/LeaseRevoke",
+    assert tls_grpc(policy_server, reader, "/etcdserverpb.Lease/LeaseRevoke",
                  rpc.LeaseRevokeRequest(ID=lease.ID), rpc.LeaseRevokeResponse)[1] == DENIED
-    assert _grpc(policy_server, admin, "/etcdserverpb.Lease/LeaseRevoke",
+    assert tls_grpc(policy_server, admin, "/etcdserverpb.Lease/LeaseRevoke",
                  rpc.LeaseRevokeRequest(ID=lease.ID), rpc.LeaseRevokeResponse)[1] is None

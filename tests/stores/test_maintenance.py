@@ -17,9 +17,8 @@ import pytest
 from support import servers
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from support.stores import _with_params, store_url
-from test_auth import _grpc, _http, _setup_steps, _tokens
-from test_tls import _creds, _https_post, pki, policy_server  # noqa: F401
-from test_tls import _grpc as tls_grpc
+from support.auth import grpc_call, http_post, setup_steps, user_tokens
+from support.tls import client_creds, https_post, pki, policy_server, tls_grpc  # noqa: F401
 
 pytestmark = pytest.mark.adapter
 
@@ -226,9 +225,9 @@ def auth_server(request):
     server = servers.AdapterServer("maintenance-auth")
     request.module._etcdadapter_servers = [server]
     server.start()
-    for method, req, _ in _setup_steps():
-        _grpc(server, "Auth", method, req, None)
-    server.tokens = _tokens(server)
+    for method, req, _ in setup_steps():
+        grpc_call(server, "Auth", method, req, None)
+    server.tokens = user_tokens(server)
     yield server
     server.stop()
     server.cleanup()
@@ -260,10 +259,10 @@ def test_defragment_hash_and_hashkv_need_root(auth_server):
     assert _maintenance(auth_server, "Status", rpc.StatusRequest(), None) == "ok"
     for path in ("/v3/maintenance/defragment", "/v3/maintenance/hash",
                  "/v3/maintenance/hashkv"):
-        assert _http(auth_server, path, {}, alice) == (403, {
+        assert http_post(auth_server, path, {}, alice) == (403, {
             "error": "etcdserver: permission denied", "code": 7,
             "message": "etcdserver: permission denied"}), path
-        status, doc = _http(auth_server, path, {}, root)
+        status, doc = http_post(auth_server, path, {}, root)
         assert status == 200, (path, doc)
     # etcdctl, as an operator runs it.
     env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
@@ -316,19 +315,19 @@ def test_certificate_policy_admin_only(policy_server, pki):
     for name, request in (("Defragment", rpc.DefragmentRequest()),
                           ("HashKV", rpc.HashKVRequest())):
         response_type = getattr(rpc, name + "Response")
-        _, err = tls_grpc(policy_server, _creds(pki, "client"), M + name, request,
+        _, err = tls_grpc(policy_server, client_creds(pki, "client"), M + name, request,
                           response_type)
         assert err == (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
-        _, err = tls_grpc(policy_server, _creds(pki, "admin"), M + name, request,
+        _, err = tls_grpc(policy_server, client_creds(pki, "admin"), M + name, request,
                           response_type)
         assert err is None
-    status, doc = _https_post(policy_server, pki, "client", "/v3/maintenance/defragment",
+    status, doc = https_post(policy_server, pki, "client", "/v3/maintenance/defragment",
                               {})
     assert (status, doc["message"]) == (403, "etcdserver: permission denied")
     # Snapshot too (server streaming): refused to the client certificate, whole for admin.
     for who, expected in (("client", (grpc.StatusCode.PERMISSION_DENIED,
                                       "etcdserver: permission denied")), ("admin", None)):
-        with grpc.secure_channel(policy_server.endpoint, _creds(pki, who)) as ch:
+        with grpc.secure_channel(policy_server.endpoint, client_creds(pki, who)) as ch:
             call = ch.unary_stream(M + "Snapshot",
                                    request_serializer=rpc.SnapshotRequest.SerializeToString,
                                    response_deserializer=rpc.SnapshotResponse.FromString)
