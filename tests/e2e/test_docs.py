@@ -19,7 +19,7 @@ from support.certs import CA
 from etcdadapter import tap
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from support.gateway_client import GatewayClient
-from test_sql_multi import Watcher
+from support.multi import Watcher
 
 DOCS = os.path.join(servers.REPO_ROOT, "docs")
 

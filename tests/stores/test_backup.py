@@ -13,8 +13,8 @@ import pytest
 from support import servers
 from support import stores
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
+from support.multi import Watcher
 from support.stores import create_database
-from test_sql_multi import Watcher
 
 pytestmark = pytest.mark.adapter
 

@@ -35,7 +35,7 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from support import galera
 from support import servers
 from support.gateway_client import GatewayClient, b64
-from test_sql_multi import INCREMENTS, Watcher, run_incrementers, ok
+from support.multi import INCREMENTS, Watcher, ok, run_incrementers
 
 pytestmark = [pytest.mark.adapter, pytest.mark.serial]
 

@@ -35,8 +35,8 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 from support import servers
 from support import stores
+from support.multi import Watcher, ok, start_adapters
 from support.stores import create_database
-from test_sql_multi import Watcher, ok, start_adapters
 
 pytestmark = [pytest.mark.adapter, pytest.mark.serial]
 

@@ -28,10 +28,10 @@ from etcdadapter.store.memory import MemoryStore
 from etcdadapter.store.sql.group_commit import Item
 from support.db_proxy import DatabaseProxy
 from support.fired import error_of, result
+from support.multi import db_url, start_adapters  # noqa: F401  (fixture)
 from support.stores import MYSQL_URL, POSTGRES_URL, call, raw
 
 from support import servers
-from test_sql_multi import db_url, start_adapters  # noqa: F401  (fixture)
 
 KV = "/etcdserverpb.KV/"
 ALL = dict(key=b"\0", range_end=b"\0")

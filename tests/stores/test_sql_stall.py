@@ -35,8 +35,8 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from support import servers
 from support import stores
 from support.fired import result
+from support.multi import Watcher, ok, start_adapters
 from support.stores import create_database, raw
-from test_sql_multi import Watcher, ok, start_adapters
 
 pytestmark = pytest.mark.serial     # pauses adapters and times how others answer
 
