@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from test_etcdctl_compat import normalise_stderr, run_steps
-from test_watch_grpc import _etcdctl_watch, _norm_out, _stop
+from support.etcdctl import normalise_stderr, run_steps
+from support.etcdctl_watch import etcdctl_watch, normalise_watch_output, stop_watch
 
 pytestmark = pytest.mark.adapter
 
@@ -106,7 +106,7 @@ def test_etcdctl_auth_sequence(pair):
 
 
 def _watch_both(pair, args):
-    return [_etcdctl_watch(s, args) for s in (pair.etcd, pair.target)]
+    return [etcdctl_watch(s, args) for s in (pair.etcd, pair.target)]
 
 
 def _finish(procs, timeout=10):
@@ -117,7 +117,7 @@ def _finish(procs, timeout=10):
             out.append((p.returncode, o.decode("utf-8", "replace"),
                         e.decode("utf-8", "replace")))
         except subprocess.TimeoutExpired:
-            o, e = _stop(p)
+            o, e = stop_watch(p)
             out.append((None, o, e))
     return out
 
@@ -150,7 +150,7 @@ def test_etcdctl_authenticated_watch(pair):
         run_steps(pair, ["put /a/1 one --user alice:apw", "put /c no --user root:pw",
                          "put /a/2 two --user root:pw", "del /a/1 --user alice:apw"])
         time.sleep(1.0)
-        outs = [_stop(p) for p in procs]
+        outs = [stop_watch(p) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -160,4 +160,4 @@ def test_etcdctl_authenticated_watch(pair):
     assert ref_plain == got_plain
     assert "one" in ref_plain and "two" in ref_plain and "no" not in ref_plain.split()
     offset_ref, offset_got = 0, pair.offset
-    assert _norm_out(ref_json, offset_ref, True) == _norm_out(got_json, offset_got, True)
+    assert normalise_watch_output(ref_json, offset_ref, True) == normalise_watch_output(got_json, offset_got, True)

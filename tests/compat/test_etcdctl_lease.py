@@ -31,8 +31,8 @@ import time
 import pytest
 
 from support import servers
-from test_etcdctl_compat import etcdctl, normalise_stderr, normalise_stdout
-from test_watch_grpc import _etcdctl_watch, _norm_out, _stop
+from support.etcdctl import etcdctl, normalise_stderr, normalise_stdout
+from support.etcdctl_watch import etcdctl_watch, normalise_watch_output, stop_watch
 
 pytestmark = pytest.mark.adapter
 
@@ -168,7 +168,7 @@ def test_etcdctl_lease_sequence(pair):
     try:
         for args, as_json in ((["--prefix", "k"], False),
                               (["--prefix", "--prev-kv", "-w", "json", "k"], True)):
-            watches.append(([_etcdctl_watch(s, ["--rev", str(s.base_revision + 1)] + args)
+            watches.append(([etcdctl_watch(s, ["--rev", str(s.base_revision + 1)] + args)
                              for s in (pair.etcd, pair.target)], as_json))
         _lease_sequence(pair, watches)
     finally:
@@ -258,8 +258,8 @@ def _lease_sequence(pair, watches):
     time.sleep(0.5)                     # let the watchers print the last events
 
     for procs, as_json in watches:
-        outs = [_stop(p) for p in procs]
-        texts = [_norm_out(s.sub_ids(o[0]), s.offset, as_json) for s, o in zip(sides, outs)]
+        outs = [stop_watch(p) for p in procs]
+        texts = [normalise_watch_output(s.sub_ids(o[0]), s.offset, as_json) for s, o in zip(sides, outs)]
         assert texts[1] == texts[0], "etcdctl watch%s differs:\n--- etcd:\n%s\n" \
             "--- ours:\n%s" % (" -w json" if as_json else "", texts[0], texts[1])
         assert [normalise_stderr(o[1], s.server) for s, o in zip(sides, outs)] == \

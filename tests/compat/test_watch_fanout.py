@@ -24,7 +24,7 @@ from etcdadapter.pb.mvccpb import kv_pb2
 from etcdadapter.store.mvcc import prefix_end
 
 from support import servers
-from test_watch_grpc import WatchSession
+from support.watch import WatchSession
 
 pytestmark = pytest.mark.adapter
 

@@ -15,11 +15,7 @@ negative start revisions and progress requests on a stream with unsynced watcher
 watchers; those are checked on our server alone.
 """
 
-import json
-import os
-import queue
 import subprocess
-import threading
 import time
 
 import grpc
@@ -28,209 +24,13 @@ import pytest
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.services.watch_hub import prefix_end
 
-from support import servers
+from support.etcdctl_watch import etcdctl_watch, normalise_watch_output, stop_watch
+from support.watch import Dual, WatchSession
 
 pytestmark = pytest.mark.adapter
 
 # Every test here runs with the adapter on each store (tests/conftest.py).
 TARGET_STORES = ("memory", "sqlite", "mariadb", "postgresql")
-
-QUIET = 0.35          # etcd is "done" after this long without a response
-TARGET_WAIT = 5.0     # how long our server may take for the responses etcd sent
-
-
-def _ser(m):
-    return m.SerializeToString()
-
-
-class WatchSession(object):
-    """One Watch stream on one server, read by a thread into a queue."""
-
-    def __init__(self, channel):
-        self.requests = queue.Queue()
-        self.responses = queue.Queue()
-        call = channel.stream_stream("/etcdserverpb.Watch/Watch", request_serializer=_ser,
-                                     response_deserializer=rpc.WatchResponse.FromString)
-        self.call = call(iter(self.requests.get, None))
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        try:
-            for r in self.call:
-                self.responses.put(r)
-        except grpc.RpcError as exc:
-            self.responses.put(exc)
-
-    def send(self, request):
-        self.requests.put(request)
-
-    def half_close(self):
-        self.requests.put(None)
-
-    def close(self):
-        self.call.cancel()
-
-    def collect_quiet(self, quiet=QUIET):
-        out = []
-        while True:
-            try:
-                out.append(self.responses.get(timeout=quiet))
-            except queue.Empty:
-                return out
-
-    def collect(self, n, timeout=TARGET_WAIT, extra=0.1):
-        out = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                out.append(self.responses.get(timeout=left))
-            except queue.Empty:
-                break
-        out.extend(self.collect_quiet(extra))
-        return out
-
-
-def _canonical(responses):
-    """Responses of different watchers in one revision come in no particular order (etcd
-    iterates a Go map): within each run of event responses, order by watch_id (stable, so
-    each watcher's own order is kept and compared)."""
-    out, run = [], []
-    for r in responses:
-        if not isinstance(r, Exception) and r.events and not (r.created or r.canceled):
-            run.append(r)
-            continue
-        out.extend(sorted(run, key=lambda x: x.watch_id))
-        run = []
-        out.append(r)
-    out.extend(sorted(run, key=lambda x: x.watch_id))
-    return out
-
-
-def _norm(responses, offset):
-    out = []
-    for r in _canonical(responses):
-        if isinstance(r, Exception):
-            out.append("error: %s %s" % (r.code(), r.details()))
-        else:
-            out.append(servers.show(servers.normalise_response(r, offset)))
-    return out
-
-
-class Dual(object):
-    """The same watch streams and writes on etcd (ref) and our server (target)."""
-
-    def __init__(self, pair):
-        self.pair = pair
-        self.offset = pair.offset
-        self.channels = []
-        self.streams = {}
-        self.steps = []
-
-    def _channel(self, server):
-        ch = grpc.insecure_channel(server.endpoint, options=[
-            ("grpc.max_receive_message_length", -1),
-            ("grpc.max_send_message_length", -1)])
-        self.channels.append(ch)
-        return ch
-
-    def open(self, name):
-        self.streams[name] = (WatchSession(self._channel(self.pair.etcd)),
-                              WatchSession(self._channel(self.pair.target)))
-
-    def close(self):
-        for ref, got in self.streams.values():
-            ref.close()
-            got.close()
-        for ch in self.channels:
-            ch.close()
-
-    # -- steps
-    def request(self, name, what, **kw):
-        """Send a WatchRequest (what = create_request/cancel_request/progress_request)
-        on stream ``name`` of both servers; then compare."""
-        cls = {"create_request": rpc.WatchCreateRequest,
-               "cancel_request": rpc.WatchCancelRequest,
-               "progress_request": rpc.WatchProgressRequest}[what]
-        req = rpc.WatchRequest(**{what: cls(**kw)})
-        ref, got = self.streams[name]
-        ref.send(req)
-        got.send(servers.map_request_revisions(req, self.offset))
-        return self.compare("%s %s %r" % (name, what, kw))
-
-    def half_close(self, name):
-        ref, got = self.streams[name]
-        ref.half_close()
-        got.half_close()
-        return self.compare("%s half-close" % name)
-
-    def write(self, method, request, response_class):
-        ref = self.pair.etcd_client.call(method, request, response_class)
-        got = self.pair.target_client.call(
-            method, servers.map_request_revisions(request, self.offset), response_class)
-        assert ref.error() == got.error(), (method, ref, got)
-        return self.compare("%s %s" % (method.rsplit("/", 1)[1],
-                                       str(request).replace("\n", " ")))
-
-    def put(self, key, value=b"v"):
-        return self.write("/etcdserverpb.KV/Put", rpc.PutRequest(key=key, value=value),
-                          rpc.PutResponse)
-
-    def delete(self, key, range_end=b""):
-        return self.write("/etcdserverpb.KV/DeleteRange",
-                          rpc.DeleteRangeRequest(key=key, range_end=range_end),
-                          rpc.DeleteRangeResponse)
-
-    def txn(self, *ops):
-        req = rpc.TxnRequest()
-        for op in ops:
-            o = req.success.add()
-            if op[0] == "put":
-                o.request_put.key, o.request_put.value = op[1], op[2]
-            else:
-                o.request_delete_range.key = op[1]
-                if len(op) > 2:
-                    o.request_delete_range.range_end = op[2]
-        return self.write("/etcdserverpb.KV/Txn", req, rpc.TxnResponse)
-
-    def compact(self, revision):
-        return self.write("/etcdserverpb.KV/Compact", rpc.CompactionRequest(
-            revision=revision, physical=True), rpc.CompactionResponse)
-
-    def compare(self, what):
-        """Collect every stream's responses on both servers and compare them."""
-        names = sorted(self.streams)
-        if not names:
-            return {}
-        want = {name: [] for name in names}
-        have = {name: [] for name in names}
-        last = last_ours = time.monotonic()
-        while time.monotonic() - last < QUIET:      # etcd: until all streams are quiet
-            time.sleep(0.02)
-            for name in names:
-                ref, got = self.streams[name]
-                while not ref.responses.empty():
-                    want[name].append(ref.responses.get_nowait())
-                    last = time.monotonic()
-                while not got.responses.empty():   # ours meanwhile
-                    have[name].append(got.responses.get_nowait())
-                    last_ours = time.monotonic()
-        for name in names:
-            have[name].extend(self.streams[name][1].collect(
-                len(want[name]) - len(have[name]), extra=0))
-        # Nothing more may follow from ours: wait unless ours has been quiet that long.
-        time.sleep(max(0.0, 0.1 - (time.monotonic() - last_ours)))
-        for name in names:
-            have[name].extend(self.streams[name][1].collect_quiet(0.001))
-        for name in names:
-            w, h = _norm(want[name], 0), _norm(have[name], self.offset)
-            self.steps.append((what, name, len(w)))
-            assert h == w, "after step %d (%s), stream %s:\n--- etcd:\n%s\n--- ours:\n%s" % (
-                len(self.steps), what, name, "\n".join(w), "\n".join(h))
-        return want
 
 
 @pytest.fixture
@@ -395,61 +195,6 @@ def test_target_only_35_behaviours(pair):
         ch.close()
 
 
-# ---------------------------------------------------------------------------------------
-# etcdctl watch
-
-def _etcdctl_watch(server, args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
-    env["ETCDCTL_API"] = "3"
-    cmd = [servers.ETCDCTL_BIN, "--endpoints=" + server.endpoint, "--dial-timeout=3s",
-           "watch"] + args
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-
-
-_ID_KEYS = ("cluster_id", "member_id", "raft_term")
-_REV_KEYS = ("revision", "create_revision", "mod_revision", "compact_revision",
-             "CompactRevision")
-
-
-def _norm_json(obj, offset):
-    if isinstance(obj, list):
-        return [_norm_json(x, offset) for x in obj]
-    if not isinstance(obj, dict):
-        return obj
-    out = {}
-    for k, v in obj.items():
-        if k in _ID_KEYS and v:
-            v = "<ID>"
-        elif k in _REV_KEYS and isinstance(v, int) and v > 0:
-            v -= offset
-        else:
-            v = _norm_json(v, offset)
-        out[k] = v
-    return out
-
-
-def _norm_out(text, offset, as_json):
-    if not as_json:
-        return text
-    lines = []
-    for line in text.splitlines():
-        try:
-            lines.append(json.dumps(_norm_json(json.loads(line), offset), sort_keys=True))
-        except ValueError:
-            lines.append(line)
-    return "\n".join(lines)
-
-
-def _stop(proc):
-    proc.terminate()
-    try:
-        out, err = proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-
-
 ETCDCTL_CASES = {
     "prefix": (["--prefix", "w/"], False),
     "prefix_prev_kv": (["--prefix", "--prev-kv", "w/"], False),
@@ -480,13 +225,13 @@ def test_etcdctl_watch(pair, case):
     for server in (pair.etcd, pair.target):
         a = [x.replace("{rev+2}", str(server.base_revision + 2))
               .replace("{rev+1}", str(server.base_revision + 1)) for x in args]
-        procs.append(_etcdctl_watch(server, a))
+        procs.append(etcdctl_watch(server, a))
     time.sleep(1.0)
     write([(b"w/c", b"4"), (b"w/a", None), (b"x", b"5"), (b"w/b", b"6")])
     time.sleep(1.0)
-    (ref_out, ref_err), (got_out, got_err) = [_stop(p) for p in procs]
+    (ref_out, ref_err), (got_out, got_err) = [stop_watch(p) for p in procs]
     assert ref_out, ref_err
-    assert _norm_out(got_out, pair.offset, as_json) == _norm_out(ref_out, 0, as_json)
+    assert normalise_watch_output(got_out, pair.offset, as_json) == normalise_watch_output(ref_out, 0, as_json)
     assert got_err == ref_err
 
 
@@ -500,11 +245,11 @@ def test_etcdctl_watch_compacted(pair):
             revision=server.base_revision + 3), rpc.CompactionResponse).ok
     results = []
     for server in (pair.etcd, pair.target):
-        proc = _etcdctl_watch(server, ["--rev", str(server.base_revision + 1), "k"])
+        proc = etcdctl_watch(server, ["--rev", str(server.base_revision + 1), "k"])
         try:
             out, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
-            out, err = _stop(proc)
+            out, err = stop_watch(proc)
         results.append((proc.returncode, out.decode(), err.decode()))
     ref, got = results
     assert ref[0] != 0 and "compacted" in ref[2]

@@ -52,7 +52,7 @@ from etcdadapter.store.mvcc import prefix_end
 from support import servers
 from support.differential import describe, seeds
 from support.stores import SQL_KINDS
-from test_watch_grpc import Dual, WatchSession, _ser
+from support.watch import Dual, WatchSession, serialize
 
 pytestmark = pytest.mark.adapter
 
@@ -316,7 +316,7 @@ class Run(object):
         fns = self._calls.get(key)
         if fns is None:
             fns = self._calls[key] = [
-                c.channel.unary_unary(method, request_serializer=_ser,
+                c.channel.unary_unary(method, request_serializer=serialize,
                                       response_deserializer=response_class.FromString)
                 for c in self.clients]
         futures = [fns[0].future(request, timeout=WAIT),

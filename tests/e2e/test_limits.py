@@ -24,9 +24,9 @@ from support import servers
 from support.certs import CA, read
 from support.h2_frames import PREFACE, frame, read_frames, send_for
 from support.servers import metric, rss_kib
+from support.watch import WatchSession
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.transport.grpc_codec import frame_message
-from test_watch_grpc import WatchSession
 
 pytestmark = pytest.mark.adapter
 

@@ -9,7 +9,7 @@ from twisted.python import usage
 from support import servers
 from etcdadapter import tap
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-from test_watch_grpc import WatchSession
+from support.watch import WatchSession
 
 
 def parse(args, env=None, monkeypatch=None):

@@ -262,7 +262,7 @@ def test_policy_applies_identically_to_grpc_http_and_watches(policy_server, pki)
     assert first["result"]["cancel_reason"] == (
         "rpc error: code = PermissionDenied desc = etcdserver: permission denied")
     with grpc.secure_channel(policy_server.endpoint, reader) as ch:
-        from test_watch_grpc import WatchSession
+        from support.watch import WatchSession
         w = WatchSession(ch)
         w.send(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
             key=b"/apisix/", range_end=b"/apisix0")))
