@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Figures of etcd-adapter on a 3-node MariaDB Galera cluster (loopback, started here with
-tests/galera.py: galera-4, mariadbd, rsync; run as root, the nodes run as ``mysql``).
+tests/support/galera.py: galera-4, mariadbd, rsync; run as root, the nodes run as ``mysql``).
 
 Measures, each with adapters started through twistd as an operator runs them:
 
@@ -30,8 +30,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
 sys.path.insert(0, REPO_ROOT)
 
-import galera  # noqa: E402
-import servers  # noqa: E402
+from support import galera, servers  # noqa: E402
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc  # noqa: E402
 
 PUT = "/etcdserverpb.KV/Put"

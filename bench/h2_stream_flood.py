@@ -2,7 +2,7 @@
 """One HTTP/2 connection opens many streams (HEADERS only, no body): how long do other
 clients wait meanwhile?  etcd vs etcd-adapter, the same client.
 
-The attacker (tests/test_h2_flood.py's StreamFlood) sends the client preface, SETTINGS
+The attacker (tests/e2e/test_h2_flood.py's StreamFlood) sends the client preface, SETTINGS
 and ``--streams`` HEADERS frames for /etcdserverpb.KV/Range (content-type
 application/grpc) as fast as the server reads them, and reads what comes back.  Another
 client meanwhile asks GET /version on a fresh connection every 50 ms: while the attacker
@@ -29,7 +29,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+# tests/ for the support package test_h2_flood imports, tests/e2e for test_h2_flood.
+sys.path[:0] = [os.path.join(os.path.dirname(HERE), "tests", d) for d in ("", "e2e")]
 
 from bench import Adapter, Etcd  # noqa: E402
 from test_h2_flood import StreamFlood, version_latencies  # noqa: E402

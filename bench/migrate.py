@@ -22,9 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-import command  # noqa: E402
-import servers  # noqa: E402
-import stores  # noqa: E402
+from support import command, servers, stores  # noqa: E402
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc  # noqa: E402
 
 

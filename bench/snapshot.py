@@ -13,8 +13,8 @@ adapter on the memory store; then:
 
     .venv/bin/python bench/snapshot.py [N]
 
-Uses the test suite's helpers (tests/servers.py, tests/stores.py): the local MariaDB and
-PostgreSQL servers, databases named snap17_bench_* (dropped at the end).
+Uses the test suite's helpers (tests/support/servers.py, tests/support/stores.py): the local
+MariaDB and PostgreSQL servers, databases named snap17_bench_* (dropped at the end).
 """
 
 import os
@@ -30,8 +30,7 @@ sys.path[:0] = [os.path.join(HERE, "tests"), HERE]
 
 import grpc  # noqa: E402
 
-import servers  # noqa: E402
-import stores  # noqa: E402
+from support import servers, stores  # noqa: E402
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc  # noqa: E402
 
 VALUE = b'{"uri":"/r/%d","upstream":{"nodes":{"127.0.0.1:80":1},"type":"roundrobin"}}'

@@ -2,7 +2,7 @@
 
 Each flow sends exactly what APISIX (lua-resty-etcd, the ``apisix init_etcd`` CLI) sends
 -- raw bodies built like theirs, no Content-Type -- to the reference etcd and to the
-server under test, and compares what comes back, normalised (tests/gateway_client.py).
+server under test, and compares what comes back, normalised (tests/support/gateway_client.py).
 On top of the comparison, the properties APISIX relies on are asserted of etcd's answers
 (so the harness cannot drift) and hence of ours: zero values omitted (no ``deleted`` when
 nothing was deleted, no ``kvs`` when nothing matched, no ``succeeded`` on a failed txn, no

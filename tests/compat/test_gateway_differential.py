@@ -1,7 +1,7 @@
 """The HTTP/JSON gateway, request by request: etcd and the server under test must answer
 alike (status, Content-Type, JSON body after normalising IDs and revisions).
 
-Every request goes to both servers over plain HTTP/1.1 (tests/gateway_client.py); the
+Every request goes to both servers over plain HTTP/1.1 (tests/support/gateway_client.py); the
 reference is etcd 3.4.23's grpc-gateway.  Known, intentional differences (we answer in
 etcd 3.5's shapes) are handled where they occur, each with a comment; everything else
 must match exactly:

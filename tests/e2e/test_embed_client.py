@@ -2,7 +2,7 @@
 same embedded adapter: the same revisions, reads, watch events and errors; etcd auth and
 the client-certificate policy refuse it exactly as they refuse remote callers.
 
-The adapter runs on the session's background reactor (tests/stores.py); ``call`` runs a
+The adapter runs on the session's background reactor (tests/support/stores.py); ``call`` runs a
 client method there and waits for its Deferred.
 """
 

@@ -1,7 +1,7 @@
 """One etcd on a 3-node MariaDB Galera cluster (multi-primary): one adapter per node, one
 database, driven over gRPC and JSON.
 
-The cluster (tests/galera.py) and the three adapters are started once for the module;
+The cluster (tests/support/galera.py) and the three adapters are started once for the module;
 the tests that break a node (isolate, kill) come last.  What is asserted:
 
 * the dialect finds Galera at connect and every session reads causally

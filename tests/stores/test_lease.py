@@ -1,5 +1,6 @@
 """Leases: every store's lessor (task.Clock; the store-level tests run on each store kind,
-see tests/stores.py), the Lease service, and a comparison with a real etcd over gRPC."""
+see tests/support/stores.py), the Lease service, and a comparison with a real etcd over
+gRPC."""
 
 import pytest
 from twisted.internet import task

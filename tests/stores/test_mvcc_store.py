@@ -1,12 +1,12 @@
-"""The stores + mvcc: revision semantics as etcd 3.4/3.5 has them (etcd's
-``etcdserver/apply.go`` and ``mvcc/kvstore_txn.go``; etcdadapter/store/mvcc.py says where
-it follows them).
+"""The stores + mvcc: revision semantics as etcd 3.4/3.5 has them (``etcdserver/apply.go``
+and ``mvcc/kvstore_txn.go`` in etcd's repository, not this one; etcdadapter/store/mvcc.py
+says where it follows them).
 
 Every test taking ``s`` runs on each store (memory, sqlite, mariadb, postgresql; see
-tests/stores.py).  The memory store's Deferreds are already fired and the SQL stores are
-wrapped so that theirs are too, so these tests are plain synchronous code.  Stores start at
-revision 1 like a fresh etcd, so the numbers below are the ones etcd reports for the same
-sequence of requests.  Tests of the memory store's internals take ``mem``.
+tests/support/stores.py).  The memory store's Deferreds are already fired and the SQL
+stores are wrapped so that theirs are too, so these tests are plain synchronous code.
+Stores start at revision 1 like a fresh etcd, so the numbers below are the ones etcd
+reports for the same sequence of requests.  Tests of the memory store's internals take ``mem``.
 """
 
 import time

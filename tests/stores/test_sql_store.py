@@ -4,7 +4,7 @@ outages), the polling change feed, and several instances on one database.
 
 The contract itself (revisions, ranges, txns, watch history, leases) is tested on every
 store by test_mvcc_store.py and test_lease.py.  Each test here runs on sqlite, mariadb and
-postgresql (see tests/stores.py for the databases and the blocking wrapper).
+postgresql (see tests/support/stores.py for the databases and the blocking wrapper).
 """
 
 import time
@@ -30,7 +30,7 @@ from support.stores import SQL_KINDS, call, raw, settle
 
 @pytest.fixture(params=SQL_KINDS)
 def store_kind(request):
-    """The SQL stores only (overrides the fixture of tests/stores.py)."""
+    """The SQL stores only (overrides the fixture of tests/support/stores.py)."""
     return request.param
 
 

@@ -1,5 +1,5 @@
 """Helpers for the embedding API's tests: an adapter embedded in the test process (on the
-session's background reactor, tests/stores.py) on the test's store kind, and one tuple
+session's background reactor, tests/support/stores.py) on the test's store kind, and one tuple
 form of a watch event for the in-process client and a gRPC watch (servers.GrpcWatch).
 
 Import the fixture into a test module with ``from embedding import embedded  # noqa``.

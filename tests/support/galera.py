@@ -8,7 +8,8 @@ empty and receive a full copy (SST, rsync).  Every wait is bounded; :meth:`stop`
 processes by PID (TERM, then KILL).
 
 :func:`cluster` is the test modules' entry: it skips when Galera is not installed, unless
-``CI=true`` (then it fails).  The facts this is built from: /work/shared/galera.md.
+``CI=true`` (then it fails).  What the adapter relies on from Galera, and what the tests
+assert: docs/deployment.md, "MariaDB Galera".
 """
 
 import atexit

@@ -1,5 +1,5 @@
 """The bbolt file format code (etcdadapter/snapshot/bolt_*.py) and etcd's buckets in it
-(etcd_format.py), in-process; tests/test_snapshot.py checks the files against a real
+(etcd_format.py), in-process; tests/compat/test_snapshot.py checks the files against a real
 etcd and etcdctl."""
 
 import hashlib
