@@ -1,6 +1,6 @@
 """etcdctl's user, role and auth commands, then authenticated KV and watch: the same
 command sequence against a real etcd 3.4 and against our server, outputs compared after
-normalising IDs and revisions (the runner and normaliser of test_etcdctl_compat)."""
+normalising IDs and revisions (the runner and normaliser of support/etcdctl.py)."""
 
 import subprocess
 

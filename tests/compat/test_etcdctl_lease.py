@@ -2,7 +2,7 @@
 
 One scenario runs the same etcdctl (ETCDCTL_API=3) command sequence against a fresh etcd and
 a fresh server under test and compares exit status, stdout and stderr of every step, after
-the normalisation of test_etcdctl_compat (cluster/member IDs, revisions shifted by the
+the normalisation of support/etcdctl.py (cluster/member IDs, revisions shifted by the
 offset between the two stores, stderr timestamps) plus:
 
 * lease IDs: both servers pick random IDs, so each server's granted IDs are collected in
