@@ -658,7 +658,8 @@ def test_http_gateway_matches_etcd(pair):
         out.append(http_post(server, "/v3/auth/authenticate", {"name": "alice",
                                                            "password": "bad"}))
         out.append(http_post(server, "/v3/kv/put", {"key": "L2EvMQ==", "value": "eA=="}))
-        out.append(http_post(server, "/v3/kv/put", {"key": "L2EvMQ==", "value": "eA=="}, alice))
+        out.append(http_post(server, "/v3/kv/put", {"key": "L2EvMQ==", "value": "eA=="},
+                             alice))
         out.append(http_post(server, "/v3/kv/range", {"key": "L2EvMQ=="}, "bogus"))
         out.append(http_post(server, "/v3/kv/range", {"key": "L2M="}, alice))
         out.append(http_post(server, "/v3/kv/range", {"key": "L2EvMQ=="}, alice,
@@ -779,7 +780,8 @@ def test_expired_token_over_grpc_and_http(short_ttl):
 
 @pytest.mark.adapter
 def test_client_certificate_cn_is_the_user(cn_server, pki):
-    ops, apisix = client_creds(pki, "admin"), client_creds(pki, "client")     # CN ops, CN apisix
+    ops = client_creds(pki, "admin")            # CN ops
+    apisix = client_creds(pki, "client")        # CN apisix
     P = authpb.Permission
     for method, request in (
             ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw")),

@@ -160,4 +160,5 @@ def test_etcdctl_authenticated_watch(pair):
     assert ref_plain == got_plain
     assert "one" in ref_plain and "two" in ref_plain and "no" not in ref_plain.split()
     offset_ref, offset_got = 0, pair.offset
-    assert normalise_watch_output(ref_json, offset_ref, True) == normalise_watch_output(got_json, offset_got, True)
+    assert (normalise_watch_output(ref_json, offset_ref, True)
+            == normalise_watch_output(got_json, offset_got, True))

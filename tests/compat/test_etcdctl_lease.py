@@ -259,7 +259,8 @@ def _lease_sequence(pair, watches):
 
     for procs, as_json in watches:
         outs = [stop_watch(p) for p in procs]
-        texts = [normalise_watch_output(s.sub_ids(o[0]), s.offset, as_json) for s, o in zip(sides, outs)]
+        texts = [normalise_watch_output(s.sub_ids(o[0]), s.offset, as_json)
+                 for s, o in zip(sides, outs)]
         assert texts[1] == texts[0], "etcdctl watch%s differs:\n--- etcd:\n%s\n" \
             "--- ours:\n%s" % (" -w json" if as_json else "", texts[0], texts[1])
         assert [normalise_stderr(o[1], s.server) for s, o in zip(sides, outs)] == \

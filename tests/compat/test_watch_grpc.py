@@ -231,7 +231,8 @@ def test_etcdctl_watch(pair, case):
     time.sleep(1.0)
     (ref_out, ref_err), (got_out, got_err) = [stop_watch(p) for p in procs]
     assert ref_out, ref_err
-    assert normalise_watch_output(got_out, pair.offset, as_json) == normalise_watch_output(ref_out, 0, as_json)
+    assert (normalise_watch_output(got_out, pair.offset, as_json)
+            == normalise_watch_output(ref_out, 0, as_json))
     assert got_err == ref_err
 
 

@@ -162,7 +162,8 @@ def test_put_may_not_attach_a_lease_holding_keys_the_caller_cannot_write(auth_se
 
 def test_client_certificate_users(cn_server, pki):
     """--client-cert-auth: the CN "apisix" is the user, without a token."""
-    ops, apisix = client_creds(pki, "admin"), client_creds(pki, "client")      # CN ops, CN apisix
+    ops = client_creds(pki, "admin")            # CN ops
+    apisix = client_creds(pki, "client")        # CN apisix
     P = authpb.Permission
     for method, request in (
             ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw")),
@@ -185,8 +186,8 @@ def test_client_certificate_users(cn_server, pki):
 
 def test_client_certificate_policy(policy_server, pki):
     """--client-cert-policy: CN apisix may read /apisix/ only."""
-    _check_cert_identities(policy_server, pki, client_creds(pki, "admin"), client_creds(pki, "client"),
-                           may_write=False)
+    _check_cert_identities(policy_server, pki, client_creds(pki, "admin"),
+                           client_creds(pki, "client"), may_write=False)
 
 
 def _check_cert_identities(server, pki, ops, apisix, may_write=True):

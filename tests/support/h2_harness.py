@@ -92,7 +92,6 @@ class Harness(object):
         return headers, decoder.feed(data), trailers
 
 
-
 def echo_registry(**handlers):
     """A registry with KV Range (echoes the key; ``boom``: an error, ``later``: pending,
     ``big``: a large value) and Watch (echoes watch ids); ``handlers`` collects what the
