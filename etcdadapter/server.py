@@ -5,6 +5,7 @@ program embeds.  It is a twisted.application service: start it, stop it (stoppin
 connections: GOAWAY, in-flight calls finish, then the store closes).
 """
 
+import inspect
 import socket
 import time
 
@@ -12,16 +13,16 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
-from etcdadapter import __version__, metrics_port, startup_errors, store_start
+from etcdadapter import __version__, metrics_port, options, startup_errors, store_start
 from etcdadapter.errors import ErrStopped
 from etcdadapter.gateway import endpoints as http_endpoints
 from etcdadapter.gateway import rpc_routes
 from etcdadapter.gateway.router import HttpRouter
 from etcdadapter.health import HealthCheck
 from etcdadapter.logs import address_text
-from etcdadapter.metrics import SLOW_REQUEST, AdapterMetrics
+from etcdadapter.metrics import AdapterMetrics
 from etcdadapter.sd_notify import notify as sd_notify
-from etcdadapter.security.auth_store import TOKEN_TTL, AuthStore
+from etcdadapter.security.auth_store import AuthStore
 from etcdadapter.security.authorizer import Authorizer
 from etcdadapter.security.cert_policy import CertPolicy, PolicyError
 from etcdadapter.services.auth import AuthService
@@ -35,7 +36,7 @@ from etcdadapter.services.rpc import MethodRegistry
 from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import WatchHub
 from etcdadapter.store import compactor
-from etcdadapter.transport.h2_server import DEFAULT_MAX_CONCURRENT_STREAMS, H2Settings
+from etcdadapter.transport.h2_server import H2Settings
 from etcdadapter.store.urls import redact
 from etcdadapter.transport.limits import ConnectionLimits, default_max_connections
 from etcdadapter.transport.protocol import EtcdFactory
@@ -64,49 +65,32 @@ def _exit_after_shutdown(code):
 
 
 class AdapterConfig(object):
-    def __init__(self, listen=("tcp:2379:interface=127.0.0.1",), store="memory://",
-                 name="default", advertise_client_urls=(), max_request_bytes=1572864,
-                 max_txn_ops=128,
-                 max_concurrent_streams=DEFAULT_MAX_CONCURRENT_STREAMS, drain_timeout=10.0,
-                 watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
-                 trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None,
-                 auth_token_ttl=TOKEN_TTL, slow_request_threshold=SLOW_REQUEST,
-                 auto_compaction_mode=compactor.DEFAULT_MODE,
-                 auto_compaction_retention=compactor.DEFAULT_RETENTION,
-                 auto_compaction_check_interval=None, header_timeout=10.0,
-                 idle_timeout=300.0, max_connections=None, metrics_listen=(),
-                 store_start_timeout=60.0):
-        """``auto_compaction_retention``: text as the flag takes it ("1h", "30m", "0",
-        "1000"; see :func:`etcdadapter.store.compactor.parse_retention`);
-        ``auto_compaction_check_interval``: seconds, None for etcd's.
-        ``max_connections`` None: from the open-file limit (see transport/limits.py);
-        0: no limit.  A timeout of 0 turns it off."""
-        self.listen = list(listen)
-        self.store = store
-        self.name = name
-        self.advertise_client_urls = list(advertise_client_urls)
-        self.max_request_bytes = max_request_bytes
-        self.max_txn_ops = max_txn_ops
-        self.max_concurrent_streams = max_concurrent_streams
-        self.drain_timeout = drain_timeout
-        self.watch_progress_notify_interval = watch_progress_notify_interval
-        self.cert_file = cert_file
-        self.key_file = key_file
-        self.trusted_ca_file = trusted_ca_file
-        self.client_cert_auth = client_cert_auth
-        self.client_cert_policy = client_cert_policy
-        self.auth_token_ttl = auth_token_ttl
-        self.slow_request_threshold = slow_request_threshold
-        self.auto_compaction_mode = auto_compaction_mode
-        self.auto_compaction_retention = auto_compaction_retention
-        self.auto_compaction_check_interval = auto_compaction_check_interval
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        #: Endpoints serving /metrics, /health, /version in plain HTTP (metrics_port).
-        self.metrics_listen = list(metrics_listen)
-        #: Seconds to wait for an unreachable database at start (store_start).
-        self.store_start_timeout = store_start_timeout
+    """The service's settings: one attribute per option of :mod:`etcdadapter.options`
+    that is not the command's own (the long name with underscores; ``metrics_listen``
+    for ``--listen-metrics-urls``), given as keywords; what is not given has the
+    option's default.  Values are taken as they are, already checked: seconds as
+    numbers, lists as lists.  ``auto_compaction_retention``: text as the flag takes it
+    ("1h", "30m", "0", "1000"; see :func:`etcdadapter.store.compactor.parse_retention`);
+    ``auto_compaction_check_interval``: seconds, None for etcd's.  ``max_connections``
+    None: from the open-file limit (see transport/limits.py); 0: no limit.  A timeout
+    of 0 turns it off."""
+
+    def __init__(self, **settings):
+        for option in options.SETTINGS:
+            value = settings.pop(option.attribute, option.initial)
+            if option.kind in (options.LIST, options.COMMA_LIST):
+                value = list(value)
+            setattr(self, option.attribute, value)
+        if settings:
+            raise TypeError("AdapterConfig() got unexpected keyword argument(s): %s"
+                            % ", ".join(sorted(settings)))
+
+
+# help(AdapterConfig) and editors show the keywords and their defaults.
+AdapterConfig.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] +
+    [inspect.Parameter(o.attribute, inspect.Parameter.KEYWORD_ONLY, default=o.initial)
+     for o in options.SETTINGS])
 
 
 class AdapterService(service.Service):
