@@ -1,20 +1,20 @@
 """Assemble one adapter: store + services + both faces on the listening endpoints.
 
 This is what ``twistd etcd-adapter`` runs (via :mod:`etcdadapter.tap`) and what a host
-program embeds.  It is a twisted.application service: start it, stop it (stopping drains
-connections: GOAWAY, in-flight calls finish, then the store closes).
+program embeds.  It is a twisted.application service -- a tree of them, see
+:class:`AdapterService` -- start it, stop it (stopping drains connections: GOAWAY,
+in-flight calls finish, then the store closes).
 """
 
 import inspect
 import socket
-import time
 
-from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from etcdadapter import __version__, metrics_port, options, startup_errors, store_start
-from etcdadapter.errors import ErrStopped
+from etcdadapter import (__version__, metrics_port, options, service_tree, startup_errors,
+                         store_start)
+from etcdadapter.drain import Drain
 from etcdadapter.gateway import endpoints as http_endpoints
 from etcdadapter.gateway import rpc_routes
 from etcdadapter.gateway.router import HttpRouter
@@ -93,19 +93,32 @@ AdapterConfig.__init__.__signature__ = inspect.Signature(
      for o in options.SETTINGS])
 
 
-class AdapterService(service.Service):
+class AdapterService(service_tree.InOrder):
+    """The adapter as a tree of services that start in this order and stop in reverse,
+    each waiting for the one before (:class:`etcdadapter.service_tree.InOrder`):
+
+    ``signal-stop`` (the daemon only, see :mod:`etcdadapter.signal_stop`), ``store``
+    (started with retries for ``store_start_timeout``, see store_start; closed last),
+    ``auth`` (its refresh), ``lease-expiry``, ``compactor``, ``drain`` (on stop: see
+    :mod:`etcdadapter.drain`), ``listeners`` (the client endpoints) and ``metrics-port``.
+    Once all started it is ready (logged, systemd told); stopping drains: the listeners
+    stop listening, streams end, in-flight calls finish (GOAWAY), then the store closes.
+    """
+
     #: A failed start stops the reactor and exits the process non-zero (twistd); an
     #: embedding host sets this False and gets the failure from ``started`` instead.
     exit_on_start_failure = True
 
     def __init__(self, config, store=None, reactor=None, tls=None, cert_policy=None,
-                 notify_systemd=False, run_in_thread=None):
+                 notify_systemd=False, run_in_thread=None, handle_signals=False):
         """``store``, ``tls`` (ServerTLS) and ``cert_policy`` (CertPolicy): already
         opened/loaded from the config (by the twistd options); made here when None.
         ``notify_systemd``: tell systemd when serving and when stopping (Type=notify;
         the twistd daemon does, an embedding program does its own).
         ``run_in_thread(fn, *args) -> Deferred`` runs the password KDF (default: the
-        reactor's thread pool)."""
+        reactor's thread pool).  ``handle_signals``: SIGTERM/SIGINT stop the process,
+        which exits 0 once drained (the daemon; see signal_stop)."""
+        service_tree.InOrder.__init__(self)
         self.notify_systemd = notify_systemd
         if reactor is None:
             from twisted.internet import reactor
@@ -115,6 +128,14 @@ class AdapterService(service.Service):
             from etcdadapter.store.urls import open_store
             store = open_store(config.store, reactor=reactor)
         self.store = store
+        self._etcd_services(cert_policy, run_in_thread)
+        self._faces(tls)
+        self._children(handle_signals)
+
+    def _etcd_services(self, cert_policy, run_in_thread):
+        """The etcd services over the store: KV, Watch, Lease, Auth, Maintenance,
+        Cluster, and the compactor."""
+        store, reactor, config = self.store, self.reactor, self.config
         self.identity = ServerIdentity(name=config.name,
                                        client_urls=config.advertise_client_urls)
         self.compactor = compactor.Compactor(
@@ -149,6 +170,12 @@ class AdapterService(service.Service):
         self.lease = LeaseService(store, self.identity, clock=reactor,
                                   authz=self.authz.for_lease())
         self.auth_service = AuthService(self.auth, self.authz, store, self.identity)
+
+    def _faces(self, tls):
+        """The services' methods in one registry, served by one factory as gRPC and
+        HTTP/JSON (with TLS when configured), the metrics, and the metrics port's
+        factory."""
+        store, reactor, config = self.store, self.reactor, self.config
         max_connections = config.max_connections
         if max_connections is None:
             max_connections = default_max_connections()
@@ -183,26 +210,56 @@ class AdapterService(service.Service):
         self.tls = tls
         if tls is not None:
             self.metrics.watch_tls(tls)
-        self.ports = []
         self.metrics_factory = metrics_port.factory(self.metrics, self.health, reactor)
-        self.metrics_ports = []
 
-    @defer.inlineCallbacks
-    def _start(self):
-        yield store_start.start_store(self.store, self.config.store_start_timeout,
-                                      self.reactor)
-        yield self.auth.start()
-        self.lease.start()
-        self.compactor.start()
-        factory = self.tls.wrap(self.factory, self.reactor) if self.tls else self.factory
-        for description in self.config.listen:
-            ep = endpoints.serverFromString(self.reactor, with_backlog(description))
-            port = yield ep.listen(factory)
-            self.ports.append(port)
-            log.info("etcd-adapter listening on {listen} ({address})", event="listening",
-                     listen=description, address=address_text(port.getHost()),
-                     tls=self.tls is not None)
-        yield self._listen_metrics()
+    def _children(self, handle_signals):
+        if handle_signals:
+            from etcdadapter.signal_stop import SignalStop
+            self.addService(SignalStop(self.reactor))
+        self.addService(service_tree.Hooks(
+            "store", lambda: store_start.start_store(
+                self.store, self.config.store_start_timeout, self.reactor),
+            self.store.stop))
+        self.addService(service_tree.Hooks("auth", self.auth.start, self.auth.stop))
+        self.addService(service_tree.Hooks("lease-expiry", self.lease.start,
+                                           self.lease.stop))
+        self.addService(service_tree.Hooks("compactor", self.compactor.start,
+                                           self.compactor.stop))
+        self.addService(Drain(self.factory, self.open_streams, self.config.drain_timeout))
+        self.listeners = service_tree.Listening(
+            "listeners", self.reactor, self.config.listen, self._client_factory,
+            self._listening, endpoint=with_backlog)
+        self.listeners.setServiceParent(self)
+        self.metrics_listeners = service_tree.Listening(
+            "metrics-port", self.reactor, self.config.metrics_listen,
+            lambda: self.metrics_factory, self._listening_metrics)
+        self.metrics_listeners.setServiceParent(self)
+
+    @property
+    def ports(self):
+        """The client listeners' ports, in ``listen`` order (empty when stopped)."""
+        return self.listeners.ports
+
+    @property
+    def metrics_ports(self):
+        return self.metrics_listeners.ports
+
+    def _client_factory(self):
+        return self.tls.wrap(self.factory, self.reactor) if self.tls else self.factory
+
+    def _listening(self, description, port):
+        log.info("etcd-adapter listening on {listen} ({address})", event="listening",
+                 listen=description, address=address_text(port.getHost()),
+                 tls=self.tls is not None)
+
+    def _listening_metrics(self, description, port):
+        log.info("etcd-adapter serving /metrics and /health on {address} (plain HTTP)",
+                 event="listening-metrics", listen=description,
+                 address=address_text(port.getHost()))
+
+    def _ready(self, _):
+        if not self.running:        # stopped while starting
+            return
         if not self.identity.client_urls:
             self.identity.client_urls = [u for u in map(self._url, self.ports) if u]
         log.info("etcd-adapter ready: store {store}, revision {revision}, member "
@@ -215,16 +272,6 @@ class AdapterService(service.Service):
         if self.notify_systemd:
             sd_notify("READY=1", "STATUS=serving %s on %s" % (
                 redact(self.config.store), ", ".join(self.identity.client_urls)))
-
-    @defer.inlineCallbacks
-    def _listen_metrics(self):
-        for description in self.config.metrics_listen:
-            ep = endpoints.serverFromString(self.reactor, description)
-            port = yield ep.listen(self.metrics_factory)
-            self.metrics_ports.append(port)
-            log.info("etcd-adapter serving /metrics and /health on {address} (plain HTTP)",
-                     event="listening-metrics", listen=description,
-                     address=address_text(port.getHost()))
 
     def _url(self, port):
         host = port.getHost()
@@ -264,10 +311,10 @@ class AdapterService(service.Service):
             pass
 
     def startService(self):
-        service.Service.startService(self)
         if self.tls is not None or self.config.client_cert_policy:
             self._install_sighup()
-        self.started = self._start()
+        self.started = service_tree.InOrder.startService(self)
+        self.started.addCallback(self._ready)
         if self.exit_on_start_failure:
             self.started.addErrback(self._start_failed)
         return self.started
@@ -290,32 +337,8 @@ class AdapterService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
-        """Drain: stop listening; end every watch and keep-alive stream at once with
-        Unavailable "etcdserver: server stopped" (clients resume on another adapter);
-        GOAWAY / Connection: close so that unary calls in flight finish and nothing new
-        starts; after ``drain_timeout`` cut what is left; then close the store."""
-        service.Service.stopService(self)
+        """Drain (see the class), then the store closes."""
         if self.notify_systemd:
             sd_notify("STOPPING=1", "STATUS=draining")
-        t0 = time.monotonic()
-        ports, self.ports = self.ports + self.metrics_ports, []
-        self.metrics_ports = []
-        yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
-        connections = len(self.factory.connections)
-        streams = self.open_streams.end_all(ErrStopped())
-        log.info("etcd-adapter draining: {streams} streams ended, {connections} "
-                 "connections to close (at most {timeout}s)", event="draining",
-                 streams=streams, connections=connections,
-                 timeout=self.config.drain_timeout)
-        cut = yield self.factory.shutdown(self.config.drain_timeout)
-        log.info("etcd-adapter drained in {seconds:.3f}s", event="drained",
-                 seconds=round(time.monotonic() - t0, 6), connections_cut=cut or 0)
-        self.compactor.stop()
-        yield self.lease.stop()
-        self.auth.stop()
-        yield self.store.stop()
+        yield service_tree.InOrder.stopService(self)
         log.info("etcd-adapter stopped", event="stopped")
-        # twistd re-raises the signal that stopped the reactor when it exits (status
-        # -15 for SIGTERM); a completed drain is a clean exit: status 0.
-        if getattr(self.reactor, "_exitSignal", None) is not None:
-            self.reactor._exitSignal = None

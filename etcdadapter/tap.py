@@ -252,4 +252,5 @@ def makeService(options):
     from etcdadapter import logs
     logs.DEFAULT_LEVEL = options["log-level"]
     return AdapterService(options.config(), store=options.store, tls=options.tls,
-                          cert_policy=options.cert_policy, notify_systemd=True)
+                          cert_policy=options.cert_policy, notify_systemd=True,
+                          handle_signals=True)
