@@ -15,11 +15,10 @@ import sys
 from twisted.python import usage
 
 from etcdadapter import config_file, env_check, flag_aliases, listen_urls
-from etcdadapter.options import (  # noqa: F401 -- the checks' names, as before
-    COMMA_LIST, DEFAULT_LISTEN, ENV_PREFIX, FLAG, LIST, LOG_LEVELS, OPTIONS, PARAMETER,
-    SETTINGS,    _connection_limit, _duration, _duration_or_off, _log_format, _log_level,
-    _positive_int)
+from etcdadapter.options import (COMMA_LIST, ENV_PREFIX, FLAG, LIST, OPTIONS, PARAMETER,
+                                 SETTINGS)
 from etcdadapter.options import BY_NAME as _DECLARED
+from etcdadapter.options import _duration  # noqa: F401 -- tap._duration, as before
 from etcdadapter.server import AdapterConfig, AdapterService
 from etcdadapter.store import compactor
 
@@ -171,7 +170,7 @@ class Options(usage.Options):
         if self["config-file"]:
             self._from_config_file(given)
         if not self["listen"]:
-            self["listen"] = self._env_listen or [DEFAULT_LISTEN]
+            self["listen"] = self._env_listen or _DECLARED["listen"].initial
         urls = self["advertise-client-urls"]
         self["advertise-client-urls"] = [u.strip() for u in urls.split(",") if u.strip()] \
             if isinstance(urls, str) else list(urls)
