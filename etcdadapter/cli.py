@@ -8,7 +8,7 @@ foreground, without a pid file, with one-line errors.
   status 2 for a usage error (a bad flag or value), 1 for anything else (port in use, TLS
   file, database); never the help text, never a traceback (an unexpected error's
   traceback goes to the log, the line still names it).
-* SIGTERM/SIGINT drain and exit 0 (see AdapterService.stopService).
+* SIGTERM/SIGINT drain and exit 0 (see etcdadapter.drain and etcdadapter.signal_stop).
 * ``etcd-adapter snapshot restore FILE --to URL``: an etcd snapshot into a store
   (:mod:`etcdadapter.snapshot.restore`), instead of serving.
 * ``etcd-adapter migrate --from ETCD_URLS --to URL``: a running etcd into a SQL store at

@@ -14,11 +14,13 @@ comma-separated option (``advertise-client-urls``) a list or a string, any other
 a string or a number that its own check accepts.  An unknown key, a wrong type or a bad
 value is a usage error naming the key.  ``null`` leaves the option unset.
 
-Pure code over plain data: the caller says which options exist (from the twistd
-Options' ``optParameters``/``optFlags``), so options added later work here unchanged.
+Pure code over plain data: the caller says which options exist (the declared
+:data:`etcdadapter.options.OPTIONS`), so options added later work here unchanged.
 """
 
 from twisted.python import usage
+
+from etcdadapter.options import COMMA_LIST, FLAG, LIST
 
 
 class ConfigFileError(usage.UsageError):
@@ -43,14 +45,12 @@ def read(path):
     return data
 
 
-def values(data, parameters, flags, lists=(), comma_lists=(), path="config file",
-           refused=()):
+def values(data, options, path="config file", refused=()):
     """The option values of ``data`` (from :func:`read`), checked and converted.
 
-    ``parameters``: {name: coerce callable or None}; ``flags``: names of flags;
-    ``lists``: names taking several values (a list of strings); ``comma_lists``:
-    parameters that take a comma-separated string (a YAML list is joined);
-    ``refused``: names that cannot be set from a file.  Returns {name: value}."""
+    ``options``: the declared options (:class:`etcdadapter.options.Option`: name, kind,
+    coerce); ``refused``: names that cannot be set from a file.  Returns {name: value}."""
+    known = {option.name: option for option in options}
     out = {}
     for key, value in data.items():
         if not isinstance(key, str):
@@ -60,22 +60,24 @@ def values(data, parameters, flags, lists=(), comma_lists=(), path="config file"
             raise ConfigFileError("%s: cannot be set in a config file" % where)
         if value is None:
             continue
-        if key in flags:
+        option = known.get(key)
+        if option is None:
+            raise ConfigFileError("%s: unknown option (known: %s)" % (
+                where, ", ".join(sorted(known))))
+        if option.kind == FLAG:
             if not isinstance(value, bool):
                 raise ConfigFileError("%s: expected true or false, got %s" % (
                     where, _type_name(value)))
             out[key] = value
-        elif key in lists:
+        elif option.kind == LIST:
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
                 raise ConfigFileError("%s: expected a list of strings, got %s" % (
                     where, _type_name(value)))
             out[key] = list(items)
-        elif key in parameters:
-            out[key] = _parameter(where, key, value, parameters[key], key in comma_lists)
         else:
-            raise ConfigFileError("%s: unknown option (known: %s)" % (
-                where, ", ".join(sorted(set(parameters) | set(flags) | set(lists)))))
+            out[key] = _parameter(where, key, value, option.coerce,
+                                  option.kind == COMMA_LIST)
     return out
 
 

@@ -1,5 +1,5 @@
-"""etcd's spellings of our options, in one table, so that an etcd command line or
-``ETCD_*`` habit works as is.
+"""etcd's spellings of our options, so that an etcd command line or ``ETCD_*`` habit
+works as is.
 
 Most of our options already have etcd's names (``--cert-file``, ``--key-file``,
 ``--trusted-ca-file``, ``--client-cert-auth``, ``--advertise-client-urls``, ``--name``,
@@ -8,20 +8,18 @@ Most of our options already have etcd's names (``--cert-file``, ``--key-file``,
 is one of our options under another name.  Each alias works on the command line, as
 ``ETCD_ADAPTER_<ALIAS>`` and as a config-file key.
 
-Row: (etcd's name, our option, how a value becomes our option's values).
-``split_urls``: etcd's comma-separated URL list, each URL one value of a repeatable
+The rows are declared with their option (``aliases`` in :mod:`etcdadapter.options`).
+Row: (etcd's name, our option, how a value becomes our option's values, help).
+``url_list``: etcd's comma-separated URL list, each URL one value of a repeatable
 option (``--listen``).
 """
 
-from etcdadapter.listen_urls import url_list
+from etcdadapter.options import OPTIONS
 
-ALIASES = (
-    ("listen-client-urls", "listen", url_list,
-     "etcd's spelling of --listen: comma-separated URLs, e.g. "
-     "http://127.0.0.1:2379,http://10.0.0.5:2379."),
-    ("experimental-watch-progress-notify-interval", "watch-progress-notify-interval",
-     None, "etcd's spelling of --watch-progress-notify-interval."),
-)
+ALIASES = tuple(
+    (alias.name, option.name, alias.split,
+     alias.help or "etcd's spelling of --%s." % option.name)
+    for option in OPTIONS for alias in option.aliases)
 
 
 def by_name():

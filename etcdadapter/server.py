@@ -1,27 +1,28 @@
 """Assemble one adapter: store + services + both faces on the listening endpoints.
 
 This is what ``twistd etcd-adapter`` runs (via :mod:`etcdadapter.tap`) and what a host
-program embeds.  It is a twisted.application service: start it, stop it (stopping drains
-connections: GOAWAY, in-flight calls finish, then the store closes).
+program embeds.  It is a twisted.application service -- a tree of them, see
+:class:`AdapterService` -- start it, stop it (stopping drains connections: GOAWAY,
+in-flight calls finish, then the store closes).
 """
 
+import inspect
 import socket
-import time
 
-from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from etcdadapter import __version__, metrics_port, startup_errors, store_start
-from etcdadapter.errors import ErrStopped
+from etcdadapter import (__version__, metrics_port, options, service_tree, startup_errors,
+                         store_start)
+from etcdadapter.drain import Drain
 from etcdadapter.gateway import endpoints as http_endpoints
 from etcdadapter.gateway import rpc_routes
 from etcdadapter.gateway.router import HttpRouter
 from etcdadapter.health import HealthCheck
 from etcdadapter.logs import address_text
-from etcdadapter.metrics import SLOW_REQUEST, AdapterMetrics
+from etcdadapter.metrics import AdapterMetrics
 from etcdadapter.sd_notify import notify as sd_notify
-from etcdadapter.security.auth_store import TOKEN_TTL, AuthStore
+from etcdadapter.security.auth_store import AuthStore
 from etcdadapter.security.authorizer import Authorizer
 from etcdadapter.security.cert_policy import CertPolicy, PolicyError
 from etcdadapter.services.auth import AuthService
@@ -35,7 +36,7 @@ from etcdadapter.services.rpc import MethodRegistry
 from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import WatchHub
 from etcdadapter.store import compactor
-from etcdadapter.transport.h2_server import DEFAULT_MAX_CONCURRENT_STREAMS, H2Settings
+from etcdadapter.transport.h2_server import H2Settings
 from etcdadapter.store.urls import redact
 from etcdadapter.transport.limits import ConnectionLimits, default_max_connections
 from etcdadapter.transport.protocol import EtcdFactory
@@ -64,64 +65,60 @@ def _exit_after_shutdown(code):
 
 
 class AdapterConfig(object):
-    def __init__(self, listen=("tcp:2379:interface=127.0.0.1",), store="memory://",
-                 name="default", advertise_client_urls=(), max_request_bytes=1572864,
-                 max_txn_ops=128,
-                 max_concurrent_streams=DEFAULT_MAX_CONCURRENT_STREAMS, drain_timeout=10.0,
-                 watch_progress_notify_interval=600.0, cert_file=None, key_file=None,
-                 trusted_ca_file=None, client_cert_auth=False, client_cert_policy=None,
-                 auth_token_ttl=TOKEN_TTL, slow_request_threshold=SLOW_REQUEST,
-                 auto_compaction_mode=compactor.DEFAULT_MODE,
-                 auto_compaction_retention=compactor.DEFAULT_RETENTION,
-                 auto_compaction_check_interval=None, header_timeout=10.0,
-                 idle_timeout=300.0, max_connections=None, metrics_listen=(),
-                 store_start_timeout=60.0):
-        """``auto_compaction_retention``: text as the flag takes it ("1h", "30m", "0",
-        "1000"; see :func:`etcdadapter.store.compactor.parse_retention`);
-        ``auto_compaction_check_interval``: seconds, None for etcd's.
-        ``max_connections`` None: from the open-file limit (see transport/limits.py);
-        0: no limit.  A timeout of 0 turns it off."""
-        self.listen = list(listen)
-        self.store = store
-        self.name = name
-        self.advertise_client_urls = list(advertise_client_urls)
-        self.max_request_bytes = max_request_bytes
-        self.max_txn_ops = max_txn_ops
-        self.max_concurrent_streams = max_concurrent_streams
-        self.drain_timeout = drain_timeout
-        self.watch_progress_notify_interval = watch_progress_notify_interval
-        self.cert_file = cert_file
-        self.key_file = key_file
-        self.trusted_ca_file = trusted_ca_file
-        self.client_cert_auth = client_cert_auth
-        self.client_cert_policy = client_cert_policy
-        self.auth_token_ttl = auth_token_ttl
-        self.slow_request_threshold = slow_request_threshold
-        self.auto_compaction_mode = auto_compaction_mode
-        self.auto_compaction_retention = auto_compaction_retention
-        self.auto_compaction_check_interval = auto_compaction_check_interval
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        #: Endpoints serving /metrics, /health, /version in plain HTTP (metrics_port).
-        self.metrics_listen = list(metrics_listen)
-        #: Seconds to wait for an unreachable database at start (store_start).
-        self.store_start_timeout = store_start_timeout
+    """The service's settings: one attribute per option of :mod:`etcdadapter.options`
+    that is not the command's own (the long name with underscores; ``metrics_listen``
+    for ``--listen-metrics-urls``), given as keywords; what is not given has the
+    option's default.  Values are taken as they are, already checked: seconds as
+    numbers, lists as lists.  ``auto_compaction_retention``: text as the flag takes it
+    ("1h", "30m", "0", "1000"; see :func:`etcdadapter.store.compactor.parse_retention`);
+    ``auto_compaction_check_interval``: seconds, None for etcd's.  ``max_connections``
+    None: from the open-file limit (see transport/limits.py); 0: no limit.  A timeout
+    of 0 turns it off."""
+
+    def __init__(self, **settings):
+        for option in options.SETTINGS:
+            value = settings.pop(option.attribute, option.initial)
+            if option.kind in (options.LIST, options.COMMA_LIST):
+                value = list(value)
+            setattr(self, option.attribute, value)
+        if settings:
+            raise TypeError("AdapterConfig() got unexpected keyword argument(s): %s"
+                            % ", ".join(sorted(settings)))
 
 
-class AdapterService(service.Service):
+# help(AdapterConfig) and editors show the keywords and their defaults.
+AdapterConfig.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] +
+    [inspect.Parameter(o.attribute, inspect.Parameter.KEYWORD_ONLY, default=o.initial)
+     for o in options.SETTINGS])
+
+
+class AdapterService(service_tree.InOrder):
+    """The adapter as a tree of services that start in this order and stop in reverse,
+    each waiting for the one before (:class:`etcdadapter.service_tree.InOrder`):
+
+    ``signal-stop`` (the daemon only, see :mod:`etcdadapter.signal_stop`), ``store``
+    (started with retries for ``store_start_timeout``, see store_start; closed last),
+    ``auth`` (its refresh), ``lease-expiry``, ``compactor``, ``drain`` (on stop: see
+    :mod:`etcdadapter.drain`), ``listeners`` (the client endpoints) and ``metrics-port``.
+    Once all started it is ready (logged, systemd told); stopping drains: the listeners
+    stop listening, streams end, in-flight calls finish (GOAWAY), then the store closes.
+    """
+
     #: A failed start stops the reactor and exits the process non-zero (twistd); an
     #: embedding host sets this False and gets the failure from ``started`` instead.
     exit_on_start_failure = True
 
     def __init__(self, config, store=None, reactor=None, tls=None, cert_policy=None,
-                 notify_systemd=False, run_in_thread=None):
+                 notify_systemd=False, run_in_thread=None, handle_signals=False):
         """``store``, ``tls`` (ServerTLS) and ``cert_policy`` (CertPolicy): already
         opened/loaded from the config (by the twistd options); made here when None.
         ``notify_systemd``: tell systemd when serving and when stopping (Type=notify;
         the twistd daemon does, an embedding program does its own).
         ``run_in_thread(fn, *args) -> Deferred`` runs the password KDF (default: the
-        reactor's thread pool)."""
+        reactor's thread pool).  ``handle_signals``: SIGTERM/SIGINT stop the process,
+        which exits 0 once drained (the daemon; see signal_stop)."""
+        service_tree.InOrder.__init__(self)
         self.notify_systemd = notify_systemd
         if reactor is None:
             from twisted.internet import reactor
@@ -131,6 +128,14 @@ class AdapterService(service.Service):
             from etcdadapter.store.urls import open_store
             store = open_store(config.store, reactor=reactor)
         self.store = store
+        self._etcd_services(cert_policy, run_in_thread)
+        self._faces(tls)
+        self._children(handle_signals)
+
+    def _etcd_services(self, cert_policy, run_in_thread):
+        """The etcd services over the store: KV, Watch, Lease, Auth, Maintenance,
+        Cluster, and the compactor."""
+        store, reactor, config = self.store, self.reactor, self.config
         self.identity = ServerIdentity(name=config.name,
                                        client_urls=config.advertise_client_urls)
         self.compactor = compactor.Compactor(
@@ -165,6 +170,12 @@ class AdapterService(service.Service):
         self.lease = LeaseService(store, self.identity, clock=reactor,
                                   authz=self.authz.for_lease())
         self.auth_service = AuthService(self.auth, self.authz, store, self.identity)
+
+    def _faces(self, tls):
+        """The services' methods in one registry, served by one factory as gRPC and
+        HTTP/JSON (with TLS when configured), the metrics, and the metrics port's
+        factory."""
+        store, reactor, config = self.store, self.reactor, self.config
         max_connections = config.max_connections
         if max_connections is None:
             max_connections = default_max_connections()
@@ -199,26 +210,56 @@ class AdapterService(service.Service):
         self.tls = tls
         if tls is not None:
             self.metrics.watch_tls(tls)
-        self.ports = []
         self.metrics_factory = metrics_port.factory(self.metrics, self.health, reactor)
-        self.metrics_ports = []
 
-    @defer.inlineCallbacks
-    def _start(self):
-        yield store_start.start_store(self.store, self.config.store_start_timeout,
-                                      self.reactor)
-        yield self.auth.start()
-        self.lease.start()
-        self.compactor.start()
-        factory = self.tls.wrap(self.factory, self.reactor) if self.tls else self.factory
-        for description in self.config.listen:
-            ep = endpoints.serverFromString(self.reactor, with_backlog(description))
-            port = yield ep.listen(factory)
-            self.ports.append(port)
-            log.info("etcd-adapter listening on {listen} ({address})", event="listening",
-                     listen=description, address=address_text(port.getHost()),
-                     tls=self.tls is not None)
-        yield self._listen_metrics()
+    def _children(self, handle_signals):
+        if handle_signals:
+            from etcdadapter.signal_stop import SignalStop
+            self.addService(SignalStop(self.reactor))
+        self.addService(service_tree.Hooks(
+            "store", lambda: store_start.start_store(
+                self.store, self.config.store_start_timeout, self.reactor),
+            self.store.stop))
+        self.addService(service_tree.Hooks("auth", self.auth.start, self.auth.stop))
+        self.addService(service_tree.Hooks("lease-expiry", self.lease.start,
+                                           self.lease.stop))
+        self.addService(service_tree.Hooks("compactor", self.compactor.start,
+                                           self.compactor.stop))
+        self.addService(Drain(self.factory, self.open_streams, self.config.drain_timeout))
+        self.listeners = service_tree.Listening(
+            "listeners", self.reactor, self.config.listen, self._client_factory,
+            self._listening, endpoint=with_backlog)
+        self.listeners.setServiceParent(self)
+        self.metrics_listeners = service_tree.Listening(
+            "metrics-port", self.reactor, self.config.metrics_listen,
+            lambda: self.metrics_factory, self._listening_metrics)
+        self.metrics_listeners.setServiceParent(self)
+
+    @property
+    def ports(self):
+        """The client listeners' ports, in ``listen`` order (empty when stopped)."""
+        return self.listeners.ports
+
+    @property
+    def metrics_ports(self):
+        return self.metrics_listeners.ports
+
+    def _client_factory(self):
+        return self.tls.wrap(self.factory, self.reactor) if self.tls else self.factory
+
+    def _listening(self, description, port):
+        log.info("etcd-adapter listening on {listen} ({address})", event="listening",
+                 listen=description, address=address_text(port.getHost()),
+                 tls=self.tls is not None)
+
+    def _listening_metrics(self, description, port):
+        log.info("etcd-adapter serving /metrics and /health on {address} (plain HTTP)",
+                 event="listening-metrics", listen=description,
+                 address=address_text(port.getHost()))
+
+    def _ready(self, _):
+        if not self.running:        # stopped while starting
+            return
         if not self.identity.client_urls:
             self.identity.client_urls = [u for u in map(self._url, self.ports) if u]
         log.info("etcd-adapter ready: store {store}, revision {revision}, member "
@@ -231,16 +272,6 @@ class AdapterService(service.Service):
         if self.notify_systemd:
             sd_notify("READY=1", "STATUS=serving %s on %s" % (
                 redact(self.config.store), ", ".join(self.identity.client_urls)))
-
-    @defer.inlineCallbacks
-    def _listen_metrics(self):
-        for description in self.config.metrics_listen:
-            ep = endpoints.serverFromString(self.reactor, description)
-            port = yield ep.listen(self.metrics_factory)
-            self.metrics_ports.append(port)
-            log.info("etcd-adapter serving /metrics and /health on {address} (plain HTTP)",
-                     event="listening-metrics", listen=description,
-                     address=address_text(port.getHost()))
 
     def _url(self, port):
         host = port.getHost()
@@ -280,10 +311,10 @@ class AdapterService(service.Service):
             pass
 
     def startService(self):
-        service.Service.startService(self)
         if self.tls is not None or self.config.client_cert_policy:
             self._install_sighup()
-        self.started = self._start()
+        self.started = service_tree.InOrder.startService(self)
+        self.started.addCallback(self._ready)
         if self.exit_on_start_failure:
             self.started.addErrback(self._start_failed)
         return self.started
@@ -306,32 +337,8 @@ class AdapterService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
-        """Drain: stop listening; end every watch and keep-alive stream at once with
-        Unavailable "etcdserver: server stopped" (clients resume on another adapter);
-        GOAWAY / Connection: close so that unary calls in flight finish and nothing new
-        starts; after ``drain_timeout`` cut what is left; then close the store."""
-        service.Service.stopService(self)
+        """Drain (see the class), then the store closes."""
         if self.notify_systemd:
             sd_notify("STOPPING=1", "STATUS=draining")
-        t0 = time.monotonic()
-        ports, self.ports = self.ports + self.metrics_ports, []
-        self.metrics_ports = []
-        yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
-        connections = len(self.factory.connections)
-        streams = self.open_streams.end_all(ErrStopped())
-        log.info("etcd-adapter draining: {streams} streams ended, {connections} "
-                 "connections to close (at most {timeout}s)", event="draining",
-                 streams=streams, connections=connections,
-                 timeout=self.config.drain_timeout)
-        cut = yield self.factory.shutdown(self.config.drain_timeout)
-        log.info("etcd-adapter drained in {seconds:.3f}s", event="drained",
-                 seconds=round(time.monotonic() - t0, 6), connections_cut=cut or 0)
-        self.compactor.stop()
-        yield self.lease.stop()
-        self.auth.stop()
-        yield self.store.stop()
+        yield service_tree.InOrder.stopService(self)
         log.info("etcd-adapter stopped", event="stopped")
-        # twistd re-raises the signal that stopped the reactor when it exits (status
-        # -15 for SIGTERM); a completed drain is a clean exit: status 0.
-        if getattr(self.reactor, "_exitSignal", None) is not None:
-            self.reactor._exitSignal = None

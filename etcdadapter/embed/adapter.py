@@ -77,9 +77,11 @@ class EmbeddedAdapter(object):
     :class:`~etcdadapter.store.base.Store` object, not started: the adapter starts and
     stops it.  ``listen``: Twisted server endpoint strings, e.g.
     ``"tcp:2379:interface=127.0.0.1"``; port 0 picks a free port (see
-    :attr:`addresses`).  Other keyword arguments are the daemon's options
+    :attr:`addresses`).  Other keyword arguments are the daemon's options, as declared
+    in :mod:`etcdadapter.options` with underscores for dashes
     (:class:`~etcdadapter.server.AdapterConfig`: ``max_txn_ops``, ``cert_file``,
-    ``client_cert_policy``, ``drain_timeout``, ...).
+    ``client_cert_policy``, ``drain_timeout``, ...), values already checked (seconds as
+    numbers).
 
     Under Twisted (``loop`` None) it runs on ``reactor`` (default: the global one) and
     every method returns a Deferred.  Under asyncio pass the running ``loop``: Twisted's

@@ -28,7 +28,7 @@ from etcdadapter.transport.proto_decode import decode
 from etcdadapter.transport.h2_connection import ServerConnection
 from etcdadapter.transport.h2_frame_guard import FrameGuard, FrameLimitExceeded
 from etcdadapter.transport.h2_streams import GrpcCall, H2HttpExchange, error_trailers
-from etcdadapter.transport.hpack_cache import CachingEncoder
+from etcdadapter.transport.hpack_cache import CachingEncoder, encode_block
 from etcdadapter.transport.output_budget import OutputBudget
 
 log = Logger()
@@ -38,6 +38,9 @@ _RESPONSE_HEADERS = ((":status", "200"), ("content-type", "application/grpc"),
 _OK_TRAILERS = (("grpc-status", "0"),)
 _TRAILERS_ONLY_OK = _RESPONSE_HEADERS[:2] + _OK_TRAILERS
 _CONSTANT_HEADER_SETS = (_RESPONSE_HEADERS, _OK_TRAILERS, _TRAILERS_ONLY_OK)
+# The same, HPACK-encoded once (static table only) for ServerConnection.send_response.
+_RESPONSE_HEADERS_BLOCK = encode_block([(n.encode(), v.encode()) for n, v in _RESPONSE_HEADERS])
+_OK_TRAILERS_BLOCK = encode_block([(n.encode(), v.encode()) for n, v in _OK_TRAILERS])
 _STREAM_WINDOW = 1 << 20       # per-stream receive window we advertise
 _CONNECTION_WINDOW = 16 << 20  # connection receive window
 IDLE_LINGER = 1.0              # after an idle GOAWAY, time for the client to see it (Go: 1 s)
@@ -522,9 +525,10 @@ class H2Server(object):
 
     # -- output --------------------------------------------------------------------
     def _send_grpc_data(self, call, data):
-        if not call.headers_sent:
-            call.headers_sent = True
-            self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
+        if call.method.kind == UNARY and call.answer is None and not call.headers_sent:
+            call.answer = data      # framed with the trailers by _finish_grpc, at once
+            return
+        self._begin_response(call)
         call.pending.add(data)
         if call.method.kind == UNARY:
             self._drain(call)
@@ -535,6 +539,16 @@ class H2Server(object):
         self._dirty[call] = None
         if self._dirty_call is None:
             self._dirty_call = self.clock.callLater(0, self._flush_dirty)
+
+    def _begin_response(self, call):
+        if call.answer is not None:
+            answer, call.answer = call.answer, None
+            call.headers_sent = True
+            self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
+            call.pending.add(answer)
+        elif not call.headers_sent:
+            call.headers_sent = True
+            self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
 
     def _flush_dirty(self):
         self._dirty_call = None
@@ -549,7 +563,16 @@ class H2Server(object):
     def _finish_grpc(self, call, error):
         if self.state is State.CLOSED or self.streams.get(call.stream_id) is not call:
             return
-        if not call.headers_sent and not call.pending:
+        if call.answer is not None:
+            # A unary answer: headers, message and trailers in one go when they fit.
+            if error is None and self.conn.send_response(
+                    call.stream_id, _RESPONSE_HEADERS_BLOCK, call.answer, _OK_TRAILERS_BLOCK):
+                call.answer = None
+                self._stream_done(call.stream_id)
+                self._flush()
+                return
+            self._begin_response(call)
+        elif not call.headers_sent and not call.pending:
             self._send_trailers_only(call.stream_id, error)
             return
         call.trailers = _OK_TRAILERS if error is None else error_trailers(error)

@@ -51,6 +51,7 @@ class GrpcCall(ServerStream):
         self.decoder = decoder
         self.request_payloads = []      # unary: collected until END_STREAM
         self.headers_sent = False
+        self.answer = None              # unary: the response message, until finish()
         self.pending = Outbox(server.budget)   # response bytes waiting for window
         self.trailers = None            # sent once pending is drained
         self.deferred = None            # unary handler's Deferred (for cancellation)
@@ -123,6 +124,7 @@ class GrpcCall(ServerStream):
 
     def cancel(self):
         self.pending.clear()
+        self.answer = None
         if self.closed:
             return
         self.closed = True

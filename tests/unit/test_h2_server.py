@@ -106,6 +106,33 @@ def test_large_response_streams_through_flow_control():
     assert len(rpc.RangeResponse.FromString(payloads[0]).kvs[0].value) == size
 
 
+@pytest.mark.parametrize("size", [0, 100, 16360, 16384, 16400, 65000])
+def test_a_unary_answer_in_one_go_is_what_h2_would_send(size):
+    # A unary answer that fits a frame and the windows is framed at once
+    # (ServerConnection.send_response); one that does not goes the general way.  Both
+    # must give the client the same frames and leave the same stream and window state
+    # (the client returns no window: what was sent shows in the server's window).
+    seen = []
+    for one_go in (True, False):
+        reg, _ = echo_registry()
+        h = Harness(reg)
+        h.ack = False
+        if not one_go:
+            h.server.conn.send_response = lambda *args: False
+        sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"big", limit=size))
+        h.pump()
+        headers, payloads, trailers = h.result(sid)
+        assert trailers["grpc-status"] == "0"
+        assert len(rpc.RangeResponse.FromString(payloads[0]).kvs[0].value) == size
+        conn = h.server.conn
+        assert sid not in conn.streams and conn.open_inbound_streams == 0
+        seen.append(([(type(e).__name__, getattr(e, "stream_ended", None))
+                      for e in h.events if getattr(e, "stream_id", None) == sid],
+                     headers, trailers, conn.outbound_flow_control_window,
+                     h.client.streams[sid].state_machine.state))
+    assert seen[0] == seen[1]
+
+
 def test_grpc_timeout_gives_deadline_exceeded_and_cancels_handler():
     reg, handlers = echo_registry()
     h = Harness(reg)
