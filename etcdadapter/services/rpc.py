@@ -126,15 +126,15 @@ class MethodRegistry(object):
         self.clock = clock          # times unary calls for the interceptors
 
     def intercept(self, *interceptors):
-        """Apply ``interceptors`` (in order) to every call of every method, those
-        registered already and those to come."""
+        """Apply ``interceptors`` (in order, after those applied already) to every call
+        of every method, those registered already and those to come."""
         self._interceptors.extend(interceptors)
         for method in self._local.values():
-            self._apply(method)
+            self._apply(method, interceptors)
 
-    def _apply(self, method):
-        starts, ends, opens = [], [], []
-        for interceptor in self._interceptors:
+    def _apply(self, method, interceptors):
+        starts, ends, opens = list(method.starts), list(method.ends), list(method.opens)
+        for interceptor in interceptors:
             if method.kind == UNARY:
                 hooks = interceptor.unary(method)
                 if hooks is not None:
@@ -151,7 +151,8 @@ class MethodRegistry(object):
         method.clock = self.clock
 
     def add(self, method):
-        self._apply(method)
+        method.starts = method.ends = method.opens = ()
+        self._apply(method, self._interceptors)
         self._local[method.path] = method
         if not method.remote:
             return
@@ -170,7 +171,6 @@ class MethodRegistry(object):
     def unknown_method_error(self, path):
         """grpc-go's error for a path no method is registered at: the service is what
         precedes the last "/"."""
-        from etcdadapter.errors import EtcdError, StatusCode
         name = path[1:] if path.startswith("/") else path
         service, slash, method = name.rpartition("/")
         if not slash:
@@ -253,7 +253,8 @@ def call_unary(method, request, context):
         raise
     if isinstance(result, Deferred):
         # Fired and not waiting on another Deferred: its result is final (reading it
-        # here saves two callback runs per call).
+        # here saves two callback runs per call; a handler never hands back a Deferred
+        # whose callbacks are running -- that would be its own caller).
         if not (result.called and not result.paused) or isinstance(result.result,
                                                                     Failure):
             return result.addBoth(_ended_later, ends, request, context, clock, t0)
@@ -369,13 +370,10 @@ def as_etcd_error(failure_or_exc):
     """What a handler's exception or Failure reaches the client as: EtcdErrors as they
     are, a cancelled Deferred as grpc-go's "context canceled", anything else (a bug) is
     logged and becomes Unknown."""
-    from twisted.internet import defer
-    from twisted.python.failure import Failure
-    from etcdadapter.errors import EtcdError, StatusCode
     exc = failure_or_exc.value if isinstance(failure_or_exc, Failure) else failure_or_exc
     if isinstance(exc, EtcdError):
         return exc
-    if isinstance(exc, defer.CancelledError):
+    if isinstance(exc, CancelledError):
         return EtcdError(StatusCode.CANCELLED, "context canceled")
     _log.failure("unexpected error in handler", failure_or_exc
                  if isinstance(failure_or_exc, Failure) else Failure(exc))
