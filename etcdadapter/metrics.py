@@ -2,11 +2,11 @@
 the ``--listen-metrics-urls`` listeners, :mod:`etcdadapter.metrics_port`).
 
 Names follow what etcd exports so existing dashboards and alerts keep working:
-go-grpc-prometheus' ``grpc_server_*`` (every call, whichever face carried it -- gRPC,
-the JSON gateway and the in-process client dispatch alike, through the method registry's
-interceptors, of which :class:`_CallCollector` is one), ``etcd_debugging_mvcc_*`` revisions and watchers,
-``etcd_mvcc_db_total_size_in_bytes``, ``etcd_server_has_leader`` (0 while the store
-cannot be reached) and ``etcd_server_version``; the process (``process_*``, as every
+go-grpc-prometheus' ``grpc_server_*`` (every call, whichever face carried it: gRPC, the
+JSON gateway and the in-process client dispatch alike, through the method registry's
+interceptors -- :class:`_CallCollector` is one), ``etcd_debugging_mvcc_*`` revisions and
+watchers, ``etcd_mvcc_db_total_size_in_bytes``, ``etcd_server_has_leader`` (0 while the
+store cannot be reached) and ``etcd_server_version``; the process (``process_*``, as every
 Prometheus client exports them).  Our own additions are prefixed ``etcd_adapter_``.
 Each adapter has its own registry (several can run in one process, e.g. embedded or in
 tests).
