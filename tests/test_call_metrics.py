@@ -7,6 +7,7 @@ from twisted.internet import defer
 
 from etcdadapter.errors import EtcdError, StatusCode
 from etcdadapter.metrics import AdapterMetrics
+from etcdadapter.services.open_streams import OpenStreams
 from etcdadapter.services.rpc import (BIDI_STREAM, UNARY, Method, MethodRegistry,
                                       ServerStream, call_unary, open_stream)
 from etcdadapter.store.memory import MemoryStore
@@ -105,3 +106,21 @@ def test_streaming_calls_counted_while_open():
                 tuple(sorted(full + (("grpc_code", "OK"),))))] == 1
     assert got[("grpc_server_handled_total",
                 tuple(sorted(full + (("grpc_code", "Canceled"),))))] == 1
+
+
+def test_interceptors_apply_to_methods_registered_before_and_after():
+    metrics = AdapterMetrics(MemoryStore())
+    registry = MethodRegistry()
+    first = Method("/etcdserverpb.KV/Range", None, None, UNARY, lambda r, c: "a", ())
+    registry.add(first)
+    registry.intercept(metrics.calls)
+    assert call_unary(first, None, None) == "a"
+    registry.intercept(OpenStreams())           # a second one: the first is not re-asked
+    second = Method("/etcdserverpb.KV/Put", None, None, UNARY, lambda r, c: "b", ())
+    registry.add(second)
+    assert (call_unary(first, None, None), call_unary(second, None, None)) == ("a", "b")
+    got = samples(metrics)
+    for name, n in (("Range", 2), ("Put", 1)):
+        labels = (("grpc_method", name), ("grpc_service", "etcdserverpb.KV"),
+                  ("grpc_type", "unary"))
+        assert got[("grpc_server_started_total", labels)] == n
