@@ -2,54 +2,26 @@
 the ``--listen-metrics-urls`` listeners, :mod:`etcdadapter.metrics_port`).
 
 Names follow what etcd exports so existing dashboards and alerts keep working:
-go-grpc-prometheus' ``grpc_server_*`` (every call, whichever face carried it -- both
-dispatch to the same handlers), ``etcd_debugging_mvcc_*`` revisions and watchers,
-``etcd_mvcc_db_total_size_in_bytes``, ``etcd_server_has_leader`` (0 while the store
-cannot be reached) and ``etcd_server_version``; the process (``process_*``, as every
+go-grpc-prometheus' ``grpc_server_*`` (every call, whichever face carried it: gRPC, the
+JSON gateway and the in-process client dispatch alike, through the method registry's
+interceptors -- :class:`_CallCollector` is one), ``etcd_debugging_mvcc_*`` revisions and
+watchers, ``etcd_mvcc_db_total_size_in_bytes``, ``etcd_server_has_leader`` (0 while the
+store cannot be reached) and ``etcd_server_version``; the process (``process_*``, as every
 Prometheus client exports them).  Our own additions are prefixed ``etcd_adapter_``.
 Each adapter has its own registry (several can run in one process, e.g. embedded or in
 tests).
 """
 
 import bisect
-import time
 
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import choose_encoder
-from twisted.internet import defer
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from etcdadapter.errors import CODE_NAMES, EtcdError, StatusCode
-from etcdadapter.logs import address_text
-from etcdadapter.services.rpc import UNARY, Method
-
-log = Logger()
-
-SLOW_REQUEST = 1.0      # seconds; a unary call taking longer is logged (slow-request)
-
-
-def _code_of(failure_or_none):
-    if failure_or_none is None:
-        return StatusCode.OK
-    exc = getattr(failure_or_none, "value", failure_or_none)
-    if isinstance(exc, EtcdError):
-        return exc.code
-    if isinstance(exc, defer.CancelledError):
-        return StatusCode.CANCELLED
-    return StatusCode.UNKNOWN
-
-
-def _log_slow(method, request, context, elapsed, code):
-    key = getattr(request, "key", None)
-    log.warn("slow request: {method} took {duration:.3f}s ({code}, peer {peer})",
-             event="slow-request", method=method.path, duration=round(elapsed, 6),
-             code=CODE_NAMES.get(code, str(code)), peer=address_text(context.peer),
-             transport=context.transport,
-             key=key[:128] if isinstance(key, bytes) and key else None)
+from etcdadapter.errors import CODE_NAMES
+from etcdadapter.services.rpc import UNARY, Interceptor
 
 
 # grpc_server_handling_seconds buckets (upper bounds, seconds).
@@ -74,16 +46,45 @@ class _MethodMetrics(object):
     def handled(self, code):
         self.by_code[code] = self.by_code.get(code, 0) + 1
 
-    def observe(self, elapsed):
+    # -- unary calls (the registry's hooks) -------------------------------------------
+    def start(self, _request, _context):
+        self.started += 1
+
+    def end(self, _request, _context, elapsed, code):
+        by_code = self.by_code
+        by_code[code] = by_code.get(code, 0) + 1
         self.buckets[bisect.bisect_left(_BUCKETS, elapsed)] += 1
         self.seconds += elapsed
 
+    # -- streaming calls --------------------------------------------------------------
+    def opened(self, _stream):
+        self.started += 1
+        self.open += 1
+        return self.ended
 
-class _CallCollector(object):
-    """The grpc_server_* families (go-grpc-prometheus' names) and our open streams."""
+    def ended(self, code):
+        self.open -= 1
+        self.handled(code)
+
+
+class _CallCollector(Interceptor):
+    """The grpc_server_* families (go-grpc-prometheus' names) and our open streams; as
+    the registry's interceptor it counts and times every call."""
 
     def __init__(self):
         self.methods = []
+
+    def unary(self, method):
+        m = self._metrics(method)
+        return m.start, m.end
+
+    def stream(self, method):
+        return self._metrics(method).opened
+
+    def _metrics(self, method):
+        m = _MethodMetrics(method)
+        self.methods.append(m)
+        return m
 
     def collect(self):
         labels = ("grpc_type", "grpc_service", "grpc_method")
@@ -119,13 +120,11 @@ class _CallCollector(object):
 
 
 class AdapterMetrics(object):
-    def __init__(self, store, watch_service=None, clock=time.monotonic,
-                 slow_request=SLOW_REQUEST):
+    def __init__(self, store, watch_service=None):
         self.store = store
         self.watch_service = watch_service
-        self.clock = clock
-        self.slow_request = slow_request
         r = self.registry = CollectorRegistry(auto_describe=True)
+        #: The method registry's interceptor counting calls (grpc_server_*).
         self.calls = _CallCollector()
         r.register(self.calls)
         Gauge("etcd_debugging_mvcc_current_revision", "The store's current revision.",
@@ -168,66 +167,6 @@ class AdapterMetrics(object):
         if not self.watch_service:
             return 0
         return sum(len(ws.watchers) for ws in self.watch_service.streams)
-
-    # -- instrumentation ----------------------------------------------------------------
-    def instrument(self, method):
-        """The same method with its handler counted and timed."""
-        m = _MethodMetrics(method)
-        self.calls.methods.append(m)
-        handler = method.handler
-        clock = self.clock
-        slow = self.slow_request
-        if method.kind == UNARY:
-            def unary(request, context):
-                m.started += 1
-                t0 = clock()
-
-                def done(result):
-                    elapsed = clock() - t0
-                    m.observe(elapsed)
-                    code = _code_of(result if isinstance(result, Failure) else None)
-                    m.handled(code)
-                    if elapsed >= slow:
-                        _log_slow(method, request, context, elapsed, code)
-                    return result
-                try:
-                    result = handler(request, context)
-                except Exception:
-                    done(Failure())
-                    raise
-                if isinstance(result, defer.Deferred):
-                    return result.addBoth(done)
-                return done(result)
-            wrapped = unary
-        else:
-            def streaming(stream):
-                m.started += 1
-                m.open += 1
-                ended = []
-
-                def end(code):
-                    if not ended:
-                        ended.append(code)
-                        m.open -= 1
-                        m.handled(code)
-
-                finish = stream.finish
-
-                def counted_finish(error=None):
-                    end(_code_of(error))
-                    return finish(error)
-                stream.finish = counted_finish
-                result = handler(stream)
-                on_cancel = stream.on_cancel
-
-                def counted_cancel():
-                    end(StatusCode.CANCELLED)
-                    return on_cancel()
-                stream.on_cancel = counted_cancel
-                return result
-            wrapped = streaming
-        return Method(method.path, method.request_type, method.response_type,
-                      method.kind, wrapped, method.http_paths)
 
     # -- exposition ---------------------------------------------------------------------
     def install(self, router):

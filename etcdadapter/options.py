@@ -13,8 +13,8 @@ from typing import Callable, NamedTuple, Optional, Tuple
 
 from etcdadapter import durations
 from etcdadapter.listen_urls import url_list
-from etcdadapter.metrics import SLOW_REQUEST
 from etcdadapter.security.auth_store import TOKEN_TTL
+from etcdadapter.slow_requests import SLOW_REQUEST
 from etcdadapter.store import compactor
 from etcdadapter.transport.h2_server import DEFAULT_MAX_CONCURRENT_STREAMS
 

@@ -35,6 +35,7 @@ from etcdadapter.services.open_streams import OpenStreams
 from etcdadapter.services.rpc import MethodRegistry
 from etcdadapter.services.watch import WatchService
 from etcdadapter.services.watch_hub import WatchHub
+from etcdadapter.slow_requests import SlowRequests
 from etcdadapter.store import compactor
 from etcdadapter.transport.h2_server import H2Settings
 from etcdadapter.store.urls import redact
@@ -182,13 +183,16 @@ class AdapterService(service_tree.InOrder):
         self.limits = ConnectionLimits(header_timeout=config.header_timeout,
                                        idle_timeout=config.idle_timeout,
                                        max_connections=max_connections)
-        self.metrics = AdapterMetrics(store, self.watch,
-                                      slow_request=config.slow_request_threshold)
+        self.metrics = AdapterMetrics(store, self.watch)
         self.open_streams = OpenStreams()
+        # Around every call, whichever face carries it (services/rpc.py: Interceptor).
+        self.registry.intercept(self.metrics.calls,
+                                SlowRequests(config.slow_request_threshold),
+                                self.open_streams)
         for svc in (self.kv, self.maintenance, self.cluster, self.watch, self.lease,
                     self.auth_service):
             for method in svc.methods():
-                self.registry.add(self.open_streams.track(self.metrics.instrument(method)))
+                self.registry.add(method)
         max_receive = config.max_request_bytes + GRPC_RECEIVE_SLACK
         self.health = HealthCheck(store, reactor)
         http_endpoints.install(self.router, self.health)

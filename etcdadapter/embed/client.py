@@ -1,12 +1,11 @@
 """The host program's in-process client of an embedded adapter.
 
-Every etcd call goes through the adapter's method registry -- the handlers gRPC and the
-JSON gateway call, with a :class:`~etcdadapter.services.rpc.CallContext` carrying the
-client's credentials -- so requests are validated, authorized, counted in ``/metrics``
-and answered exactly as for a remote client, only without encoding or a network hop.
-``replace_prefix`` is no etcd call and has no registry entry: it calls the KV service's
-``ReplacePrefix`` directly, validated and authorized the same way but not counted in
-``/metrics``.
+Every call goes through the adapter's method registry -- the handlers and interceptors
+gRPC and the JSON gateway call, with a :class:`~etcdadapter.services.rpc.CallContext`
+carrying the client's credentials -- so requests are validated, authorized, counted in
+``/metrics`` and answered exactly as for a remote client, only without encoding or a
+network hop.  ``replace_prefix`` is no etcd call: its registry entry
+(``/etcdadapter.KV/ReplacePrefix``) has no gRPC path and no HTTP route.
 """
 
 from typing import Awaitable, Callable, Mapping, Optional, Sequence
@@ -21,7 +20,8 @@ from etcdadapter.embed.ops import (Bytes, Compare, Delete, Get, Op, Put, Txn, as
 from etcdadapter.embed.watch import LocalStream, Watch
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security.peer import PeerIdentity
-from etcdadapter.services.rpc import CallContext
+from etcdadapter.services.kv import REPLACE_PREFIX, ReplacePrefixRequest
+from etcdadapter.services.rpc import CallContext, call_unary, open_stream
 
 _KV = "/etcdserverpb.KV/"
 _LEASE = "/etcdserverpb.Lease/"
@@ -95,7 +95,7 @@ class Client(object):
         self._login_waiters = [waiter]
         method = self._registry.lookup("/etcdserverpb.Auth/Authenticate")
         request = rpc.AuthenticateRequest(name=self._user, password=self._password)
-        d = defer.maybeDeferred(method.handler, request,
+        d = defer.maybeDeferred(call_unary, method, request,
                                 CallContext(transport="embed",
                                             peer_identity=self._identity))
 
@@ -120,8 +120,8 @@ class Client(object):
         return waiter
 
     def _unary(self, path, request, convert):
-        method = self._registry.lookup(path)
-        d = self._run(lambda context: method.handler(request, context))
+        method = self._registry.lookup_local(path)
+        d = self._run(lambda context: call_unary(method, request, context))
         return self._futures.out(d.addCallback(convert))
 
     # -- KV ------------------------------------------------------------------------------
@@ -171,9 +171,8 @@ class Client(object):
         data = {}
         for key, value in items.items():
             data[as_bytes(key)] = as_bytes(value)
-        kv = self._adapter.service.kv
-        d = self._run(lambda context: kv.ReplacePrefix(prefix, data, context))
-        return self._futures.out(d.addCallback(results.replace_result))
+        return self._unary(REPLACE_PREFIX, ReplacePrefixRequest(prefix, data),
+                           results.replace_result)
 
     # -- Watch ---------------------------------------------------------------------------
     def watch(self, key: Bytes, range_end: Optional[Bytes] = None, *,
@@ -194,7 +193,10 @@ class Client(object):
             w._open_failed(errors.ErrStopped())
             return w
         adapter._watches.add(w)
-        handler = self._registry.lookup("/etcdserverpb.Watch/Watch").handler
+        method = self._registry.lookup("/etcdserverpb.Watch/Watch")
+
+        def handler(stream):
+            open_stream(method, stream)
         if self._password is None:
             w._open(handler, self._context(), request)
         else:
@@ -220,7 +222,7 @@ class Client(object):
 
     def lease_keepalive(self, lease_id: int) -> Awaitable[int]:
         """Renew a lease once -> its TTL, 0 if it does not exist (any more)."""
-        handler = self._registry.lookup(_LEASE + "LeaseKeepAlive").handler
+        method = self._registry.lookup(_LEASE + "LeaseKeepAlive")
 
         def call(context):
             d = defer.Deferred()
@@ -232,7 +234,7 @@ class Client(object):
                 else:
                     d.callback(answers[0].TTL if answers else 0)
             stream = LocalStream(context, answers.append, finished)
-            handler(stream)
+            open_stream(method, stream)
             stream.on_message(rpc.LeaseKeepAliveRequest(ID=lease_id))
             stream.on_half_close()
             return d

@@ -35,10 +35,7 @@ class LocalStream(ServerStream):
         if not self.closed:
             self._on_response(response)
 
-    def finish(self, error=None):
-        if self.closed:
-            return
-        self.closed = True
+    def _finish(self, error):
         self._on_finish(error)
 
     def hang_up(self):

@@ -22,7 +22,7 @@ from twisted.internet import defer
 from etcdadapter.errors import HTTP_STATUS, EtcdError, StatusCode
 from etcdadapter.gateway import json_codec
 from etcdadapter.gateway.router import JSON
-from etcdadapter.services.rpc import ServerStream, as_etcd_error
+from etcdadapter.services.rpc import ServerStream, as_etcd_error, call_unary, open_stream
 
 _GRPC_METADATA = "grpc-metadata-"
 # etcd's gateway forwards the gRPC response headers as Grpc-Metadata-*.
@@ -70,7 +70,7 @@ def unary_route(method, limit):
             return
         context = exchange.context
         context.metadata = call_metadata(exchange.headers)
-        d = defer.maybeDeferred(method.handler, request, context)
+        d = defer.maybeDeferred(call_unary, method, request, context)
 
         def answer(response):
             if not exchange.finished:
@@ -101,10 +101,7 @@ class HttpServerStream(ServerStream):
         self._start(200)
         self.exchange.write(json_codec.stream_result(response))
 
-    def finish(self, error=None):
-        if self.closed:
-            return
-        self.closed = True
+    def _finish(self, error):
         if error is None:
             self._start(200)
         else:
@@ -135,7 +132,7 @@ def streaming_route(method, limit):
         exchange.context.metadata = call_metadata(exchange.headers)
         stream = HttpServerStream(exchange)
         exchange.on_close = stream.client_gone
-        method.handler(stream)
+        open_stream(method, stream)
         for request in requests:
             if stream.closed:
                 return

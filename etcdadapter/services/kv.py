@@ -11,7 +11,7 @@ from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import permissions as perm
 from etcdadapter.security.authorizer import Authorizer
-from etcdadapter.services.rpc import service_methods
+from etcdadapter.services.rpc import UNARY, Method, service_methods
 from etcdadapter.store import mvcc
 
 # Bytes etcd's InternalRaftRequest wrapper adds around a request (header with the
@@ -20,6 +20,21 @@ _RAFT_OVERHEAD = 20
 
 _VALID_SORT_ORDERS = frozenset(rpc.RangeRequest.SortOrder.values())
 _VALID_SORT_TARGETS = frozenset(rpc.RangeRequest.SortTarget.values())
+
+
+#: Not an etcd RPC: the in-process client's full resync (no gRPC path, no HTTP route).
+REPLACE_PREFIX = "/etcdadapter.KV/ReplacePrefix"
+
+
+class ReplacePrefixRequest(object):
+    """``items`` (key -> value, bytes) are what the keys starting with ``key`` (the
+    prefix: named as etcd's requests name it, for the slow-request log) must hold."""
+
+    __slots__ = ("key", "items")
+
+    def __init__(self, key, items):
+        self.key = key
+        self.items = items
 
 
 class KVLimits(object):
@@ -207,11 +222,13 @@ class KVService(object):
                                      lambda: self.store.txn(request))
         return d.addCallback(self._header)
 
-    def ReplacePrefix(self, prefix, items, context):
-        """Not an etcd RPC (no route, not in the method registry): the embedding API's
-        full resync, :meth:`Store.replace_prefix` behind the same checks as a DeleteRange
-        of the prefix -- write permission on all of it -- but no txn op limit.
-        Deferred[(revision, events)]; the header fields are the caller's business."""
+    def ReplacePrefix(self, request, context):
+        """Not an etcd RPC (:data:`REPLACE_PREFIX`, for the in-process client only): the
+        embedding API's full resync, :meth:`Store.replace_prefix` behind the same checks
+        as a DeleteRange of the prefix -- write permission on all of it -- but no txn op
+        limit.  Deferred[(revision, events)]; the header fields are the caller's
+        business."""
+        prefix, items = request.key, request.items
         if not prefix:
             raise errors.ErrKeyNotProvided
         for key in items:
@@ -239,4 +256,5 @@ class KVService(object):
             ("DeleteRange", self.DeleteRange, ("/v3/kv/deleterange",)),
             ("Txn", self.Txn, ("/v3/kv/txn",)),
             ("Compact", self.Compact, ("/v3/kv/compaction",)),
-        ])
+        ]) + [Method(REPLACE_PREFIX, ReplacePrefixRequest, None, UNARY, self.ReplacePrefix,
+                     remote=False)]

@@ -11,42 +11,26 @@ their watches from the last revision they saw + 1.
 
 from twisted.logger import Logger
 
+from etcdadapter.services.rpc import Interceptor
+
 _log = Logger()
 
 
-class OpenStreams(object):
+class OpenStreams(Interceptor):
+    """The streaming calls open now: an interceptor of the method registry."""
+
     def __init__(self):
         self._open = set()
 
     def __len__(self):
         return len(self._open)
 
-    def track(self, method):
-        """The same method, its streaming calls counted while they are open (unary
-        methods are returned unchanged)."""
-        if not method.streaming:
-            return method
-        open_calls = self._open
-        handler = method.handler
+    def stream(self, method):
+        return self._opened
 
-        def tracked(stream):
-            open_calls.add(stream)
-            finish = stream.finish
-
-            def tracked_finish(error=None):
-                open_calls.discard(stream)
-                return finish(error)
-            stream.finish = tracked_finish
-            result = handler(stream)
-            on_cancel = stream.on_cancel     # set by the handler (stream.bind)
-
-            def tracked_cancel():
-                open_calls.discard(stream)
-                return on_cancel()
-            stream.on_cancel = tracked_cancel
-            return result
-        return type(method)(method.path, method.request_type, method.response_type,
-                            method.kind, tracked, method.http_paths)
+    def _opened(self, stream):
+        self._open.add(stream)
+        return lambda _code: self._open.discard(stream)
 
     def end_all(self, error):
         """Finish every open call with ``error``, then let its handler release what it

@@ -7,9 +7,23 @@ Both faces -- gRPC over HTTP/2 and the HTTP/JSON gateway -- look methods up in o
   Deferred firing with it, or raising/failing with :class:`~etcdadapter.errors.EtcdError`.
 * A streaming handler (Watch, LeaseKeepAlive) is ``handler(stream)`` where ``stream`` is a
   :class:`ServerStream`: it sets the three callbacks and calls ``send``/``finish``.
+
+Every way a handler is called -- gRPC (:mod:`etcdadapter.transport`), the JSON gateway
+(:mod:`etcdadapter.gateway`), the in-process client (:mod:`etcdadapter.embed`) -- goes
+through :func:`call_unary` or :func:`open_stream`, which run the registry's
+:class:`Interceptor` hooks around it: call metrics, slow-request logging and open-stream
+tracking are interceptors (see ``AdapterService``, which installs them), not code in the
+handlers or the transports.  Authorization is not one: etcd checks the request's syntax
+before the caller's permissions, so the handlers ask the Authorizer where etcd does.
 """
 
+import time
+
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from etcdadapter.errors import EtcdError, StatusCode
 
 _log = Logger()
 
@@ -20,15 +34,22 @@ BIDI_STREAM = "bidi_stream"
 
 class Method(object):
     __slots__ = ("path", "request_type", "response_type", "kind", "handler",
-                 "http_paths")
+                 "http_paths", "remote", "starts", "ends", "opens", "clock")
 
-    def __init__(self, path, request_type, response_type, kind, handler, http_paths=()):
+    def __init__(self, path, request_type, response_type, kind, handler, http_paths=(),
+                 remote=True):
         self.path = path                    # "/etcdserverpb.KV/Range"
         self.request_type = request_type
         self.response_type = response_type
         self.kind = kind
         self.handler = handler
         self.http_paths = tuple(http_paths)  # gateway routes, e.g. ("/v3/kv/range",)
+        # False: no etcd RPC -- only the in-process client calls it (no gRPC path, no
+        # HTTP route), through the same interceptors.
+        self.remote = remote
+        # The registry's interceptor hooks (see Interceptor), set when it is registered.
+        self.starts = self.ends = self.opens = ()
+        self.clock = time.monotonic
 
     @property
     def streaming(self):
@@ -76,13 +97,65 @@ NOT_IMPLEMENTED = {
 }
 
 
+class Interceptor(object):
+    """Behaviour around every call of the methods a registry holds (metrics, logging,
+    tracking), whichever face carries the call.  The registry asks it once per method;
+    a method it returns nothing for pays nothing per call -- this is the hottest path,
+    so per call it costs only the hooks it returns."""
+
+    def unary(self, method):
+        """For a unary ``method``: None, or ``(start, end)`` (either may be None):
+        ``start(request, context)`` as a call begins, ``end(request, context, elapsed,
+        code)`` once it is answered (seconds it took, the gRPC status code)."""
+        return None
+
+    def stream(self, method):
+        """For a streaming ``method``: None, or ``opened(stream)``, called as a call
+        begins; it may return ``ended(code)``, called once when the call ends: finished
+        with that status, or Canceled (the client went away, the server stopped it)."""
+        return None
+
+
 class MethodRegistry(object):
-    def __init__(self):
+    def __init__(self, clock=time.monotonic):
         self._by_path = {}
         self._by_http_path = {}
+        self._local = {}            # every method, remote or not (the in-process client)
         self._services = set()
+        self._interceptors = []
+        self.clock = clock          # times unary calls for the interceptors
+
+    def intercept(self, *interceptors):
+        """Apply ``interceptors`` (in order, after those applied already) to every call
+        of every method, those registered already and those to come."""
+        self._interceptors.extend(interceptors)
+        for method in self._local.values():
+            self._apply(method, interceptors)
+
+    def _apply(self, method, interceptors):
+        starts, ends, opens = list(method.starts), list(method.ends), list(method.opens)
+        for interceptor in interceptors:
+            if method.kind == UNARY:
+                hooks = interceptor.unary(method)
+                if hooks is not None:
+                    start, end = hooks
+                    if start is not None:
+                        starts.append(start)
+                    if end is not None:
+                        ends.append(end)
+            else:
+                opened = interceptor.stream(method)
+                if opened is not None:
+                    opens.append(opened)
+        method.starts, method.ends, method.opens = tuple(starts), tuple(ends), tuple(opens)
+        method.clock = self.clock
 
     def add(self, method):
+        method.starts = method.ends = method.opens = ()
+        self._apply(method, self._interceptors)
+        self._local[method.path] = method
+        if not method.remote:
+            return
         self._by_path[method.path] = method
         self._services.add(method.path[1:].rpartition("/")[0])
         for p in method.http_paths:
@@ -91,10 +164,13 @@ class MethodRegistry(object):
     def lookup(self, path):
         return self._by_path.get(path)
 
+    def lookup_local(self, path):
+        """A method the in-process client may call (a remote one or not)."""
+        return self._local.get(path)
+
     def unknown_method_error(self, path):
         """grpc-go's error for a path no method is registered at: the service is what
         precedes the last "/"."""
-        from etcdadapter.errors import EtcdError, StatusCode
         name = path[1:] if path.startswith("/") else path
         service, slash, method = name.rpartition("/")
         if not slash:
@@ -140,8 +216,94 @@ class CallContext(object):
         self.deadline = deadline
 
 
+def status_code(error):
+    """The gRPC status a call ends with: None (OK), an EtcdError, a Failure or another
+    exception (what :func:`as_etcd_error` makes of it, without logging)."""
+    if error is None:
+        return StatusCode.OK
+    exc = error.value if isinstance(error, Failure) else error
+    if isinstance(exc, EtcdError):
+        return exc.code
+    if isinstance(exc, CancelledError):
+        return StatusCode.CANCELLED
+    return StatusCode.UNKNOWN
+
+
+_OK = StatusCode.OK
+
+
+def call_unary(method, request, context):
+    """Call a unary method as every face does: its interceptors around its handler.
+
+    Returns what the handler does -- the response or a Deferred of it -- or raises
+    what it raises; a Deferred that has already fired with a response (the memory
+    store's answers, cached reads) comes back as the response itself, so the caller
+    needs no callback for it."""
+    ends = method.ends
+    for start in method.starts:
+        start(request, context)
+    if not ends:
+        return method.handler(request, context)
+    clock = method.clock
+    t0 = clock()
+    try:
+        result = method.handler(request, context)
+    except Exception as e:
+        _ended(None, ends, request, context, clock() - t0, status_code(e))
+        raise
+    if isinstance(result, Deferred):
+        # Fired and not waiting on another Deferred: its result is final (reading it
+        # here saves two callback runs per call; a handler never hands back a Deferred
+        # whose callbacks are running -- that would be its own caller).
+        if not (result.called and not result.paused) or isinstance(result.result,
+                                                                    Failure):
+            return result.addBoth(_ended_later, ends, request, context, clock, t0)
+        result = result.result
+    elapsed = clock() - t0
+    for end in ends:
+        end(request, context, elapsed, _OK)
+    return result
+
+
+def _ended(result, ends, request, context, elapsed, code):
+    for end in ends:
+        end(request, context, elapsed, code)
+    return result
+
+
+def _ended_later(result, ends, request, context, clock, t0):
+    code = status_code(result) if isinstance(result, Failure) else _OK
+    return _ended(result, ends, request, context, clock() - t0, code)
+
+
+def open_stream(method, stream):
+    """Start a streaming call as every face does: its interceptors, then its handler
+    (which binds the stream's callbacks).  A handler that raises ends the call with
+    what it raised (the transport then answers it)."""
+    ends = []
+    for opened in method.opens:
+        ended = opened(stream)
+        if ended is not None:
+            ends.append(ended)
+    if ends:
+        stream._ended = ends[0] if len(ends) == 1 else _every(ends)
+    try:
+        return method.handler(stream)
+    except Exception as e:
+        stream._end(status_code(e))
+        raise
+
+
+def _every(ends):
+    def ended(code):
+        for end in ends:
+            end(code)
+    return ended
+
+
 class ServerStream(object):
-    """The handler's side of a streaming call.  Transports subclass this.
+    """The handler's side of a streaming call.  Transports subclass this and implement
+    ``send`` and ``_finish``.
 
     The handler assigns:
       ``on_message(request)``  -- each request message, in order
@@ -149,14 +311,36 @@ class ServerStream(object):
       ``on_cancel()``          -- the client went away or the server is shutting down;
                                   release everything, do not send
     and calls ``send(response)`` (any number of times) and ``finish(error=None)``.
+    The interceptors' ``ended(code)`` (:func:`open_stream`) runs at the first of
+    ``finish`` and ``on_cancel``.
     """
+
+    _ended = None
 
     def __init__(self, context):
         self.context = context
         self.on_message = _ignore
         self.on_half_close = _ignore0
-        self.on_cancel = _ignore0
+        self._on_cancel = _ignore0
         self.closed = False
+
+    @property
+    def on_cancel(self):
+        return self._on_cancel if self._ended is None else self._cancelled
+
+    @on_cancel.setter
+    def on_cancel(self, callback):
+        self._on_cancel = callback
+
+    def _cancelled(self):
+        self._end(StatusCode.CANCELLED)
+        self._on_cancel()
+
+    def _end(self, code):
+        ended = self._ended
+        if ended is not None:
+            self._ended = None
+            ended(code)
 
     def bind(self, handler):
         """Route the three callbacks to ``handler``'s methods of the same names."""
@@ -169,6 +353,16 @@ class ServerStream(object):
         raise NotImplementedError
 
     def finish(self, error=None):
+        """End the call: OK, or ``error`` (an EtcdError).  Only the first call counts."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._ended is not None:
+            self._end(status_code(error))
+        self._finish(error)
+
+    def _finish(self, error):
+        """The transport's part of ``finish``: send the call's end."""
         raise NotImplementedError
 
 
@@ -176,13 +370,10 @@ def as_etcd_error(failure_or_exc):
     """What a handler's exception or Failure reaches the client as: EtcdErrors as they
     are, a cancelled Deferred as grpc-go's "context canceled", anything else (a bug) is
     logged and becomes Unknown."""
-    from twisted.internet import defer
-    from twisted.python.failure import Failure
-    from etcdadapter.errors import EtcdError, StatusCode
     exc = failure_or_exc.value if isinstance(failure_or_exc, Failure) else failure_or_exc
     if isinstance(exc, EtcdError):
         return exc
-    if isinstance(exc, defer.CancelledError):
+    if isinstance(exc, CancelledError):
         return EtcdError(StatusCode.CANCELLED, "context canceled")
     _log.failure("unexpected error in handler", failure_or_exc
                  if isinstance(failure_or_exc, Failure) else Failure(exc))

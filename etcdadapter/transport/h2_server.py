@@ -22,7 +22,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from etcdadapter.errors import EtcdError, StatusCode
-from etcdadapter.services.rpc import CallContext, UNARY, as_etcd_error
+from etcdadapter.services.rpc import (CallContext, UNARY, as_etcd_error, call_unary,
+                                      open_stream)
 from etcdadapter.transport import grpc_codec
 from etcdadapter.transport.proto_decode import decode
 from etcdadapter.transport.h2_connection import ServerConnection
@@ -472,7 +473,7 @@ class H2Server(object):
             return
         call.request_payloads = None
         try:
-            result = call.method.handler(request, call.context)
+            result = call_unary(call.method, request, call.context)
         except Exception as e:
             call.finish(as_etcd_error(e))
             return
@@ -496,7 +497,7 @@ class H2Server(object):
 
     def _invoke_streaming(self, call):
         try:
-            call.method.handler(call)
+            open_stream(call.method, call)
         except Exception as e:
             call.on_cancel()
             call.finish(as_etcd_error(e))

@@ -69,10 +69,7 @@ class GrpcCall(ServerStream):
         (the watch hub's slow-consumer signal; the socket is shared by the streams)."""
         return len(self.pending) + self.server.budget.transport_unsent()
 
-    def finish(self, error=None):
-        if self.closed:
-            return
-        self.closed = True
+    def _finish(self, error):
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.server._finish_grpc(self, error)

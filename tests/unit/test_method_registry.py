@@ -41,6 +41,11 @@ def test_every_proto_method_is_served_or_refused_with_a_reason():
                     else SERVER_STREAM if m.server_streaming else UNARY)
             assert method.kind == kind, path
     assert served == {}          # nothing registered that rpc.proto does not declare
+    # The in-process client's ReplacePrefix is registered, but reachable by no face.
+    assert reg.lookup_local("/etcdadapter.KV/ReplacePrefix") is not None
+    assert reg.lookup("/etcdadapter.KV/ReplacePrefix") is None
+    assert reg.unknown_method_error("/etcdadapter.KV/ReplacePrefix").message == (
+        "unknown service etcdadapter.KV")
 
 
 def test_kinds_of_the_streaming_methods():
