@@ -8,9 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etcdadapter import errors
 
-from embedding import embedded  # noqa: F401 (the fixture)
-from embedding import endpoint
-from stores import call
+from support.embedding import embedded  # noqa: F401 (the fixture)
+from support.embedding import endpoint
+from support.stores import call
 
 
 def handled(adapter):
