@@ -103,9 +103,11 @@ class Authorizer(object):
         return None
 
     def _auth_permissions(self, context, quiet_admin=False):
-        name = self.user_of(context)
         if not self.auth.enabled:
+            if token_of(context.metadata) is not None:
+                self.user_of(context)       # a stale token is refused even so
             return ALL
+        name = self.user_of(context)
         if name is None:
             return Refused(errors.ErrUserEmpty(), quiet_admin)
         return self.auth.permissions_of(name)
