@@ -18,6 +18,7 @@ import h2.errors
 PREFACE_LENGTH = 24
 _HEADERS, _PUSH_PROMISE, _CONTINUATION = 0x1, 0x5, 0x9
 _END_HEADERS = 0x4
+_HEAD = struct.Struct(">HBBB")     # length (24 bits: 16 + 8), type, flags
 
 
 class FrameLimitExceeded(Exception):
@@ -44,14 +45,18 @@ class FrameGuard(object):
                 self._skip -= n
                 pos += n
                 continue
-            need = 9 - len(self._head)
-            self._head += data[pos:pos + need]
-            pos += need
-            if len(self._head) < 9:
-                return
-            head, self._head = self._head, b""
-            length = struct.unpack(">I", b"\0" + head[:3])[0]
-            kind, flags = head[3], head[4]
+            if self._head or end - pos < 9:     # a header split across reads
+                need = 9 - len(self._head)
+                self._head += data[pos:pos + need]
+                pos += need
+                if len(self._head) < 9:
+                    return
+                high, low, kind, flags = _HEAD.unpack_from(self._head)
+                self._head = b""
+            else:
+                high, low, kind, flags = _HEAD.unpack_from(data, pos)
+                pos += 9
+            length = (high << 8) | low
             if length > self.max_frame_size:
                 raise FrameLimitExceeded(
                     h2.errors.ErrorCodes.FRAME_SIZE_ERROR,
