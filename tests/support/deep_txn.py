@@ -2,16 +2,7 @@
 of the gateway's /v3/kv/txn, with the innermost txns the tests wrap."""
 
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-
-
-def _varint(n):
-    """Protobuf's base-128 varint."""
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+from etcdadapter.transport.proto_decode import _varint_bytes as _varint  # base-128 varint
 
 
 def nested_txn(levels, innermost):
