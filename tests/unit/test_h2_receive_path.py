@@ -1,5 +1,5 @@
-"""ServerConnection.receive_data takes DATA and WINDOW_UPDATE frames straight from the
-buffer; everything else (and every such frame h2 would refuse or treat specially) goes
+"""ServerConnection.receive_data takes DATA, WINDOW_UPDATE and single-frame HEADERS straight
+from the buffer; everything else (and every such frame h2 would refuse or treat specially) goes
 h2's way.  Random client traffic -- well-formed and not -- fed in random pieces to a
 connection receiving that way and to one receiving through h2's own loop must give the
 same events, the same errors, the same bytes to send and the same stream and window
@@ -59,11 +59,21 @@ def _traffic(rng):
         r = rng.random()
         if r < 0.25 or not open_ids:
             sid = client.get_next_available_stream_id()
-            client.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
-                                      (":path", "/x"), (":authority", "a")],
-                                end_stream=rng.random() < 0.1)
+            headers = [(":method", "POST"), (":scheme", "http"), (":path", "/x"),
+                       (":authority", "a")]
+            if rng.random() < 0.1:
+                headers.append(("big", "b" * 20000))        # CONTINUATION frames
+            client.send_headers(sid, headers, end_stream=rng.random() < 0.1,
+                                priority_weight=rng.choice([None, None, None, 16]))
             if not client.streams[sid].closed:
                 open_ids.append(sid)
+        elif r < 0.3:
+            sid = rng.choice(open_ids)
+            try:
+                client.send_headers(sid, [("x-trailer", "1")], end_stream=True)
+            except (h2.exceptions.ProtocolError, KeyError):
+                pass
+            open_ids.remove(sid)
         elif r < 0.5:
             sid = rng.choice(open_ids)
             n = rng.choice([0, 1, 100, 5000])
@@ -96,6 +106,13 @@ def _traffic(rng):
                 _frame(0x0, 0, sid | 0x80000000, b"r"),          # reserved bit
                 _frame(0x3, 0, sid, struct.pack(">L", 8)),       # RST_STREAM
                 _frame(0x0, 0, 0, b"zero"),
+                _frame(0x1, 0x4, sid, b"\x83\x86"),             # HEADERS, maybe trailers
+                _frame(0x1, 0x5, sid + rng.choice([0, 2, 4]), b"\x83\x86\x84"),
+                _frame(0x1, 0x4 | 0x8, sid, b"\x01\x83\x00"),  # padded
+                _frame(0x1, 0x4 | 0x20, sid, b"\0\0\0\0\x10\x83"),  # priority
+                _frame(0x1, 0x4, sid, b"\xff\xff\xff"),        # HPACK garbage
+                _frame(0x1, 0x4, 0, b"\x83"),
+                _frame(0x1, 0, sid, b"\x83") + _frame(0x9, 0x4, sid, b"\x86"),
             ]))
     out.append(client.data_to_send())
     return b"".join(out)
