@@ -236,9 +236,16 @@ class _ReactorConnection(ReactorConnection):
         pg = conn.pgconn
         self._results = []
         self._current = None
-        if all(params is None for _sql, params in statements):
+        if type(statements) is tuple:
+            # A constant script without parameters (the barrier's query): encoded once.
             self._pipeline = False
-            pg.send_query("; ".join(sql for sql, _p in statements).encode("utf-8"))
+            text = _CONSTANT.get(statements)
+            if text is None:
+                text = _CONSTANT[statements] = _simple(statements)
+            pg.send_query(text)
+        elif all(params is None for _sql, params in statements):
+            self._pipeline = False
+            pg.send_query(_simple(statements))
         else:
             self._pipeline = True
             self._left = len(statements)
@@ -293,6 +300,15 @@ _TUPLES_OK = _pq.ExecStatus.TUPLES_OK
 _INT_TYPES = frozenset((20, 21, 23))     # int8, int2, int4
 _BYTEA = 17
 _INT8 = 20
+
+
+#: Constant scripts' query texts (see _ReactorConnection._send).
+_CONSTANT = {}
+
+
+def _simple(statements):
+    """The text of one simple query running parameterless ``statements``."""
+    return "; ".join(sql for sql, _p in statements).encode("utf-8")
 
 
 def _extended(sql, params):
