@@ -376,6 +376,7 @@ class _ReactorConnection(ReactorConnection):
 
     #: The server status flags of the last statement answered.
     last_status = 0
+    _inbox = None                        # the receive buffer (see _receive)
 
     def script(self, statements, check_closed=True):
         """On a Galera node, a transaction's statements go one command at a time (the
@@ -454,13 +455,19 @@ class _ReactorConnection(ReactorConnection):
             return False
 
     def _receive(self, conn):
+        # Into a buffer kept for the connection: recv(n) allocates n bytes first, and
+        # for a large n that allocation cost more than the barrier's whole answer.
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = memoryview(bytearray(_RECEIVE_SIZE))
         try:
-            data = conn._sock.recv(1 << 20)
+            n = conn._sock.recv_into(inbox)
         except BlockingIOError:
             return None
-        if not data:
+        if not n:
             raise self._lost()
-        buf = self._buffer + data
+        data = bytes(inbox[:n])
+        buf = self._buffer + data if self._buffer else data
         pos = 0
         done = False
         while len(buf) - pos >= 4:
@@ -531,6 +538,9 @@ class _ReactorConnection(ReactorConnection):
             return False
         return True
 
+
+#: Bytes one read of a reactor connection's socket takes at most.
+_RECEIVE_SIZE = 256 * 1024
 
 #: Constant scripts' COM_QUERY packets (see _ReactorConnection._send).
 _CONSTANT = {}
