@@ -413,14 +413,13 @@ def test_a_script_unanswered_for_its_timeout_fails_after_many_answered_ones(make
     # connection (and the connection is dropped).
     from etcdadapter.store.sql.dialect import DISCONNECT
     from etcdadapter.store.urls import open_store
-    from stores import reactor
     timeout = 0.5
-    make_store()                            # creates the database
+    reactor = raw(make_store()).reactor     # (make_store creates the database)
     proxy = _proxy_for(make_store.kind)
     conn = None
     try:
-        dialect = open_store(proxy.url_for(make_store.url), reactor=reactor()).dialect
-        conn = dialect.reactor_connection(reactor(), timeout)
+        dialect = open_store(proxy.url_for(make_store.url), reactor=reactor).dialect
+        conn = dialect.reactor_connection(reactor, timeout)
         call(conn.connect)
         started = time.monotonic()
         answered = 0
@@ -440,3 +439,13 @@ def test_a_script_unanswered_for_its_timeout_fails_after_many_answered_ones(make
         if conn is not None:
             call(conn.close)
         proxy.close()
+
+
+@pytest.mark.parametrize("store_kind", ["mariadb"])
+def test_an_answer_larger_than_one_read_of_the_socket_arrives_whole(make_store):
+    # The reactor's MySQL connection reads the socket 256 KiB at a time.
+    s = make_store()
+    c = raw(s).write_connection
+    call(c.connect)
+    assert call(c.script, [("SELECT REPEAT('ab', 400000), 7", None), ("SELECT 8", None)]) \
+        == [[(b"ab" * 400000, 7)], [(8,)]]
