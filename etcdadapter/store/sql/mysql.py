@@ -33,7 +33,8 @@ from twisted.logger import Logger
 
 from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT,
                                            NOT_READY, RETRY, Dialect)
-from etcdadapter.store.sql.reactor_conn import ReactorConnection, RevisionReader
+from etcdadapter.store.sql.reactor_conn import (Constant, ReactorConnection,
+                                                 RevisionReader)
 from etcdadapter.store.sql.schema import CLAIM_ROW
 
 log = Logger()
@@ -429,8 +430,8 @@ class _ReactorConnection(ReactorConnection):
                                             % message)
 
     def _send(self, conn, statements):
-        if type(statements) is tuple:
-            # A constant script (the barrier's query): its packet is made once.
+        if type(statements) is Constant:
+            # The barrier's query: its packet is made once.
             out = _CONSTANT.get(statements)
             if out is None:
                 out = _CONSTANT[statements] = _command(";\n".join(

@@ -33,7 +33,8 @@ import psycopg
 
 from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT,
                                            NOT_READY, RETRY, Dialect)
-from etcdadapter.store.sql.reactor_conn import ReactorConnection, RevisionReader
+from etcdadapter.store.sql.reactor_conn import (Constant, ReactorConnection,
+                                                 RevisionReader)
 
 _RETRY_STATES = ("40001", "40P01")             # serialization, deadlock
 _LOCK_TIMEOUT = ("55P03", "57014")            # lock not available, statement timeout
@@ -236,8 +237,8 @@ class _ReactorConnection(ReactorConnection):
         pg = conn.pgconn
         self._results = []
         self._current = None
-        if type(statements) is tuple:
-            # A constant script without parameters (the barrier's query): encoded once.
+        if type(statements) is Constant:
+            # The barrier's query: encoded once.
             self._pipeline = False
             text = _CONSTANT.get(statements)
             if text is None:

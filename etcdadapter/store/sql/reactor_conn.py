@@ -293,10 +293,14 @@ class RevisionReader(object):
         self.connection.close()
 
 
-#: The query every revision reader sends, as a script: a constant tuple, which the
-#: connections encode once (see the dialects' ``_send``).
+class Constant(tuple):
+    """A script of statements without parameters that is sent again and again: the
+    dialects' ``_send`` encode it once."""
+
+
+#: The query every revision reader sends.
 QUERY = "SELECT revision, compact_revision FROM etcd_meta WHERE id = 1"
-SCRIPT = ((QUERY, None),)
+SCRIPT = Constant(((QUERY, None),))
 
 
 def _revision_of(results):
