@@ -367,3 +367,85 @@ def test_an_idle_feed_does_not_reconnect_every_tick_while_the_database_is_away(m
                            timeout=10, what="the reader back")
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "mariadb", "postgresql"])
+def test_the_reads_of_one_barrier_query_are_answered_each_as_if_alone(make_store):
+    # The reads of one reactor turn share one barrier query and are answered in one
+    # pass: each gets what it gets alone, errors included.  Here the replica lags the
+    # database (another adapter wrote, and no poll would bring it), so the pass first
+    # waits for the feed, once for all of them.
+    params = {"notify": "false"} if make_store.kind == "postgresql" else {}
+    a = make_store()
+    b = make_store(url=make_store.url, poll_interval=3600, **params)
+    for i in range(5):
+        result(a.put(put_req(b"k%d" % i, b"v%d" % i)))                  # 2..6
+    result(a.compact(3))
+    store = raw(b)
+    assert store.revision == 1
+    reads = [
+        ("range", rpc.RangeRequest(key=b"k1")),
+        ("range", rpc.RangeRequest(key=b"k0", revision=2)),             # compacted
+        ("range", rpc.RangeRequest(key=b"k", range_end=b"l")),
+        ("range", rpc.RangeRequest(key=b"k", range_end=b"l", revision=99)),   # future
+        ("txn", rpc.TxnRequest(success=[rpc.RequestOp(
+            request_range=rpc.RangeRequest(key=b"k4"))])),
+    ]
+    queries = store.barrier.queries
+    pending = call(lambda: [getattr(store, kind)(req) for kind, req in reads])
+    together = [_outcome_of(v) for v in wait_all(pending)]
+    assert store.barrier.queries == queries + 1
+    assert together == [_outcome(getattr(b, kind)(req)) for kind, req in reads]
+    one = rpc.RangeResponse.FromString(together[0][1])
+    assert (one.header.revision, [(kv.key, kv.value, kv.mod_revision) for kv in one.kvs]) \
+        == (6, [(b"k1", b"v1", 3)])
+    assert together[1] == _outcome_of(errors.ErrCompacted())
+    assert rpc.RangeResponse.FromString(together[2][1]).count == 5
+    assert together[3] == _outcome_of(errors.ErrFutureRev())
+    txn = rpc.TxnResponse.FromString(together[4][1])
+    assert txn.succeeded and txn.responses[0].response_range.kvs[0].value == b"v4"
+
+
+@pytest.mark.parametrize("store_kind", ["mariadb", "postgresql"])
+def test_a_script_unanswered_for_its_timeout_fails_after_many_answered_ones(make_store):
+    # A reactor connection keeps one deadline timer, not one per script: a script sent
+    # after the first timer was due still gets its whole timeout, then fails as a lost
+    # connection (and the connection is dropped).
+    from etcdadapter.store.sql.dialect import DISCONNECT
+    from etcdadapter.store.urls import open_store
+    timeout = 0.5
+    reactor = raw(make_store()).reactor     # (make_store creates the database)
+    proxy = _proxy_for(make_store.kind)
+    conn = None
+    try:
+        dialect = open_store(proxy.url_for(make_store.url), reactor=reactor).dialect
+        conn = dialect.reactor_connection(reactor, timeout)
+        call(conn.connect)
+        started = time.monotonic()
+        answered = 0
+        while time.monotonic() - started < 3 * timeout:
+            assert call(conn.script, [("SELECT 1", None)]) == [[(1,)]]
+            answered += 1
+        assert answered > 1
+        proxy.freeze()
+        sent = time.monotonic()
+        with pytest.raises(Exception) as failed:
+            call(conn.script, [("SELECT 1", None)])
+        assert time.monotonic() - sent >= timeout
+        assert dialect.classify(failed.value) == DISCONNECT
+        assert "no answer in" in str(failed.value)
+        assert not conn.connected
+    finally:
+        if conn is not None:
+            call(conn.close)
+        proxy.close()
+
+
+@pytest.mark.parametrize("store_kind", ["mariadb"])
+def test_an_answer_larger_than_one_read_of_the_socket_arrives_whole(make_store):
+    # The reactor's MySQL connection reads the socket 256 KiB at a time.
+    s = make_store()
+    c = raw(s).write_connection
+    call(c.connect)
+    assert call(c.script, [("SELECT REPEAT('ab', 400000), 7", None), ("SELECT 8", None)]) \
+        == [[(b"ab" * 400000, 7)], [(8,)]]

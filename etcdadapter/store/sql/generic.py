@@ -35,6 +35,7 @@ import time
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from etcdadapter import errors
 from etcdadapter.errors import EtcdError
@@ -107,7 +108,8 @@ class SQLStore(Store):
         self._revision_reader = dialect.revision_reader(reactor)
         self.feed = ChangeFeed(reactor, self._poll, poll_interval, self._load,
                                probe=self._probe if self._revision_reader else None)
-        self.barrier = ReadBarrier(self._database_revision, reactor)
+        self.barrier = ReadBarrier(self._database_revision, reactor, self._barrier_passed,
+                                   self._barrier_failed)
         #: The write batches' connection when the reactor can drive it (no thread);
         #: None: the committer uses its pool thread.
         self.write_connection = dialect.reactor_connection(
@@ -262,27 +264,52 @@ class SQLStore(Store):
     def _linearized(self):
         """Deferred firing once the replica holds every revision committed (by any
         adapter) before this call."""
-        if not self._started:
-            return defer.fail(errors.ErrStopped())
-
-        def reached(result):
-            revision, compact = result
-            feed = self.feed
-            feed.learn(revision, compact)
-            return feed.wait(revision)
-        return self.barrier.wait().addCallback(reached)
+        return self._read(None)
 
     def _read(self, fn, serializable=False):
         """Deferred[fn(replica view)] once the replica is current (at once if
-        ``serializable``)."""
+        ``serializable``); ``fn`` None: Deferred[None]."""
+        if not self._started:
+            return defer.fail(errors.ErrStopped())
         if serializable:
-            if not self._started:
-                return defer.fail(errors.ErrStopped())
             try:
                 return defer.succeed(fn(self.feed.keyspace.view))
             except EtcdError as e:
                 return defer.fail(e)
-        return self._linearized().addCallback(lambda _: fn(self.feed.keyspace.view))
+        d = defer.Deferred()
+        self.barrier.wait((fn, d))
+        return d
+
+    def _barrier_passed(self, result, waiters):
+        revision, compact = result
+        feed = self.feed
+        feed.learn(revision, compact)
+        if revision <= feed.delivered:
+            self._answer(waiters)
+        else:
+            # One wait (and at most one poll) for all of them.
+            feed.wait(revision).addCallbacks(
+                lambda _: self._answer(waiters), self._barrier_failed,
+                errbackArgs=(waiters,))
+
+    def _answer(self, waiters):
+        """Answer the reads of one barrier from the replica, in one pass."""
+        feed = self.feed
+        for fn, d in waiters:
+            if fn is None:
+                d.callback(None)
+                continue
+            try:
+                answer = fn(feed.keyspace.view)
+            except Exception:
+                d.errback(Failure())
+            else:
+                d.callback(answer)
+
+    @staticmethod
+    def _barrier_failed(failure, waiters):
+        for _fn, d in waiters:
+            d.errback(failure)
 
     def _write(self, evaluate, size=0, leases=()):
         """Deferred[evaluate(view, batch)] once its batch committed."""

@@ -27,14 +27,14 @@ import struct
 
 import pymysql
 from pymysql.constants import CLIENT, FIELD_TYPE, SERVER_STATUS
-from pymysql.protocol import (EOFPacketWrapper, FieldDescriptorPacket, MysqlPacket,
-                              OKPacketWrapper)
+from pymysql.protocol import MysqlPacket
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT,
                                            NOT_READY, RETRY, Dialect)
-from etcdadapter.store.sql.reactor_conn import ReactorConnection, RevisionReader
+from etcdadapter.store.sql.reactor_conn import (Constant, ReactorConnection,
+                                                 RevisionReader)
 from etcdadapter.store.sql.schema import CLAIM_ROW
 
 log = Logger()
@@ -377,8 +377,9 @@ class _ReactorConnection(ReactorConnection):
 
     #: The server status flags of the last statement answered.
     last_status = 0
+    _inbox = None                        # the receive buffer (see _receive)
 
-    def script(self, statements):
+    def script(self, statements, check_closed=True):
         """On a Galera node, a transaction's statements go one command at a time (the
         statements opening it ride with the first that takes a lock).  MariaDB Galera
         (10.11) runs the rest of a multi-statement command after a "brute force abort"
@@ -389,7 +390,7 @@ class _ReactorConnection(ReactorConnection):
         Between commands the server does report the abort, on the next command (1213),
         which the write path retries."""
         if self.dialect.cluster != GALERA or len(statements) < 2:
-            return ReactorConnection.script(self, statements)
+            return ReactorConnection.script(self, statements, check_closed)
         return self._one_by_one(_commands(statements))
 
     @defer.inlineCallbacks
@@ -429,23 +430,21 @@ class _ReactorConnection(ReactorConnection):
                                             % message)
 
     def _send(self, conn, statements):
-        cursor = conn.cursor()
-        text = ";\n".join(sql if params is None else cursor.mogrify(sql, params)
-                           for sql, params in statements).encode("utf-8")
-        payload = b"\x03" + text
-        out = []
-        seq = 0
-        while True:                      # 16 MiB - 1 per packet; a full one continues
-            chunk, payload = payload[:0xFFFFFF], payload[0xFFFFFF:]
-            out.append(struct.pack("<I", len(chunk))[:3] + bytes([seq & 0xFF]) + chunk)
-            seq += 1
-            if len(chunk) < 0xFFFFFF:
-                break
+        if type(statements) is Constant:
+            # The barrier's query: its packet is made once.
+            out = _CONSTANT.get(statements)
+            if out is None:
+                out = _CONSTANT[statements] = _command(";\n".join(
+                    sql for sql, _params in statements))
+        else:
+            cursor = conn.cursor()
+            out = _command(";\n".join(sql if params is None else cursor.mogrify(sql, params)
+                                       for sql, params in statements))
         self._buffer = b""
         self._results = []
         self._result = None              # the result set being read: [types, rows]
         self._expect = "first"
-        return b"".join(out)
+        return out
 
     def _socket_send(self, conn, data):
         return conn._sock.send(data)
@@ -457,13 +456,19 @@ class _ReactorConnection(ReactorConnection):
             return False
 
     def _receive(self, conn):
+        # Into a buffer kept for the connection: recv(n) allocates n bytes first, and
+        # for a large n that allocation cost more than the barrier's whole answer.
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = memoryview(bytearray(_RECEIVE_SIZE))
         try:
-            data = conn._sock.recv(1 << 20)
+            n = conn._sock.recv_into(inbox)
         except BlockingIOError:
             return None
-        if not data:
+        if not n:
             raise self._lost()
-        buf = self._buffer + data
+        data = bytes(inbox[:n])
+        buf = self._buffer + data if self._buffer else data
         pos = 0
         done = False
         while len(buf) - pos >= 4:
@@ -481,38 +486,50 @@ class _ReactorConnection(ReactorConnection):
         return self._results if done else None
 
     def _packet(self, data):
-        """One packet of the answer; True once the last result set is complete."""
-        packet = MysqlPacket(data, "utf8")
+        """One packet of the answer; True once the last result set is complete.  (Read
+        in place, as PyMySQL's packet classes would, without making them: every
+        barrier query's answer is six packets.)"""
+        first = data[0]
+        if first == 0xFF:
+            MysqlPacket(data, "utf8").raise_for_error()
         state = self._expect
         if state == "first":
-            if packet.is_error_packet():
-                packet.raise_for_error()
-            if packet.is_ok_packet():
-                ok = OKPacketWrapper(packet)
-                self.last_status = ok.server_status
+            if first == 0 and len(data) >= 7:            # OK
+                _affected, pos = _lenenc(data, 1)
+                _insert_id, pos = _lenenc(data, pos)
+                self.last_status = data[pos] | data[pos + 1] << 8
                 self._results.append(None)
-                return self._ended(ok.server_status)
-            self._result = [[], [], packet.read_length_encoded_integer()]
+                return self._ended(self.last_status)
+            self._result = [[], [], _lenenc(data, 0)[0]]
             self._expect = "columns"
             return False
         if state == "columns":
-            if packet.is_eof_packet():
+            if first == 0xFE and len(data) < 9:          # EOF
                 self._expect = "rows"
                 return False
-            self._result[0].append(FieldDescriptorPacket(data, "utf8").type_code)
+            # catalog, schema, table, org_table, name, org_name; then the length of
+            # the fixed fields, character set (2 bytes), column length (4), type.
+            pos = 0
+            for _ in range(6):
+                n, pos = _lenenc(data, pos)
+                pos += n
+            self._result[0].append(data[pos + 7])
             return False
-        if packet.is_error_packet():
-            packet.raise_for_error()
-        if packet.is_eof_packet():
-            types, rows, _n = self._result
-            self._results.append(rows)
+        if first == 0xFE and len(data) < 9:              # EOF: warnings, status
+            self._results.append(self._result[1])
             self._result = None
-            self.last_status = EOFPacketWrapper(packet).server_status
+            self.last_status = data[3] | data[4] << 8
             return self._ended(self.last_status)
         row = []
+        pos = 0
         for t in self._result[0]:
-            v = packet.read_length_coded_string()
-            row.append(v if v is None or t not in _INTEGER_TYPES else int(v))
+            n, pos = _lenenc(data, pos)
+            if n is None:
+                row.append(None)
+                continue
+            v = data[pos:pos + n]
+            pos += n
+            row.append(int(v) if t in _INTEGER_TYPES else v)
         self._result[1].append(tuple(row))
         return False
 
@@ -521,6 +538,41 @@ class _ReactorConnection(ReactorConnection):
             self._expect = "first"
             return False
         return True
+
+
+#: Bytes one read of a reactor connection's socket takes at most.
+_RECEIVE_SIZE = 256 * 1024
+
+#: Constant scripts' COM_QUERY packets (see _ReactorConnection._send).
+_CONSTANT = {}
+
+
+def _command(text):
+    """The COM_QUERY packets of ``text``."""
+    payload = b"\x03" + text.encode("utf-8")
+    out = []
+    seq = 0
+    while True:                      # 16 MiB - 1 per packet; a full one continues
+        chunk, payload = payload[:0xFFFFFF], payload[0xFFFFFF:]
+        out.append(struct.pack("<I", len(chunk))[:3] + bytes([seq & 0xFF]) + chunk)
+        seq += 1
+        if len(chunk) < 0xFFFFFF:
+            break
+    return b"".join(out)
+
+
+def _lenenc(data, pos):
+    """A length-encoded integer at ``pos``: (value or None for NULL, position after)."""
+    c = data[pos]
+    if c < 0xFB:
+        return c, pos + 1
+    if c == 0xFB:
+        return None, pos + 1
+    if c == 0xFC:
+        return data[pos + 1] | data[pos + 2] << 8, pos + 3
+    if c == 0xFD:
+        return int.from_bytes(data[pos + 1:pos + 4], "little"), pos + 4
+    return int.from_bytes(data[pos + 1:pos + 9], "little"), pos + 9
 
 
 def _commands(statements):

@@ -33,7 +33,8 @@ import psycopg
 
 from etcdadapter.store.sql.dialect import (DISCONNECT, DUPLICATE, LOCK_TIMEOUT,
                                            NOT_READY, RETRY, Dialect)
-from etcdadapter.store.sql.reactor_conn import ReactorConnection, RevisionReader
+from etcdadapter.store.sql.reactor_conn import (Constant, ReactorConnection,
+                                                 RevisionReader)
 
 _RETRY_STATES = ("40001", "40P01")             # serialization, deadlock
 _LOCK_TIMEOUT = ("55P03", "57014")            # lock not available, statement timeout
@@ -236,9 +237,16 @@ class _ReactorConnection(ReactorConnection):
         pg = conn.pgconn
         self._results = []
         self._current = None
-        if all(params is None for _sql, params in statements):
+        if type(statements) is Constant:
+            # The barrier's query: encoded once.
             self._pipeline = False
-            pg.send_query("; ".join(sql for sql, _p in statements).encode("utf-8"))
+            text = _CONSTANT.get(statements)
+            if text is None:
+                text = _CONSTANT[statements] = _simple(statements)
+            pg.send_query(text)
+        elif all(params is None for _sql, params in statements):
+            self._pipeline = False
+            pg.send_query(_simple(statements))
         else:
             self._pipeline = True
             self._left = len(statements)
@@ -293,6 +301,15 @@ _TUPLES_OK = _pq.ExecStatus.TUPLES_OK
 _INT_TYPES = frozenset((20, 21, 23))     # int8, int2, int4
 _BYTEA = 17
 _INT8 = 20
+
+
+#: Constant scripts' query texts (see _ReactorConnection._send).
+_CONSTANT = {}
+
+
+def _simple(statements):
+    """The text of one simple query running parameterless ``statements``."""
+    return "; ".join(sql for sql, _p in statements).encode("utf-8")
 
 
 def _extended(sql, params):

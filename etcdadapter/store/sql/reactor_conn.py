@@ -59,7 +59,8 @@ class ReactorConnection(object):
         self._connecting = None      # the Deferred of a connection being made
         self._pending = None         # the Deferred of the script in flight
         self._out = b""              # bytes of it not written yet
-        self._timer = None
+        self._deadline = None        # when the script in flight counts as unanswered
+        self._timer = None           # checks the deadline (see _watch)
         self._reading = self._writing = False
         self._closed = False
 
@@ -109,11 +110,14 @@ class ReactorConnection(object):
             self.on_connected()
         return None
 
-    def script(self, statements):
+    def script(self, statements, check_closed=True):
         """Deferred[list of result sets] of (sql, params or None) statements.  Fails
         with NotConnected, having sent nothing, when the server has closed the
-        connection (a write then knows it was not applied)."""
-        if self.conn is not None and self._pending is None and self._closed_by_peer():
+        connection (a write then knows it was not applied); ``check_closed`` False
+        saves that look at the socket where it does not matter (a read: a connection
+        found closed later fails the script all the same)."""
+        if check_closed and self.conn is not None and self._pending is None \
+                and self._closed_by_peer():
             log.debug("{db}: connection closed by the server", db=self.dialect.describe())
             self._drop()
         if self.conn is None or self._pending is not None:
@@ -125,7 +129,7 @@ class ReactorConnection(object):
             return defer.fail(Failure())
         self.statements += len(statements)
         d = self._pending = defer.Deferred()
-        self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+        self._watch()
         if out:
             self._out = out
             self._write()
@@ -199,8 +203,22 @@ class ReactorConnection(object):
             self._writing = False
             self.reactor.removeWriter(self)
 
-    def _timed_out(self):
+    def _watch(self):
+        # One timer per connection, not one per script (scheduling and cancelling a
+        # DelayedCall for every barrier query cost more than the query's own parsing):
+        # it fires at the oldest deadline it was set for and looks again from there.
+        self._deadline = self.reactor.seconds() + self.timeout
+        if self._timer is None:
+            self._timer = self.reactor.callLater(self.timeout, self._check_deadline)
+
+    def _check_deadline(self):
         self._timer = None
+        if self._pending is None:
+            return
+        left = self._deadline - self.reactor.seconds()
+        if left > 0:
+            self._timer = self.reactor.callLater(left, self._check_deadline)
+            return
         self._fail(Failure(self._lost("no answer in %.0fs" % self.timeout)))
 
     def _fail(self, failure):
@@ -210,15 +228,15 @@ class ReactorConnection(object):
             d.errback(failure)
 
     def _stop_waiting(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
         if self._writing:
             self._writing = False
             self.reactor.removeWriter(self)
 
     def _drop(self):
         self._stop_waiting()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if self._reading:
             self._reading = False
             self.reactor.removeReader(self)
@@ -269,12 +287,22 @@ class RevisionReader(object):
                 "revision reader: cannot connect: {e}", e=f.getErrorMessage()))
             return defer.fail(NotConnected())
         self.queries += 1
-        return c.script([(QUERY, None)]).addCallback(lambda results: tuple(
-            int(v) for v in results[0][0]))
+        return c.script(SCRIPT, check_closed=False).addCallback(_revision_of)
 
     def close(self):
         self.connection.close()
 
 
+class Constant(tuple):
+    """A script of statements without parameters that is sent again and again: the
+    dialects' ``_send`` encode it once."""
+
+
 #: The query every revision reader sends.
 QUERY = "SELECT revision, compact_revision FROM etcd_meta WHERE id = 1"
+SCRIPT = Constant(((QUERY, None),))
+
+
+def _revision_of(results):
+    row = results[0][0]
+    return int(row[0]), int(row[1])
