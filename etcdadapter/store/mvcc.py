@@ -252,6 +252,39 @@ def _add_kvs(repeated, kvs, keys_only=False):
             m.lease = kv.lease
 
 
+class _KVEntries(object):
+    """Each KV version's bytes as an entry of RangeResponse.kvs, kept once made: a
+    response of 100 keys built field by field costs upb about 45 us, parsing the joined
+    entries 12 us (etcd too keeps each version marshaled, in bbolt).  The KV tuple itself
+    is the key -- a version never changes, and stores sharing a process never mix -- and
+    the whole cache is dropped when its entries outgrow ``budget`` bytes."""
+
+    def __init__(self, budget):
+        self.budget = budget
+        self.size = 0
+        self._entries = {}
+
+    def join(self, kvs):
+        entries = self._entries
+        get = entries.get
+        out = []
+        for kv in kvs:
+            entry = get(kv)
+            if entry is None:
+                entry = rpc.RangeResponse(kvs=[kv_to_pb(kv)]).SerializeToString()
+                if self.size + len(entry) > self.budget:
+                    entries.clear()
+                    self.size = 0
+                entries[kv] = entry
+                self.size += len(entry)
+            out.append(entry)
+        return b"".join(out)
+
+
+KV_ENTRIES_BUDGET = 32 << 20
+_kv_entries = _KVEntries(KV_ENTRIES_BUDGET)
+
+
 def event_to_pb(event, prev_kv=False):
     """Event -> mvccpb.Event.  A DELETE's kv carries only key and mod_revision (the
     tombstone has zeros elsewhere, which protobuf omits).  ``prev_kv`` says whether to
@@ -441,7 +474,10 @@ def _do_range(reader, req, cur_rev, compact_rev, resp):
     if count:
         resp.count = count
     if kvs:
-        _add_kvs(resp.kvs, kvs, req.keys_only)
+        if req.keys_only:
+            _add_kvs(resp.kvs, kvs, True)
+        else:
+            resp.MergeFromString(_kv_entries.join(kvs))     # (appends to kvs)
 
 
 def range_(view, request):
