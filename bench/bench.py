@@ -621,6 +621,8 @@ async def bench_server(server, args):
         extra = "".join("  %s/op %.2f" % kv for kv in sorted(r.get("per_op", {}).items()))
         if r.get("cpu_us") is not None:
             extra = "  server CPU %.0f us/op" % r["cpu_us"] + extra
+        if r.get("client_cpu_us") is not None:
+            extra = "  client CPU %.0f us/op" % r["client_cpu_us"] + extra
         print("  %-7s %-9s %9.0f ops/s  p50 %7.2f ms  p99 %7.2f ms%s%s"
               % (server.name, name, r["ops_s"], r["p50"], r["p99"], extra,
                  "  (%d errors, first: %s)" % (r["errors"], r["error"])
@@ -632,12 +634,15 @@ async def bench_server(server, args):
             if args.workloads and name not in args.workloads:
                 continue
             cpu0, counters0 = server.cpu_seconds(), server.counters()
+            client_cpu0 = time.process_time()
             results[name] = await run_workload(op, args.seconds, args.concurrency,
                                                args.warmup)
+            client_cpu1 = time.process_time()
             cpu1, counters1 = server.cpu_seconds(), server.counters()
             r = results[name]
             n = max(r["total_ops"], 1)
             r["cpu_us"] = (cpu1 - cpu0) * 1e6 / n if cpu0 is not None else None
+            r["client_cpu_us"] = (client_cpu1 - client_cpu0) * 1e6 / n
             r["per_op"] = {k: (counters1[k] - v) / n for k, v in counters0.items()
                            if k in counters1}
             show(name)
