@@ -570,7 +570,11 @@ class H2Server(object):
                     call.stream_id, _RESPONSE_HEADERS_BLOCK, call.answer, _OK_TRAILERS_BLOCK):
                 call.answer = None
                 self._stream_done(call.stream_id)
-                self._flush()
+                # Out now, even amid a read's calls: the client can take this answer
+                # while the next calls are handled (see output_budget.send_now).
+                data = self.conn.data_to_send()
+                if data:
+                    self._write(data)
                 return
             self._begin_response(call)
         elif not call.headers_sent and not call.pending:

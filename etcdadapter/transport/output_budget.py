@@ -8,6 +8,8 @@ adds both up per connection; the transports stop dispatching new requests (and, 
 socket itself is full, stop reading) while it is over, and carry on once it drains.
 """
 
+from twisted.internet import tcp
+
 DEFAULT_BUDGET = 4 << 20       # a few responses of etcd's largest (1.5 MiB) values
 MIN_BUDGET = 256 << 10         # above Twisted's 64 KiB write-buffer mark (see below)
 
@@ -26,6 +28,23 @@ def unsent_bytes(transport):
     if buf is None:
         return 0
     return len(buf) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+
+
+def send_now(transport, data):
+    """Write ``data`` to ``transport``, handed to the kernel at once when nothing waits
+    before it (a plain TCP connection).  Twisted sends what a protocol writes on the
+    reactor's next turn, so the answers to the calls of one read went out together
+    after the last one was made: with calls in flight the client waited while we worked
+    and we while it did (on 2 cores, 1.1-1.4x the throughput this way).  What the kernel
+    does not take now, and all output over TLS, goes through the transport's buffer."""
+    if type(transport) is tcp.Server and not transport.TLS and transport.connected \
+            and not transport.disconnecting and not unsent_bytes(transport):
+        sent = transport.writeSomeData(data)
+        if sent == len(data):
+            return
+        if isinstance(sent, int):
+            data = data[sent:]
+    transport.write(data)     # (after an error too: the transport then sees it itself)
 
 
 class OutputBudget(object):

@@ -11,6 +11,8 @@ transport's producer: reading stops while the socket holds more than the budget)
 the factory refuses connections beyond ``max_connections``.
 """
 
+from functools import partial
+
 from zope.interface import implementer
 from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
@@ -21,7 +23,7 @@ from etcdadapter.transport.deadlines import Deadlines
 from etcdadapter.transport.h2_server import H2Server, H2Settings
 from etcdadapter.transport.http1 import make_site
 from etcdadapter.transport.limits import ConnectionLimits, ConnectionStats, LogThrottle
-from etcdadapter.transport.output_budget import OutputBudget, unsent_bytes
+from etcdadapter.transport.output_budget import OutputBudget, send_now, unsent_bytes
 
 log = Logger()
 
@@ -136,7 +138,7 @@ class EtcdProtocol(protocol.Protocol):
     def _start_h2(self):
         f = self.factory
         transport = self.transport
-        self._h2 = H2Server(transport.write, self._close, f.registry, f.router,
+        self._h2 = H2Server(partial(send_now, transport), self._close, f.registry, f.router,
                             f.clock, settings=f.h2_settings, peer=self.addr,
                             peer_identity=peer_identity(transport), budget=self.budget,
                             deadlines=self.deadlines, stats=f.stats)
