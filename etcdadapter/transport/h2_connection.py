@@ -49,6 +49,7 @@ _ANSWERABLE = (StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE)
 _FRAME_HEAD = struct.Struct(">HBBBL")      # length (24 bits), type, flags, stream id
 _WINDOW_INCREMENT = struct.Struct(">L")
 _MAX_WINDOW = 2 ** 31 - 1
+_STREAM_ID = 0x7FFFFFFF                    # (the top bit is reserved)
 _DATA, _HEADERS, _WINDOW_UPDATE = 0x0, 0x1, 0x8
 _END_STREAM, _END_HEADERS, _PADDED, _PADDED_OR_PRIORITY = 0x1, 0x4, 0x8, 0x28
 _HEADERS_FLAGS = {0: frozenset(["END_HEADERS"]),
@@ -91,10 +92,10 @@ class ServerConnection(h2.connection.H2Connection):
         """h2's receive loop, with the frames of every call -- DATA on an open stream,
         WINDOW_UPDATE, a header block in one HEADERS frame -- taken straight from the
         buffer: h2 makes a frame object, its flags set and (but for HEADERS) a dispatch
-        per frame, a third of a unary call's receiving.  What
-        they change and the events they give are h2's own (the stream's methods do the
-        work); any other frame, and any such frame h2 would refuse or treat specially
-        (padding, a window overflow, an unknown or closed stream...), goes h2's way."""
+        per frame, a third of a unary call's receiving.  What they change and the events
+        they give are h2's own (the stream's methods do the work); any other frame, and
+        any such frame h2 would refuse or treat specially (padding, a window overflow, an
+        unknown or closed stream...), goes h2's way."""
         buf = self.incoming_buffer
         buf.add_data(data)
         buf.max_frame_size = self.max_inbound_frame_size
@@ -105,27 +106,10 @@ class ServerConnection(h2.connection.H2Connection):
                 if len(raw) >= 9 and not buf._headers_buffer and not buf._preamble_len:
                     high, low, kind, flags, stream_id = _FRAME_HEAD.unpack_from(raw)
                     length = (high << 8) | low
-                    if len(raw) >= 9 + length and (
-                            (kind == _WINDOW_UPDATE and length == 4
-                             and self._window_update(raw, stream_id & _MAX_WINDOW, events))
-                            or (kind == _DATA and not flags & _PADDED
-                                and length <= buf.max_frame_size
-                                and self._data(raw, stream_id & _MAX_WINDOW, length,
-                                               flags & _END_STREAM, events))):
+                    if len(raw) >= 9 + length and length <= buf.max_frame_size \
+                            and self._take(raw, kind, flags, stream_id & _STREAM_ID,
+                                           length, events):
                         del raw[:9 + length]
-                        continue
-                    if len(raw) >= 9 + length and kind == _HEADERS \
-                            and flags & _END_HEADERS and not flags & _PADDED_OR_PRIORITY \
-                            and stream_id & _MAX_WINDOW and length <= buf.max_frame_size:
-                        # A whole header block in one frame: h2's handling, minus
-                        # hyperframe's object (no padding or priority fields to parse).
-                        frame = HeadersFrame.__new__(HeadersFrame)
-                        frame.stream_id = stream_id & _MAX_WINDOW
-                        frame.flags = _HEADERS_FLAGS[flags & _END_STREAM]
-                        frame.data = bytes(raw[9:9 + length])
-                        frame.body_len = length
-                        del raw[:9 + length]
-                        events.extend(self._receive_frame(frame))
                         continue
                 # One frame the general way (h2 checks a frame's header before its body
                 # is in: so here too).
@@ -140,6 +124,27 @@ class ServerConnection(h2.connection.H2Connection):
             self._terminate_connection(e.error_code)
             raise
         return events
+
+    def _take(self, raw, kind, flags, stream_id, length, events):
+        """Handle the whole frame at the start of ``raw`` if it is one of the kinds taken
+        straight from the buffer; False (nothing done) when h2 must see it."""
+        if kind == _DATA:
+            return not flags & _PADDED and self._data(raw, stream_id, length,
+                                                      flags & _END_STREAM, events)
+        if kind == _WINDOW_UPDATE:
+            return length == 4 and self._window_update(raw, stream_id, events)
+        if kind == _HEADERS and flags & _END_HEADERS and not flags & _PADDED_OR_PRIORITY \
+                and stream_id:
+            # A whole header block in one frame: h2's handling, minus hyperframe's
+            # object (no padding or priority fields to parse).
+            frame = HeadersFrame.__new__(HeadersFrame)
+            frame.stream_id = stream_id
+            frame.flags = _HEADERS_FLAGS[flags & _END_STREAM]
+            frame.data = bytes(raw[9:9 + length])
+            frame.body_len = length
+            events.extend(self._receive_frame(frame))
+            return True
+        return False
 
     def _window_update(self, raw, stream_id, events):
         """A WINDOW_UPDATE frame at the start of ``raw``, as h2 takes it; False when h2
@@ -275,12 +280,13 @@ class ServerConnection(h2.connection.H2Connection):
         self.outbound_flow_control_window -= size
         pack = _FRAME_HEAD.pack
         n = len(head_block)
-        self._data_to_send += pack(n >> 8, n & 0xFF, 0x1, 0x4, stream_id)   # END_HEADERS
+        self._data_to_send += pack(n >> 8, n & 0xFF, _HEADERS, _END_HEADERS, stream_id)
         self._data_to_send += head_block
-        self._data_to_send += pack(size >> 8, size & 0xFF, 0x0, 0x0, stream_id)
+        self._data_to_send += pack(size >> 8, size & 0xFF, _DATA, 0, stream_id)
         self._data_to_send += data
         n = len(trailer_block)
-        self._data_to_send += pack(n >> 8, n & 0xFF, 0x1, 0x5, stream_id)   # + END_STREAM
+        self._data_to_send += pack(n >> 8, n & 0xFF, _HEADERS, _END_HEADERS | _END_STREAM,
+                                   stream_id)
         self._data_to_send += trailer_block
         self._settle(stream_id)
         return True
