@@ -40,8 +40,8 @@ _OK_TRAILERS = (("grpc-status", "0"),)
 _TRAILERS_ONLY_OK = _RESPONSE_HEADERS[:2] + _OK_TRAILERS
 _CONSTANT_HEADER_SETS = (_RESPONSE_HEADERS, _OK_TRAILERS, _TRAILERS_ONLY_OK)
 # The same, HPACK-encoded once (static table only) for ServerConnection.send_response.
-_RESPONSE_HEADERS_BLOCK = encode_block([(n.encode(), v.encode()) for n, v in _RESPONSE_HEADERS])
-_OK_TRAILERS_BLOCK = encode_block([(n.encode(), v.encode()) for n, v in _OK_TRAILERS])
+_RESPONSE_HEADERS_BLOCK = encode_block(_RESPONSE_HEADERS)
+_OK_TRAILERS_BLOCK = encode_block(_OK_TRAILERS)
 _STREAM_WINDOW = 1 << 20       # per-stream receive window we advertise
 _CONNECTION_WINDOW = 16 << 20  # connection receive window
 IDLE_LINGER = 1.0              # after an idle GOAWAY, time for the client to see it (Go: 1 s)
@@ -272,18 +272,18 @@ class H2Server(object):
         self._lose_connection()
 
     def _flush(self):
-        if self._in_receive:
-            return
+        if not self._in_receive:
+            self._write_framed()
+
+    def _write_framed(self):
+        """Hand what h2 has framed to the transport."""
         data = self.conn.data_to_send()
         if data:
             self._write(data)
 
     def _over_budget(self):
-        # What h2 has framed counts too: hand it to the transport first (Twisted's
-        # write() only appends to a list; the socket write happens later).
-        data = self.conn.data_to_send()
-        if data:
-            self._write(data)
+        # What h2 has framed counts too: hand it to the transport first.
+        self._write_framed()
         return self.budget.over()
 
     # -- holding new streams while the output is over budget --------------------------
@@ -542,14 +542,14 @@ class H2Server(object):
             self._dirty_call = self.clock.callLater(0, self._flush_dirty)
 
     def _begin_response(self, call):
+        """The response headers, if not sent yet, and a unary answer held back (the
+        general way: the answer did not fit ServerConnection.send_response)."""
+        if not call.headers_sent:
+            call.headers_sent = True
+            self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
         if call.answer is not None:
             answer, call.answer = call.answer, None
-            call.headers_sent = True
-            self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
             call.pending.add(answer)
-        elif not call.headers_sent:
-            call.headers_sent = True
-            self._safe(self.conn.send_headers, call.stream_id, _RESPONSE_HEADERS)
 
     def _flush_dirty(self):
         self._dirty_call = None
@@ -572,9 +572,7 @@ class H2Server(object):
                 self._stream_done(call.stream_id)
                 # Out now, even amid a read's calls: the client can take this answer
                 # while the next calls are handled (see output_budget.send_now).
-                data = self.conn.data_to_send()
-                if data:
-                    self._write(data)
+                self._write_framed()
                 return
             self._begin_response(call)
         elif not call.headers_sent and not call.pending:

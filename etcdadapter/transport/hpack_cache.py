@@ -41,9 +41,10 @@ def _string(data):
 
 
 def encode_block(headers):
-    """Encode (name, value) byte pairs without using or changing the dynamic table."""
+    """Encode (name, value) pairs (str as UTF-8, or bytes) without using or changing the
+    dynamic table."""
     out = bytearray()
-    for name, value in headers:
+    for name, value in _as_bytes(headers):
         index = _STATIC_INDEX.get((name, value))
         if index is not None:
             out += _integer(index, 7, 0x80)             # indexed header field
@@ -67,7 +68,7 @@ class CachingEncoder(object):
     def __init__(self, encoder, constant_header_sets):
         object.__setattr__(self, "_encoder", encoder)
         object.__setattr__(self, "_blocks",
-                           {_as_bytes(h): encode_block(_as_bytes(h))
+                           {_as_bytes(h): encode_block(h)
                             for h in constant_header_sets})
 
     def encode(self, headers, huffman=True):
