@@ -430,12 +430,8 @@ class _ReactorConnection(ReactorConnection):
                                             % message)
 
     def _send(self, conn, statements):
-        if type(statements) is Constant:
-            # The barrier's query: its packet is made once.
-            out = _CONSTANT.get(statements)
-            if out is None:
-                out = _CONSTANT[statements] = _command(";\n".join(
-                    sql for sql, _params in statements))
+        if type(statements) is Constant:    # the barrier's query: its packet made once
+            out = statements.encoded(_constant_command)
         else:
             cursor = conn.cursor()
             out = _command(";\n".join(sql if params is None else cursor.mogrify(sql, params)
@@ -543,8 +539,9 @@ class _ReactorConnection(ReactorConnection):
 #: Bytes one read of a reactor connection's socket takes at most.
 _RECEIVE_SIZE = 256 * 1024
 
-#: Constant scripts' COM_QUERY packets (see _ReactorConnection._send).
-_CONSTANT = {}
+def _constant_command(statements):
+    """The COM_QUERY packets of a script of parameterless statements."""
+    return _command(";\n".join(sql for sql, _params in statements))
 
 
 def _command(text):

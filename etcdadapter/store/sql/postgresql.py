@@ -237,13 +237,9 @@ class _ReactorConnection(ReactorConnection):
         pg = conn.pgconn
         self._results = []
         self._current = None
-        if type(statements) is Constant:
-            # The barrier's query: encoded once.
+        if type(statements) is Constant:            # the barrier's query: encoded once
             self._pipeline = False
-            text = _CONSTANT.get(statements)
-            if text is None:
-                text = _CONSTANT[statements] = _simple(statements)
-            pg.send_query(text)
+            pg.send_query(statements.encoded(_simple))
         elif all(params is None for _sql, params in statements):
             self._pipeline = False
             pg.send_query(_simple(statements))
@@ -301,10 +297,6 @@ _TUPLES_OK = _pq.ExecStatus.TUPLES_OK
 _INT_TYPES = frozenset((20, 21, 23))     # int8, int2, int4
 _BYTEA = 17
 _INT8 = 20
-
-
-#: Constant scripts' query texts (see _ReactorConnection._send).
-_CONSTANT = {}
 
 
 def _simple(statements):

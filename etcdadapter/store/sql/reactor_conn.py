@@ -295,7 +295,18 @@ class RevisionReader(object):
 
 class Constant(tuple):
     """A script of statements without parameters that is sent again and again: the
-    dialects' ``_send`` encode it once."""
+    dialects' ``_send`` encode it once (:meth:`encoded`)."""
+
+    def encoded(self, encode):
+        """``encode(self)``, computed once per ``encode`` (a dialect's encoder)."""
+        key = (self, encode)
+        out = _ENCODED.get(key)
+        if out is None:
+            out = _ENCODED[key] = encode(self)
+        return out
+
+
+_ENCODED = {}       # (Constant, encoder) -> its encoding
 
 
 #: The query every revision reader sends.
