@@ -32,8 +32,8 @@ from etcdadapter.services.rpc import CallContext
 from etcdadapter.store.memory import MemoryStore
 
 from support import servers
-from support.auth import (MESSAGES, cn_server, grpc_call, http_post,  # noqa: F401 (cn_server)
-                          setup_steps, user_tokens)
+from support.auth import (cn_server, enable_cn_users, grpc_call,  # noqa: F401 (cn_server)
+                          http_post, setup_steps, user_tokens)
 from support.fired import error_of, result
 from support.tls import client_creds, https_post, pki, tls_grpc  # noqa: F401 (pki: a fixture)
 
@@ -782,22 +782,7 @@ def test_expired_token_over_grpc_and_http(short_ttl):
 def test_client_certificate_cn_is_the_user(cn_server, pki):
     ops = client_creds(pki, "admin")            # CN ops
     apisix = client_creds(pki, "client")        # CN apisix
-    P = authpb.Permission
-    for method, request in (
-            ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw")),
-            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root")),
-            ("UserAdd", rpc.AuthUserAddRequest(name="ops", password="x")),
-            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="ops", role="root")),
-            ("UserAdd", rpc.AuthUserAddRequest(name="apisix", password="x")),
-            ("RoleAdd", rpc.AuthRoleAddRequest(name="reader")),
-            ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
-                name="reader", perm=P(key=b"/apisix/", range_end=b"/apisix0"))),
-            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="apisix", role="reader")),
-            ("AuthEnable", rpc.AuthEnableRequest())):
-        name = method if method in MESSAGES else "Auth" + method
-        _, err = tls_grpc(cn_server, ops, "/etcdserverpb.Auth/" + method, request,
-                          getattr(rpc, name + "Response"))
-        assert err is None, (method, err)
+    enable_cn_users(cn_server, ops, "reader", authpb.Permission.READ)
     _, err = tls_grpc(cn_server, ops, "/etcdserverpb.KV/Put",
                       rpc.PutRequest(key=b"/apisix/r", value=b"1"), rpc.PutResponse)
     assert err is None

@@ -18,8 +18,8 @@ import pytest
 from support import servers
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
-from support.auth import (MESSAGES, cn_server, grpc_call, http_post,  # noqa: F401 (cn_server)
-                          setup_steps, user_tokens)
+from support.auth import (cn_server, enable_cn_users, grpc_call,  # noqa: F401 (cn_server)
+                          http_post, setup_steps, user_tokens)
 from support.tls import client_creds, https_post, pki, policy_server, tls_grpc  # noqa: F401
 
 pytestmark = pytest.mark.adapter
@@ -164,23 +164,7 @@ def test_client_certificate_users(cn_server, pki):
     """--client-cert-auth: the CN "apisix" is the user, without a token."""
     ops = client_creds(pki, "admin")            # CN ops
     apisix = client_creds(pki, "client")        # CN apisix
-    P = authpb.Permission
-    for method, request in (
-            ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw")),
-            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root")),
-            ("UserAdd", rpc.AuthUserAddRequest(name="ops", password="x")),
-            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="ops", role="root")),
-            ("UserAdd", rpc.AuthUserAddRequest(name="apisix", password="x")),
-            ("RoleAdd", rpc.AuthRoleAddRequest(name="gw")),
-            ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
-                name="gw", perm=P(key=b"/apisix/", range_end=b"/apisix0",
-                                  permType=P.READWRITE))),
-            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="apisix", role="gw")),
-            ("AuthEnable", rpc.AuthEnableRequest())):
-        name = method if method in MESSAGES else "Auth" + method
-        _, err = tls_grpc(cn_server, ops, "/etcdserverpb.Auth/" + method, request,
-                          getattr(rpc, name + "Response"))
-        assert err is None, (method, err)
+    enable_cn_users(cn_server, ops, "gw", authpb.Permission.READWRITE)
     _check_cert_identities(cn_server, pki, ops, apisix)
 
 

@@ -11,7 +11,7 @@ from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
 from support import servers
-from support.tls import client_creds
+from support.tls import client_creds, tls_grpc
 
 
 def setup_steps():
@@ -106,3 +106,25 @@ def cn_server(pki):
     yield server
     server.stop()
     server.cleanup()
+
+
+def enable_cn_users(server, ops, role, permission):
+    """Over TLS as ``ops`` (CN ops): users root and ops (both root), apisix with ``role``
+    granting ``permission`` on /apisix/, then auth on -- the users the certificates'
+    CNs name (``cn_server``)."""
+    for method, request in (
+            ("UserAdd", rpc.AuthUserAddRequest(name="root", password="pw")),
+            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="root", role="root")),
+            ("UserAdd", rpc.AuthUserAddRequest(name="ops", password="x")),
+            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="ops", role="root")),
+            ("UserAdd", rpc.AuthUserAddRequest(name="apisix", password="x")),
+            ("RoleAdd", rpc.AuthRoleAddRequest(name=role)),
+            ("RoleGrantPermission", rpc.AuthRoleGrantPermissionRequest(
+                name=role, perm=authpb.Permission(key=b"/apisix/", range_end=b"/apisix0",
+                                                  permType=permission))),
+            ("UserGrantRole", rpc.AuthUserGrantRoleRequest(user="apisix", role=role)),
+            ("AuthEnable", rpc.AuthEnableRequest())):
+        name = method if method in MESSAGES else "Auth" + method
+        _, err = tls_grpc(server, ops, "/etcdserverpb.Auth/" + method, request,
+                          getattr(rpc, name + "Response"))
+        assert err is None, (method, err)
