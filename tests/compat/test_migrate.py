@@ -51,6 +51,10 @@ AUTH = "/etcdserverpb.Auth/"
 MIGRATING = "etcdserver: migration in progress: writes go to etcd until cut-over"
 PREFIX = b"/apisix/"
 PREFIX_END = b"/apisix0"
+# The leases test_live_migration grants on the module's etcd outlive the module: one
+# expiring there later deletes its keys at a revision the later tests, which expect
+# etcd to stay where they left it, did not write.
+LEASE_TTL = 900
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +144,7 @@ class Writer(object):
                 elif i % 7 == 0:
                     delete(c, key)
                 elif i == 3:
-                    grant(c, self.lease_id, 50)
+                    grant(c, self.lease_id, LEASE_TTL)
                     put(c, b"/apisix/data_plane/server_info/w", b"live",
                         lease=self.lease_id)
                 else:
@@ -258,7 +262,7 @@ def load_apisix(c):
     put(c, b"/apisix/routes/000", b'{"id":"0","uri":"/changed"}')
     txn_puts(c, [(b"/apisix/ssls/1", b"s1"), (b"/apisix/ssls/2", b"s2"),
                  (b"/apisix/services/1", b"svc")])
-    grant(c, 0x77, 100)
+    grant(c, 0x77, LEASE_TTL)
     put(c, b"/apisix/data_plane/server_info/a", b"a", lease=0x77)
     put(c, b"/apisix/data_plane/server_info/b", b"b", lease=0x77)
     delete(c, b"/apisix/routes/199")
@@ -311,7 +315,8 @@ def test_live_migration(etcd, kind, tmp_path):
             ID=0x77, keys=True), rpc.LeaseTimeToLiveResponse))
         etcd_ttl = ok(ec.call(LEASE + "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(
             ID=0x77), rpc.LeaseTimeToLiveResponse))
-        assert ttl.grantedTTL == 100 and abs(ttl.TTL - etcd_ttl.TTL) <= 1, (ttl, etcd_ttl)
+        assert ttl.grantedTTL == LEASE_TTL and abs(ttl.TTL - etcd_ttl.TTL) <= 1, \
+            (ttl, etcd_ttl)
         assert list(ttl.keys) == [b"/apisix/data_plane/server_info/a",
                                   b"/apisix/data_plane/server_info/b"]
 
