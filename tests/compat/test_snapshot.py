@@ -359,6 +359,28 @@ def restore_cli(*args):
                           stderr=subprocess.PIPE, timeout=60)
 
 
+def test_restore_prints_the_store_without_its_password(etcd_snapshot, tmp_path, request):
+    """docs/etcd-snapshots.md: the line printed names the store with its password as
+    ``***`` (the local PostgreSQL trusts 127.0.0.1, so any password connects)."""
+    from urllib.parse import urlsplit
+    path, _expected, compact, current = etcd_snapshot
+    url = fresh_store_url("postgresql", tmp_path, request)
+    parts = urlsplit(url)
+    if parts.password is not None:
+        pytest.skip("the test PostgreSQL URL carries a password already")
+    user, host = parts.netloc.split("@", 1)
+    with_password = parts._replace(netloc="%s:secret-pw@%s" % (user, host)).geturl()
+    shown = parts._replace(netloc="%s:***@%s" % (user, host)).geturl()
+    r = restore_cli(path, "--to", with_password)
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert r.stdout.decode() == (
+        "restored %s into %s: revision %d, compact revision %d, 2 lease(s), 2 user(s), "
+        "2 role(s), auth enabled\n" % (path, shown, current, compact))
+    # A refusal names no password either.
+    r = restore_cli(path, "--to", with_password)
+    assert r.returncode == 1 and b"secret-pw" not in r.stdout + r.stderr, r
+
+
 def test_a_db_file_without_checksum_needs_skip_hash_check(etcd_snapshot, tmp_path):
     from twisted.internet.task import Clock
     from etcdadapter.snapshot.restore import imported, open_snapshot
