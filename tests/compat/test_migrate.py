@@ -98,6 +98,16 @@ def grant(c, lease_id, ttl):
                      rpc.LeaseGrantResponse))
 
 
+def revoke(c, lease_id):
+    return ok(c.call(LEASE + "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id),
+                     rpc.LeaseRevokeResponse))
+
+
+def lease_ids(c):
+    r = ok(c.call(LEASE + "LeaseLeases", rpc.LeaseLeasesRequest(), rpc.LeaseLeasesResponse))
+    return sorted(lease.ID for lease in r.leases)
+
+
 def revision_of(c):
     return ok(c.call(KV + "Range", rpc.RangeRequest(key=b"\0", count_only=True),
                      rpc.RangeResponse)).header.revision
@@ -337,6 +347,27 @@ def test_live_migration(etcd, kind, tmp_path):
         assert (reply.status, reply.json()["code"], reply.json()["message"]) == (
             503, 14, MIGRATING)
 
+        # A lease granted (a key on it) and one revoked on etcd while following: the
+        # adapters have both within the follower's lease poll, before any cut-over.
+        kept = 0x990 + 2 * stores.SQL_KINDS.index(kind)
+        gone = kept + 1
+        grant(ec, kept, LEASE_TTL)
+        put(ec, b"/apisix/data_plane/server_info/kept", b"k", lease=kept)
+        grant(ec, gone, LEASE_TTL)
+        put(ec, b"/apisix/data_plane/server_info/gone", b"g", lease=gone)
+        assert gone in lease_ids(ec)
+        revoke(ec, gone)
+        assert gone not in lease_ids(ec)
+        servers.wait_until(lambda: lease_ids(ac) == lease_ids(ec), timeout=5,
+                           what="etcd's grant and revoke on the adapter")
+
+        def kept_ttl(c):
+            r = ok(c.call(LEASE + "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(
+                ID=kept, keys=True), rpc.LeaseTimeToLiveResponse))
+            return r.grantedTTL, list(r.keys)
+        assert kept_ttl(ac) == kept_ttl(ec) == (
+            LEASE_TTL, [b"/apisix/data_plane/server_info/kept"])
+
         # The watchers move from etcd to the adapter, from what they saw + 1.
         now = revision_of(ec)
         seen_json = json_watch.events(until=now)
@@ -388,10 +419,6 @@ def test_live_migration(etcd, kind, tmp_path):
         middle = (copied + final) // 2
         assert kvs_at(ac, middle) == kvs_at(ec, middle)
         assert kvs_at(ac, final) == kvs_at(ec, final)
-        def lease_ids(c):
-            r = ok(c.call(LEASE + "LeaseLeases", rpc.LeaseLeasesRequest(),
-                          rpc.LeaseLeasesResponse))
-            return sorted(lease.ID for lease in r.leases)
         assert writer.lease_id in lease_ids(ac)
         assert lease_ids(ac) == lease_ids(ec)
 
