@@ -141,9 +141,13 @@ def test_mysql_cluster_options_and_error_classes():
         return d.classify(pymysql.err.OperationalError(code, "x"))
     for code in (1213, 1020, 3101, 9007, 8005, 8002, 8022, 8027, 8028):
         assert kind(code) == dl.RETRY, code
-    for code in (1047, 1290, 1836, 3100, 9001, 9002, 9003, 9004, 9005):
+    # (Group Replication: not ONLINE / stopping / primary failover with the BEFORE
+    # consistency the adapter sets, 3781-3783 and 3796-3799; a node whose sessions are
+    # read-only by default, 1792; TiKV leader moves and overload, 9008-9013)
+    for code in (1047, 1290, 1792, 1836, 3100, 3781, 3782, 3783, 3796, 3797, 3798, 3799,
+                 9001, 9002, 9003, 9004, 9005, 9008, 9010, 9011, 9012, 9013):
         assert kind(code) == dl.NOT_READY, code
-    for code in (2013, 2006, 1053, 1927):
+    for code in (2013, 2006, 1053, 1927, 3032):
         assert kind(code) == dl.DISCONNECT, code
     assert kind(1205) == dl.LOCK_TIMEOUT and kind(1064) is None
     import psycopg
@@ -405,6 +409,43 @@ def test_outage_unavailable_then_recovers(make_store):
     settle(p)
     # The feed delivered the other instance's write too, once, in order.
     assert [c.revision for c in seen] == [2, 3, 4]
+
+
+@pytest.mark.parametrize("store_kind", ["mariadb"])
+def test_read_only_node_answers_unavailable_logged_once(make_store):
+    """A node fenced read-only with ``SET GLOBAL transaction_read_only = ON`` starts every
+    new session read-only; the write's counter lock then fails with 1792.  Writes answer
+    Unavailable "no leader" at once, with one store-unavailable line and no traceback;
+    reads are still served; once the node is writable the same store writes again and
+    logs store-available.  (A global setting would reach the other tests' sessions on
+    the shared server: here only the store's own new sessions start read-only, the same
+    state as far as the server is concerned.)"""
+    from twisted.logger import globalLogPublisher
+    s = make_store()
+    store = raw(s)
+    assert store.committer.connection is not None      # the reactor's write connection
+    first = put(s, b"k", b"1").header.revision
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        store.dialect.session_init = MySQLDialect.session_init + ", READ ONLY"
+        call(store.committer.connection.close_connection)
+        for i in range(5):
+            e = error_of(s.put(rpc.PutRequest(key=b"k", value=b"%d" % i)))
+            assert e == errors.ErrNoLeader, e
+        assert get(s, b"k").kvs[0].value == b"1"
+        del store.dialect.session_init                  # writable again
+        call(store.committer.connection.close_connection)
+        assert put(s, b"k", b"2").header.revision == first + 1
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+        store.dialect.__dict__.pop("session_init", None)
+    mine = [e for e in seen if e.get("db") == store.dialect.describe()
+            or e.get("log_failure") is not None]
+    assert not [e for e in mine if e.get("log_failure") is not None], mine
+    down = [e for e in mine if e.get("event") == "store-unavailable"]
+    assert len(down) == 1 and "1792" in str(down[0].get("error")), mine
+    assert [e for e in mine if e.get("event") == "store-available"], mine
 
 
 # ---------------------------------------------------------------------------------------
