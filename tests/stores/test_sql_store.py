@@ -415,7 +415,7 @@ def test_outage_unavailable_then_recovers(make_store):
 def test_read_only_node_answers_unavailable_logged_once(make_store):
     """A node fenced read-only with ``SET GLOBAL transaction_read_only = ON`` starts every
     new session read-only; the write's counter lock then fails with 1792.  Writes answer
-    Unavailable "no leader" at once, with one store-unavailable line and no traceback;
+    Unavailable "no leader" at once, logged as store-unavailable (1792), no traceback;
     reads are still served; once the node is writable the same store writes again and
     logs store-available.  (A global setting would reach the other tests' sessions on
     the shared server: here only the store's own new sessions start read-only, the same
@@ -444,8 +444,63 @@ def test_read_only_node_answers_unavailable_logged_once(make_store):
             or e.get("log_failure") is not None]
     assert not [e for e in mine if e.get("log_failure") is not None], mine
     down = [e for e in mine if e.get("event") == "store-unavailable"]
-    assert len(down) == 1 and "1792" in str(down[0].get("error")), mine
+    # (Not always one line: a read answered between two refused writes -- the change
+    # feed's poll -- logs store-available, and the next refused write logs again.)
+    assert 1 <= len(down) <= 5 and all("1792" in str(e.get("error")) for e in down), mine
     assert [e for e in mine if e.get("event") == "store-available"], mine
+
+
+@pytest.mark.parametrize("store_kind", ["mariadb"])
+def test_deadlocked_write_batch_runs_again_and_is_counted(make_store):
+    """A write batch the server rolls back for a deadlock (1213 -- also how Galera
+    reports a certification conflict) runs again after a back-off and succeeds within
+    its deadline; /metrics counts the retry.  The deadlock: another transaction holds
+    the row of key k, the batch (holding the counter) waits for it, then that
+    transaction asks for the counter; InnoDB rolls back the smaller transaction -- the
+    batch, since the other one has inserted many rows first."""
+    import threading
+    import pymysql
+    s = make_store()
+    store = raw(s)
+    rev = put(s, b"k", b"1").header.revision
+
+    def stat(name):
+        return dict((n, v) for n, _kind, _help, v in store.stats())[name]
+    before = (stat("etcd_adapter_write_conflict_retries"),
+              stat("etcd_adapter_write_guard_retries"))
+    p = store.dialect.params
+    other = pymysql.connect(host=p["host"], port=p["port"], user=p["user"],
+                            password=p.get("password") or "", database=p["database"],
+                            autocommit=True, binary_prefix=True)
+    done = []
+    try:
+        c = other.cursor()
+        c.execute("CREATE TABLE IF NOT EXISTS deadlock_weight (i INT PRIMARY KEY)")
+        c.execute("START TRANSACTION")
+        c.executemany("INSERT INTO deadlock_weight VALUES (%s)", [(i,) for i in range(2000)])
+        c.execute("SELECT name FROM etcd_current WHERE name = %s FOR UPDATE", (b"k",))
+        writer = threading.Thread(target=lambda: done.append(
+            put(s, b"k", b"2").header.revision))
+        writer.start()
+
+        def waiting():
+            w = other.cursor()
+            w.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE "
+                      "db = DATABASE() AND info LIKE 'INSERT INTO etcd_current%'")
+            return w.fetchone()[0] == 1
+        wait_until(waiting, timeout=5, what="the batch waiting for key k's row")
+        c.execute("SELECT revision FROM etcd_meta WHERE id = 1 FOR UPDATE")
+        assert c.fetchone()[0] == rev              # the batch was rolled back
+        time.sleep(0.2)                            # the batch now waits for the counter
+        c.execute("ROLLBACK")
+        writer.join(10)
+    finally:
+        other.cursor().execute("DROP TABLE IF EXISTS deadlock_weight")
+        other.close()
+    assert done == [rev + 1]
+    assert get(s, b"k").kvs[0].value == b"2"
+    assert (stat("etcd_adapter_write_conflict_retries"),
+            stat("etcd_adapter_write_guard_retries")) == (before[0] + 1, before[1])
 
 
 # ---------------------------------------------------------------------------------------
