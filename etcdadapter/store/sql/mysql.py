@@ -49,9 +49,10 @@ log = Logger()
 _RETRY_CODES = (1213, 1020, 3101, 9007, 8005, 8002, 8022, 8027, 8028)
 _LOCK_WAIT_TIMEOUT = 1205
 # Cannot connect / gone / lost / too many connections / shutdown / killed / access
-# denied / unknown database / SSL errors / idle disconnect.
+# denied / unknown database / SSL errors / idle disconnect / MySQL's offline_mode (3032:
+# the server ends the sessions of ordinary users; a new connection is refused).
 _GONE_CODES = (2002, 2003, 2005, 2006, 2013, 2026, 2055, 1040, 1045, 1049, 1053, 1077,
-               1152, 1927, 4031)
+               1152, 1927, 3032, 4031)
 # The server answers but cannot serve us now -- not part of a quorum, not a primary,
 # read-only --: Unavailable at once (the client tries another endpoint or later), the
 # connection kept for when the node is back.
@@ -59,14 +60,28 @@ _GONE_CODES = (2002, 2003, 2005, 2006, 2013, 2026, 2055, 1040, 1045, 1049, 1053,
 #         joining, donor without wsrep_sst_donor_rejects_queries...)
 #   1290  --read-only / --super-read-only (a Group Replication secondary, a replica, a
 #         node fenced by the operator): ER_OPTION_PREVENTS_STATEMENT
+#   1792  ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION: every new session starts read-only
+#         (a node fenced with SET GLOBAL transaction_read_only = ON; our writes never
+#         ask for a read-only transaction themselves)
 #   1836  ER_READ_ONLY_MODE
 #   3100  Group Replication: the replication hook refused the commit (the member is
 #         not ONLINE or lost its majority)
+#   3781  Group Replication, a new primary applying its backlog (consistency BEFORE
+#   3782  includes BEFORE_ON_PRIMARY_FAILOVER): the held statement timed out, was
+#   3783  killed, or the member went into ERROR state (ER_GR_HOLD_*)
+#   3796  Group Replication with group_replication_consistency BEFORE (what the adapter
+#   3797  sets): the member is not ONLINE (3796), the wait for the group's preceding
+#   3798  transactions failed (3797, 3798), the plugin is stopping (3799)
+#   3799
 #   9001  TiDB: PD server timeout          9002  TiKV server timeout
 #   9003  TiKV server is busy               9004  resolve lock timeout
 #   9005  region is unavailable (a Raft group without its leader or quorum)
+#   9008  TiKV store limit reached          9010  TiKV stale command (leader moved)
+#   9011  TiKV max timestamp not synced (a new leader not ready yet)
+#   9012  TiFlash server timeout            9013  TiFlash server busy
 # (TiDB retries those internally with back-off, about 20 s, before answering them.)
-_NOT_READY_CODES = (1047, 1290, 1836, 3100, 9001, 9002, 9003, 9004, 9005)
+_NOT_READY_CODES = (1047, 1290, 1792, 1836, 3100, 3781, 3782, 3783, 3796, 3797, 3798,
+                    3799, 9001, 9002, 9003, 9004, 9005, 9008, 9010, 9011, 9012, 9013)
 
 
 #: Multi-primary clusters the dialect recognises at connect (MySQLDialect.cluster).
@@ -338,8 +353,8 @@ class TiDBDialect(MySQLDialect):
       commit.
     * Node loss: a TiDB server is stateless; its loss drops the adapter's connections
       (DISCONNECT: Unavailable, reconnect).  A TiKV region without a leader or a PD
-      timeout comes back, after TiDB's own back-off, as 9001-9005 (NOT_READY:
-      Unavailable at once, see ``_NOT_READY_CODES``).
+      timeout comes back, after TiDB's own back-off, as 9001-9005, 9008 or 9010-9013
+      (NOT_READY: Unavailable at once, see ``_NOT_READY_CODES``).
     * The schema lock is a committed claim row (:mod:`.schema`), which TiDB orders like
       any write.
     * Revisions come from the counter row, never from AUTO_INCREMENT, so TiDB's
