@@ -155,15 +155,17 @@ class WatchStream(object):
         if creq.start_revision < 0:
             self._create_failed(errors.ErrCompacted.message)
             return
-        if range_end and range_end != b"\0" and range_end <= key:
-            self._create_failed(ErrEmptyWatcherRange)
-            return
+        # Permission before the empty range, as etcd (isWatchPermitted, then mvcc's
+        # Watch): a range ending before its key is refused without permission on the key.
         authz = self.service.authz
         if authz.enabled:
             reason = authz.cancel_reason(self.stream.context, key, range_end)
             if reason is not None:
                 self._create_failed(reason)
                 return
+        if range_end and range_end != b"\0" and range_end <= key:
+            self._create_failed(ErrEmptyWatcherRange)
+            return
         wid = creq.watch_id
         if wid == 0:
             while self.next_id in self.watchers:

@@ -669,6 +669,11 @@ def test_http_gateway_matches_etcd(pair):
         out.append(http_post(server, "/v3/auth/user/get", {"name": "alice"}, alice))
         out.append(_http_watch_first(server, {"create_request": {"key": "L2M="}}, alice))
         out.append(_http_watch_first(server, {"create_request": {"key": "L2EvMQ=="}}, alice))
+        # A watch whose range ends before its key, as a Range (issue 12): refused without
+        # permission on the key (/z .. /a), "watcher range is empty" with it (/a/5 .. /a/1).
+        for key, end in (("L3o=", "L2E="), ("L2EvNQ==", "L2EvMQ==")):
+            out.append(_http_watch_first(server, {"create_request": {
+                "key": key, "range_end": end}}, alice))
         # No user / a bad token: etcd names that error in cancel_reason.
         for token, reason in ((None, "InvalidArgument desc = etcdserver: user name is "
                                      "empty"),

@@ -226,6 +226,7 @@ def test_a_flood_of_open_streams_does_not_stall_other_clients(adapter):
     report = "/version: %d probes during the flood, max %.2fs; after, max %.2fs; " \
              "put -> watch event %.2fs; flood: %r" % (
                  len(during), max(during), max(after), watch_latency, flood_state)
+    print(report)           # the closing figures of issue 12 (run with -s)
     assert max(during) < VERSION_BOUND, report
     assert max(after) < VERSION_BOUND, report
     assert put.ok and events[0].kv.value == b"v", report

@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import sqlite3
+import statistics
 import threading
 import time
 
@@ -380,11 +381,15 @@ def test_paused_adapter_holding_the_lock(db, request, bound):
             assert [(kv.key, kv.value, kv.mod_revision) for kv in ra.kvs] == \
                 [(kv.key, kv.value, kv.mod_revision) for kv in rb.kvs]
         a_during = [r for p in a_putters for r in p.results if r[0] < resumed <= r[1]]
-        print("%s/%s: paused 20 s; B: %d gets + %d health checks, slowest %.1f ms; "
-              "%d puts during the pause: %d OK (first %s s after the pause), %d timed out "
-              "(slowest answer %.2f s); A's %d interrupted puts after SIGCONT: %s" % (
-                  kind, bound, len(gets), len(health), slowest * 1000, len(during),
-                  len([r for r in during if r[2] == "OK"]),
+        # The figures of docs/deployment.md, "When an adapter stalls" (run with -s).
+        print("%s/%s: paused %.0f s; B: %d gets (median %.1f ms) + %d health checks "
+              "(median %.1f ms), slowest %.1f ms; %d puts during the pause: %d OK (first "
+              "%s s into the pause), %d timed out (slowest answer %.2f s); A's %d "
+              "interrupted puts after SIGCONT: %s" % (
+                  kind, bound, pause,
+                  len(gets), statistics.median(r[1] for r in gets) * 1000,
+                  len(health), statistics.median(r[1] for r in health) * 1000,
+                  slowest * 1000, len(during), len([r for r in during if r[2] == "OK"]),
                   "%.2f" % first_ok if first_ok is not None else "-", len(failed),
                   max(r[1] - r[0] for r in during), len(a_during),
                   sorted({str(r[2]) for r in a_during})))
