@@ -339,6 +339,40 @@ def test_kubernetes_pod_probes(paste):
     paste.stop()
 
 
+# Shell blocks that are not run, by (file, first line), with why.  Any other shell block
+# in README.md or docs/ must be marked ``<!-- sh: NAME -->`` and so run above.
+NOT_RUN = {
+    ("README.md", "./run-tests"): "the suite itself (.ci/run runs it); checked to be "
+                                  "the README's second command",
+    ("README.md", 'E="etcdctl --endpoints=http://127.0.0.1:2379"'):
+        "a tour: a lease ID to fill in, a watch that runs until Ctrl-C",
+    ("README.md", "curl -s localhost:2379/v3/kv/put   -d "
+                  "'{\"key\":\"Zm9v\",\"value\":\"YmFy\"}'      # foo=bar"):
+        "a tour with a watch that runs until Ctrl-C",
+    ("README.md", "mysql -h tidb.internal -P 4000 -u root -p <<'SQL'"): "no TiDB here",
+    ("README.md", ".venv/bin/python proto/generate.py"):
+        "regenerates etcdadapter/pb (tests/unit/test_generated_protos.py)",
+    ("README.md", ".venv/bin/python bench/bench.py                 # etcd vs. adapter, "
+                  "5 s per workload"): "benchmarks, minutes each",
+    ("README.md", "twistd -n --pidfile= --logger etcdadapter.logs.json etcd-adapter ..."
+                  "   # JSON lines"): "options left out (...)",
+}
+
+
+def test_every_shell_block_is_run_or_says_why_not():
+    found = set()
+    for name, text in [("README.md", README)] + [("docs/" + n, t) for n, t in
+                                                  DOCS.items()]:
+        for m in re.finditer(r"(<!-- sh: [\w-]+ -->\n)?```(?:sh|bash|shell|console)\n"
+                             r"(.*?)```", text, re.S):
+            if m.group(1):
+                continue
+            key = (name, m.group(2).splitlines()[0])
+            assert key in NOT_RUN, "shell block neither marked nor in NOT_RUN: %r" % (key,)
+            found.add(key)
+    assert found == set(NOT_RUN), set(NOT_RUN) - found
+
+
 def test_policy_and_store_options_in_the_readme_are_accepted():
     from etcdadapter.security.cert_policy import CertPolicy
     from etcdadapter.store.urls import StoreURLError, open_store
