@@ -153,8 +153,10 @@ class Option(NamedTuple):
 
 OPTIONS = (
     Option("listen", (DEFAULT_LISTEN,),
-           "Twisted endpoint to listen on, e.g. tcp:2379:interface=0.0.0.0 (repeatable; "
-           "default tcp:2379:interface=127.0.0.1).", kind=LIST, short="l",
+           "Where clients connect (repeatable): IP:PORT (127.0.0.1:2379 this host only, "
+           "0.0.0.0:2379 every interface), an etcd URL http://IP:PORT (https:// with "
+           "--cert-file) or a Twisted endpoint (tcp:2379:interface=0.0.0.0, "
+           "unix:/run/etcd-adapter.sock); default 127.0.0.1:2379.", kind=LIST, short="l",
            aliases=(Alias("listen-client-urls", url_list,
                           "etcd's spelling of --listen: comma-separated URLs, e.g. "
                           "http://127.0.0.1:2379,http://10.0.0.5:2379."),)),
@@ -169,9 +171,9 @@ OPTIONS = (
            "add ?floor_file=PATH, a file the store records its revisions in and never "
            "starts below, or use a SQL store; ?initial_revision=N pins the first "
            "revision), sqlite:///path.db, mysql://user:pw@host:3306/db, tidb://..., "
-           "postgresql://user@host/db (options: etcdadapter/store/sql).  Keys are at "
-           "most 3000 bytes on MySQL/MariaDB/TiDB and 2600 on PostgreSQL (etcd, "
-           "memory:// and SQLite: any key a request can carry)."),
+           "postgresql://user@host/db (URL options: README, \"Store URL options\").  "
+           "Keys are at most 3000 bytes on MySQL/MariaDB/TiDB and 2600 on PostgreSQL "
+           "(etcd, memory:// and SQLite: any key a request can carry)."),
     Option("name", "default", "Member name shown by `etcdctl member list`."),
     Option("advertise-client-urls", "",
            "Comma-separated client URLs reported by MemberList (default: the listening "
@@ -204,7 +206,8 @@ OPTIONS = (
     Option("client-cert-policy", None,
            "JSON file mapping verified client-certificate identities (CN, SAN DNS/URI/IP) "
            "to key-range permissions, enforced on gRPC, HTTP and watches alike; re-read "
-           "on SIGHUP.  See etcdadapter/security/cert_policy.py."),
+           "on SIGHUP; needs --client-cert-auth.  Format: README, \"Client-certificate "
+           "policy\"."),
     Option("watch-progress-notify-interval", 600.0,
            "How often watchers created with progress_notify get a progress response "
            "when idle (etcd's --experimental-watch-progress-notify-interval, 10m).",

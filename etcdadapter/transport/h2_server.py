@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from etcdadapter.errors import EtcdError, StatusCode
+from etcdadapter.logs import address_text
 from etcdadapter.services.rpc import (CallContext, UNARY, as_etcd_error, call_unary,
                                       open_stream)
 from etcdadapter.transport import grpc_codec
@@ -259,7 +260,8 @@ class H2Server(object):
             self.deadlines.idle()
 
     def _protocol_error(self, exc, goaway):
-        log.debug("HTTP/2 protocol error from {peer}: {exc}", peer=self.peer, exc=exc)
+        log.debug("HTTP/2 protocol error from {peer}: {exc}", peer=address_text(self.peer),
+                  exc=exc)
         if goaway:
             code = getattr(exc, "error_code", None) or h2.errors.ErrorCodes.PROTOCOL_ERROR
             try:

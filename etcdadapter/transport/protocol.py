@@ -17,6 +17,7 @@ from zope.interface import implementer
 from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 
+from etcdadapter.logs import address_text
 from etcdadapter.security.peer import peer_identity
 from etcdadapter.transport import deadlines as phases
 from etcdadapter.transport.deadlines import Deadlines
@@ -178,13 +179,14 @@ class EtcdProtocol(protocol.Protocol):
         f = self.factory
         f.stats.timed_out[phase] += 1
         if phase == phases.IDLE:
-            log.debug("closing idle connection from {peer}", peer=self.addr)
+            log.debug("closing idle connection from {peer}", peer=address_text(self.addr))
         else:
             n = f.timeout_log.due()
             if n:
                 log.info("closed {n} connection(s) that sent no complete request in "
                          "--header-timeout {t}s (latest from {peer}, {phase} timeout)",
-                         n=n, t=f.limits.header_timeout, peer=self.addr, phase=phase)
+                         n=n, t=f.limits.header_timeout, peer=address_text(self.addr),
+                         phase=phase)
         if phase != phases.IDLE:
             self.transport.abortConnection()
         elif self._h2 is not None:
@@ -270,7 +272,8 @@ class EtcdFactory(protocol.Factory):
             n = self.refusal_log.due()
             if n:
                 log.warn("refused {n} connection(s) (latest from {peer}): "
-                         "--max-connections {limit} reached", n=n, peer=addr, limit=limit)
+                         "--max-connections {limit} reached", n=n, peer=address_text(addr),
+                         limit=limit)
             return _Refused()
         return EtcdProtocol(self, addr)
 

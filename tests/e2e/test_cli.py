@@ -3,11 +3,14 @@ failure is exactly one line on standard error naming the cause, with a non-zero 
 (2: usage, 1: the rest), and no help text or traceback; a good start serves, logs on
 standard output, drains on SIGTERM and exits 0."""
 
+import http.client
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -124,6 +127,38 @@ def test_tls_file_errors_name_the_file_and_the_reason(pki):
         assert one_line(err).startswith("etcd-adapter: " + line), (err, line)
 
 
+def _as_nobody(args):
+    """(status, stdout, stderr) of the command run as user nobody, or None where that
+    cannot be done (not root, no setpriv, or nobody cannot run this install)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return None
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BIN]
+    r = subprocess.run(as_nobody + list(args), capture_output=True, text=True,
+                       timeout=30, env=command.environment(), stdin=subprocess.DEVNULL)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_unreadable_key_file_names_the_reason():
+    """A key only root may read, the adapter running as another user (systemd's
+    DynamicUser=yes, which contrib/systemd uses): the OS's reason, as in the README's
+    example, not OpenSSL's "system lib"."""
+    probe = _as_nobody(["--version"])
+    if probe is None or probe[0] != 0:
+        pytest.skip("needs root, setpriv and an install user nobody can run")
+    d = tempfile.mkdtemp(prefix="etcdadapter-unreadable-")
+    try:
+        os.chmod(d, 0o755)
+        cert, key, _ = CA(d).issue("server", "etcd-adapter", "server", ips=["127.0.0.1"])
+        os.chmod(cert, 0o644)
+        os.chmod(key, 0o600)
+        status, out, err = _as_nobody(["--cert-file", cert, "--key-file", key,
+                                       "--listen", "https://127.0.0.1:%d" % free_port()])
+        assert (status, out) == (2, "")
+        assert one_line(err) == "etcd-adapter: --key-file %s: permission denied" % key
+    finally:
+        shutil.rmtree(d)
+
+
 def test_missing_driver_names_the_extra(tmp_path):
     # psycopg made unimportable, as in an install without the [postgresql] extra.
     (tmp_path / "sitecustomize.py").write_text(
@@ -230,6 +265,45 @@ def test_serves_metrics_port_and_drains(tmp_path):
         assert server.terminate() == 0
     assert server.stderr() == ""
     assert '"event":"stopped"' in server.stdout()
+
+
+def _levels(log_text):
+    return {line.split(" ")[1] for line in log_text.splitlines()}
+
+
+def test_log_level_filters_the_log():
+    """--log-level, or ETCD_ADAPTER_LOG_LEVEL without any other option (issue 16: it
+    did nothing without twistd's --logger): debug lines appear at debug only, info
+    lines go at warn while warnings stay."""
+    port = free_port()
+    server = Running(["--listen", "127.0.0.1:%d" % port, "--log-level", "debug",
+                      "--idle-timeout", "0.2"])
+    try:
+        server.wait_http(port)
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        idle.request("GET", "/version")     # kept alive, then idle: a debug line
+        assert idle.getresponse().read()
+        server.wait_log("closing idle connection from 127.0.0.1:")
+        idle.close()
+    finally:
+        assert server.terminate() == 0
+    assert {"debug", "info"} <= _levels(server.stdout())
+
+    port = free_port()
+    server = Running(["--listen", "127.0.0.1:%d" % port, "--idle-timeout", "0.2",
+                      "--slow-request-threshold", "0.000001"],
+                     {"ETCD_ADAPTER_LOG_LEVEL": "warn"})
+    try:
+        server.wait_http(port)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", "/v3/kv/put", '{"key":"Zm9v","value":"YmFy"}')
+        assert conn.getresponse().status == 200
+        conn.close()
+        server.wait_log("slow request: /etcdserverpb.KV/Put took ")
+    finally:
+        assert server.terminate() == 0
+    assert server.stderr() == ""
+    assert _levels(server.stdout()) == {"warn"}, server.stdout()
 
 
 def test_twistd_keeps_working():

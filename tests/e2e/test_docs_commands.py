@@ -339,6 +339,40 @@ def test_kubernetes_pod_probes(paste):
     paste.stop()
 
 
+# Shell blocks that are not run, by (file, first line), with why.  Any other shell block
+# in README.md or docs/ must be marked ``<!-- sh: NAME -->`` and so run above.
+NOT_RUN = {
+    ("README.md", "./run-tests"): "the suite itself (.ci/run runs it); checked to be "
+                                  "the README's second command",
+    ("README.md", 'E="etcdctl --endpoints=http://127.0.0.1:2379"'):
+        "a tour: a lease ID to fill in, a watch that runs until Ctrl-C",
+    ("README.md", "curl -s localhost:2379/v3/kv/put   -d "
+                  "'{\"key\":\"Zm9v\",\"value\":\"YmFy\"}'      # foo=bar"):
+        "a tour with a watch that runs until Ctrl-C",
+    ("README.md", "mysql -h tidb.internal -P 4000 -u root -p <<'SQL'"): "no TiDB here",
+    ("README.md", ".venv/bin/python proto/generate.py"):
+        "regenerates etcdadapter/pb (tests/unit/test_generated_protos.py)",
+    ("README.md", ".venv/bin/python bench/bench.py                 # etcd vs. adapter, "
+                  "5 s per workload"): "benchmarks, minutes each",
+    ("README.md", "twistd -n --pidfile= --logger etcdadapter.logs.json etcd-adapter ..."
+                  "   # JSON lines"): "options left out (...)",
+}
+
+
+def test_every_shell_block_is_run_or_says_why_not():
+    found = set()
+    for name, text in [("README.md", README)] + [("docs/" + n, t) for n, t in
+                                                  DOCS.items()]:
+        for m in re.finditer(r"(<!-- sh: [\w-]+ -->\n)?```(?:sh|bash|shell|console)\n"
+                             r"(.*?)```", text, re.S):
+            if m.group(1):
+                continue
+            key = (name, m.group(2).splitlines()[0])
+            assert key in NOT_RUN, "shell block neither marked nor in NOT_RUN: %r" % (key,)
+            found.add(key)
+    assert found == set(NOT_RUN), set(NOT_RUN) - found
+
+
 def test_policy_and_store_options_in_the_readme_are_accepted():
     from etcdadapter.security.cert_policy import CertPolicy
     from etcdadapter.store.urls import StoreURLError, open_store
@@ -354,6 +388,39 @@ def test_policy_and_store_options_in_the_readme_are_accepted():
             open_store("mysql://root@127.0.0.1/etcd?%s=2" % name)
         except StoreURLError as e:
             raise AssertionError("%s: %s" % (name, e))
+
+
+def test_every_store_url_option_is_in_the_readme():
+    """Each URL option a store accepts is named in the README's "Store URL options"
+    (issue 16: they were documented in source files only).  The candidates are the
+    names in the URL parsers' source; a name is an option of a scheme if open_store
+    does not call it unknown there."""
+    import ast
+    from etcdadapter.store.urls import StoreURLError, open_store
+    names = set()
+    for path in ("etcdadapter/store/sql/__init__.py", "etcdadapter/store/urls.py"):
+        with open(os.path.join(ROOT, path)) as f:
+            names |= {n.value for n in ast.walk(ast.parse(f.read()))
+                      if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                      and re.fullmatch(r"[a-z][a-z_]*[a-z]", n.value)}
+    section = README[README.index("#### Store URL options"):]
+    section = section[:section.index("\n### ")]
+    documented = set(re.findall(r"`(\w+)`", section))
+    bases = ["memory://", "sqlite:///nonexistent/etcd.db", "mysql://root@127.0.0.1/etcd",
+             "tidb://root@127.0.0.1/etcd", "postgresql://postgres@127.0.0.1/etcd"]
+    accepted = {}
+    for base in bases:
+        for name in sorted(names):
+            try:    # a value no option takes: known names fail on it, or take it
+                open_store("%s?%s=/nonexistent/x" % (base, name))
+            except StoreURLError as e:
+                if re.match(r"unknown \w+ store option\(s\): ", str(e)):
+                    continue
+            accepted.setdefault(name, []).append(base.partition(":")[0])
+    assert {"pool_size", "floor_file", "sslmode", "busy_timeout"} <= set(accepted)
+    missing = {name: schemes for name, schemes in accepted.items()
+               if name not in documented}
+    assert not missing, missing
 
 
 def wait_for(predicate, timeout=20):

@@ -59,3 +59,25 @@ def test_every_option_is_documented():
     reflect.accumulateClassList(tap.Options, "optFlags", flags)
     assert {f[0] for f in flags} <= set(blocks)
     assert "ETCD_ADAPTER_<OPTION>" in text and "--config-file" in text
+
+
+def test_help_and_errors_point_to_readme_sections_that_exist():
+    """What --help and the one-line errors send the operator to ("README: SECTION",
+    'README, "SECTION"') is a heading of README.md.  The store URL options and the
+    policy file format are among them (issue 16: they were pointed at in source files
+    only)."""
+    readme = open(os.path.join(servers.REPO_ROOT, "README.md")).read()
+    headings = {_squeeze(h) for h in re.findall(r"^#+ (.+)$", readme, re.M)}
+    _blocks, text = help_blocks()
+    in_help = re.findall(r'README,"([^"]+)"', _squeeze(text))
+    assert {"StoreURLoptions", "Client-certificatepolicy"} <= set(in_help), in_help
+    in_code = []
+    package = os.path.join(servers.REPO_ROOT, "etcdadapter")
+    for folder, _dirs, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as f:
+                    in_code += re.findall(r"\(README: ([^)]+)\)", f.read())
+    assert "Quick start per store" in in_code, in_code
+    for section in in_help + [_squeeze(s) for s in in_code]:
+        assert section in headings, section
