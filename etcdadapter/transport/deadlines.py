@@ -15,6 +15,12 @@ A connection is always in one phase, and only two phases have a deadline:
 
 Pure code over an injected clock (``IReactorTime``); ``on_expired(phase)`` decides what
 closing means for the protocol in use.  A timeout of 0 disables that deadline.
+
+The timer is lazy: an HTTP/2 connection under load turns busy and idle again for every
+call it answers, and a reactor timer made and cancelled each time cost more than the
+call's own HTTP/2 framing.  The phase keeps its deadline as a time; the one timer is
+moved only when a deadline comes earlier than it, and when it fires it closes the
+connection only if the deadline then in force has passed (else it sleeps until that one).
 """
 
 HEAD = "header"
@@ -31,7 +37,8 @@ class Deadlines(object):
         self.idle_timeout = idle_timeout
         self.on_expired = on_expired
         self.phase = None
-        self._call = None
+        self._deadline = None       # when the current phase's deadline passes, or None
+        self._call = None           # the timer; may be early or late for _deadline
 
     def head(self):
         """Waiting for a request head; a head already awaited keeps its deadline."""
@@ -50,24 +57,35 @@ class Deadlines(object):
             self._enter(IDLE, self.idle_timeout)
 
     def stop(self):
-        self._enter(CLOSED, 0)
+        self.phase = CLOSED
+        self._deadline = None
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()           # (it would hold the connection until it fires)
 
     def _enter(self, phase, timeout):
         if self.phase == CLOSED:
             return
         self.phase = phase
+        if not timeout:
+            self._deadline = None   # the timer, if any, finds nothing due
+            return
+        self._deadline = deadline = self.clock.seconds() + timeout
         call = self._call
-        if timeout:
-            if call is not None and call.active():
-                call.reset(timeout)
-            else:
-                self._call = self.clock.callLater(timeout, self._expired)
-        elif call is not None:
-            self._call = None
-            if call.active():
-                call.cancel()
+        if call is None:
+            self._call = self.clock.callLater(timeout, self._expired)
+        elif call.getTime() > deadline:
+            call.reset(timeout)
 
     def _expired(self):
         self._call = None
+        deadline = self._deadline
+        if deadline is None or self.phase == CLOSED:
+            return
+        left = deadline - self.clock.seconds()
+        if left > 0:
+            self._call = self.clock.callLater(left, self._expired)
+            return
         phase, self.phase = self.phase, CLOSED
+        self._deadline = None
         self.on_expired(phase)

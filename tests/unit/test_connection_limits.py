@@ -58,6 +58,43 @@ def test_body_stall_busy_and_idle():
     assert expired == [IDLE]
 
 
+def test_busy_and_idle_turns_keep_one_timer_and_each_idle_counts_from_its_start():
+    # An HTTP/2 connection turns busy and idle for every call it answers: no reactor
+    # timer is made or cancelled for that, yet the idle deadline runs from the last turn.
+    clock, expired, d = _deadlines()
+    d.idle()
+    [timer] = clock.getDelayedCalls()
+    for _ in range(1000):
+        clock.advance(0.1)
+        d.busy()
+        d.idle()
+    assert [call is timer for call in clock.getDelayedCalls()] == [True]
+    clock.advance(300 - 100)    # the first timer fires at 300 s, idle since 100 s only
+    assert expired == [] and d.phase == IDLE
+    clock.advance(99.9)
+    assert expired == []
+    clock.advance(0.1)
+    assert expired == [IDLE] and clock.getDelayedCalls() == []
+
+
+def test_an_earlier_deadline_moves_the_timer_and_stop_cancels_it():
+    clock, expired, d = _deadlines()
+    d.idle()                    # 300 s
+    clock.advance(1)
+    d.head()                    # the next HTTP/1.1 request began: 10 s for its head
+    clock.advance(9.9)
+    assert expired == []
+    clock.advance(0.1)
+    assert expired == [HEAD]
+    clock, expired, d = _deadlines()
+    d.head()
+    d.stop()                    # a closed connection leaves no timer holding it
+    assert clock.getDelayedCalls() == [] and d.phase == "closed"
+    d.idle()
+    clock.advance(1000)
+    assert expired == [] and clock.getDelayedCalls() == []
+
+
 def test_a_zero_timeout_is_off():
     clock, expired, d = _deadlines(header=0, idle=0)
     d.head()
