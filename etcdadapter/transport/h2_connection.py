@@ -37,7 +37,7 @@ from h2.exceptions import (DenialOfServiceError, ProtocolError, StreamClosedErro
                            StreamIDTooLowError)
 from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame
-from h2.stream import StreamInputs, StreamState
+from h2.stream import StreamClosedBy, StreamInputs, StreamState
 
 from etcdadapter.transport.hpack_cache import CachingDecoder
 
@@ -74,6 +74,11 @@ class ServerConnection(h2.connection.H2Connection):
     @property
     def open_inbound_streams(self):
         return len(self._open_inbound)
+
+    @property
+    def framed_size(self):
+        """Bytes framed and not yet taken by ``data_to_send()``."""
+        return len(self._data_to_send)
 
     def _settle(self, stream_id):
         """Count ``stream_id`` as open or not, after something happened on it."""
@@ -272,10 +277,17 @@ class ServerConnection(h2.connection.H2Connection):
                 or size > stream.outbound_flow_control_window):
             return False
         machine = stream.state_machine          # (the connection's: no-op transitions)
-        machine.process_input(StreamInputs.SEND_HEADERS)
-        machine.process_input(StreamInputs.SEND_DATA)
-        machine.process_input(StreamInputs.SEND_HEADERS)
-        machine.process_input(StreamInputs.SEND_END_STREAM)
+        if machine.state is StreamState.HALF_CLOSED_REMOTE and machine.client is False:
+            # The request is all in (a unary call's case): where h2's four transitions
+            # -- response headers, data, trailers, END_STREAM -- take the stream.
+            machine.headers_sent = machine.trailers_sent = True
+            machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
+            machine.state = StreamState.CLOSED
+        else:
+            machine.process_input(StreamInputs.SEND_HEADERS)
+            machine.process_input(StreamInputs.SEND_DATA)
+            machine.process_input(StreamInputs.SEND_HEADERS)
+            machine.process_input(StreamInputs.SEND_END_STREAM)
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
         pack = _FRAME_HEAD.pack

@@ -98,6 +98,13 @@ _STREAM_INPUT_EVENTS = (h2.events.DataReceived, h2.events.StreamEnded,
                         h2.events.TrailersReceived)
 
 
+# Unary answers framed during one read are handed to the socket this many at a time
+# (and the rest when the read is done): the client can work on the first answers while
+# the read's later calls are handled, and a write each cost the server (and the client)
+# more CPU than the call itself -- on loopback a send also runs the receiver's TCP path.
+ANSWERS_PER_WRITE = 8
+
+
 class H2Server(object):
     """``budget`` (OutputBudget): the connection's unsent output; while it is over, new
     streams wait (their events are held, in order, and their DATA is not acknowledged,
@@ -147,6 +154,7 @@ class H2Server(object):
         self._releasing = False
         self._linger_call = None
         self._in_receive = False
+        self._answers = 0          # unary answers framed since the last write
         self._drained = None       # Deferred fired when the last stream ends after GOAWAY
         self._dirty = {}           # streaming calls with unflushed messages (ordered set)
         self._dirty_call = None
@@ -279,14 +287,14 @@ class H2Server(object):
 
     def _write_framed(self):
         """Hand what h2 has framed to the transport."""
+        self._answers = 0
         data = self.conn.data_to_send()
         if data:
             self._write(data)
 
     def _over_budget(self):
-        # What h2 has framed counts too: hand it to the transport first.
-        self._write_framed()
-        return self.budget.over()
+        # What h2 has framed and not handed to the transport counts too.
+        return self.budget.unsent() + self.conn.framed_size > self.budget.limit
 
     # -- holding new streams while the output is over budget --------------------------
     def _route_event(self, event):
@@ -572,9 +580,11 @@ class H2Server(object):
                     call.stream_id, _RESPONSE_HEADERS_BLOCK, call.answer, _OK_TRAILERS_BLOCK):
                 call.answer = None
                 self._stream_done(call.stream_id)
-                # Out now, even amid a read's calls: the client can take this answer
-                # while the next calls are handled (see output_budget.send_now).
-                self._write_framed()
+                # Out now, even amid a read's calls, a few answers at a time (see
+                # ANSWERS_PER_WRITE and output_budget.send_now).
+                self._answers += 1
+                if not self._in_receive or self._answers >= ANSWERS_PER_WRITE:
+                    self._write_framed()
                 return
             self._begin_response(call)
         elif not call.headers_sent and not call.pending:

@@ -14,6 +14,7 @@ from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.services.rpc import UNARY, Method, MethodRegistry
 from etcdadapter.transport.grpc_codec import (
     MessageDecoder, decode_grpc_message, encode_grpc_message, frame_message, parse_timeout)
+from etcdadapter.transport import h2_server
 from etcdadapter.transport.h2_server import H2Settings
 
 from support.deep_txn import PUT_ONLY, nested_txn
@@ -129,8 +130,40 @@ def test_a_unary_answer_in_one_go_is_what_h2_would_send(size):
         seen.append(([(type(e).__name__, getattr(e, "stream_ended", None))
                       for e in h.events if getattr(e, "stream_id", None) == sid],
                      headers, trailers, conn.outbound_flow_control_window,
+                     conn._closed_streams.get(sid),        # how h2 says it was closed
                      h.client.streams[sid].state_machine.state))
     assert seen[0] == seen[1]
+
+
+@pytest.mark.parametrize("calls", [1, h2_server.ANSWERS_PER_WRITE,
+                                   3 * h2_server.ANSWERS_PER_WRITE + 1])
+def test_the_answers_of_one_read_go_out_a_few_at_a_time(calls):
+    # Answers leave while the read's later calls are handled (the client can work on
+    # them meanwhile), a few per write: a write each cost more server CPU than the call.
+    reg, handlers = echo_registry()
+    h = Harness(reg)
+    writes = []
+    h.server._write = lambda data: (writes.append(data), h.to_client.extend(data))
+    sids = [h.start_call("/etcdserverpb.KV/Range") for _ in range(calls)]
+    for i, sid in enumerate(sids):
+        h.client.send_data(sid, frame_message(
+            rpc.RangeRequest(key=b"k%d" % i).SerializeToString()), end_stream=True)
+    h.server.data_received(h.client.data_to_send())     # all the calls in one read
+    assert len(writes) == -(-calls // h2_server.ANSWERS_PER_WRITE)
+    h.pump()
+    for i, sid in enumerate(sids):
+        _, payloads, trailers = h.result(sid)
+        assert trailers["grpc-status"] == "0"
+        assert rpc.RangeResponse.FromString(payloads[0]).kvs[0].key == b"k%d" % i
+    # An answer made outside a read (a store's answer arriving later) goes out at once.
+    del writes[:]
+    sid = h.unary("/etcdserverpb.KV/Range", rpc.RangeRequest(key=b"later"))
+    del writes[:]
+    d, _ = handlers["pending"].pop()
+    d.callback(rpc.RangeResponse(count=7))
+    assert len(writes) == 1
+    h.pump()
+    assert rpc.RangeResponse.FromString(h.result(sid)[1][0]).count == 7
 
 
 def test_grpc_timeout_gives_deadline_exceeded_and_cancels_handler():
