@@ -533,6 +533,9 @@ def test_an_idle_feed_polls_without_pool_transactions(make_store):
     a = make_store()
     # Ticks every 50 ms (PostgreSQL's timed polls only back up LISTEN/NOTIFY: rarer).
     b = make_store(url=make_store.url, store_kw={"poll_interval": 0.05})
+    # Until its connection is up (a handshake: slow on a loaded machine) the reader
+    # cannot answer and the timed polls run as usual: an idle feed is one that is up.
+    wait_until(lambda: raw(b)._revision_reader.connected)
     feed = raw(b).feed
     seen = []
     b.subscribe(seen.append)
