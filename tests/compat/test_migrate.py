@@ -36,6 +36,7 @@ import pytest
 from google.protobuf import json_format
 
 from support import command
+from support import docs
 from support import servers
 from support import stores
 from support.gateway_client import GatewayClient, b64, watch_body
@@ -605,11 +606,6 @@ def test_auth_copied(tmp_path):
         etcd_server.cleanup()
 
 
-def readme_block(name):
-    readme = open(os.path.join(servers.REPO_ROOT, "README.md")).read()
-    return re.search(r"<!-- sh: %s -->\n```sh\n(.*?)```" % name, readme, re.S).group(1)
-
-
 def test_readme_steps(etcd):
     """README's "Live, at etcd's revisions" steps, pasted (MariaDB, etcd's address and
     the adapter's port substituted), do what the text says."""
@@ -618,7 +614,7 @@ def test_readme_steps(etcd):
     port = command.free_port()
 
     def args(name):
-        text = readme_block(name).strip()
+        text = docs.marked("sh")[name].strip()
         text = text.replace("'mysql://etcd_adapter:change-me@127.0.0.1:3306/etcd_adapter'",
                             url).replace("http://etcd.internal:2379",
                                          "http://" + etcd_server.endpoint)

@@ -10,10 +10,14 @@
 * Out: an adapter on every store gets the same history; ``etcdctl snapshot save``
   against it, ``snapshot status`` and ``snapshot restore`` accept the file, and a real
   etcd started on the restored directory answers as the adapter did.
+* docs/etcd-snapshots.md's commands, pasted (:class:`support.docs.Paste`), do both on
+  SQLite and print what the doc says.
 """
 
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -25,6 +29,7 @@ import pytest
 from support import command
 from support import servers
 from support import stores
+from support.docs import Paste, marked
 from etcdadapter.pb.authpb import auth_pb2 as authpb
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 
@@ -523,3 +528,111 @@ def test_main_takes_argv_and_a_program_name(capsys):
     assert err.getvalue() == (
         "etcd-adapter snapshot: the memory store lives inside the adapter process: start "
         "the adapter with --store 'memory://?snapshot=x.db' instead\n")
+
+
+# -- docs/etcd-snapshots.md, pasted -------------------------------------------------------
+
+SH = marked("sh")
+
+
+def humanized(size):
+    """go-humanize's Bytes, as etcdctl prints TOTAL SIZE (SI units, one decimal below
+    10)."""
+    if size < 10:
+        return "%d B" % size
+    e = int(math.floor(math.log(size) / math.log(1000)))
+    value = math.floor(size / 1000 ** e * 10 + 0.5) / 10
+    return ("%.0f %s" if value >= 10 else "%.1f %s") % (value, ["B", "kB", "MB", "GB"][e])
+
+
+def status_table(text):
+    """The rows of ``etcdctl snapshot status -w table``, cells stripped."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("|")]
+
+
+def test_backing_up_and_leaving_as_the_doc_says(tmp_path):
+    """"Backing up / leaving": an adapter on SQLite with the history, auth on; the doc's
+    ``snapshot save`` and ``snapshot status -w table`` print the file and its revision;
+    the adapter stops and the doc's ``snapshot restore`` + ``etcd`` serve, at the same
+    address, what the adapter served, and go on at its revision + 1."""
+    servers.require_etcd_binaries()
+    paste = Paste(tmp_path)
+    paste.replace = {"root:PASSWORD": "root:" + ROOT_PW}
+    try:
+        paste.start(["--store", "sqlite://%s/adapter.db" % tmp_path])
+        endpoint = "127.0.0.1:%d" % paste.port
+        c = Client(endpoint)
+        compact, current = write_history(c)
+        add_users(c)
+        c.login("root", ROOT_PW)
+        expected = observe(c, compact, current)
+        check_history_shape(expected, compact, current)
+        c.close()
+
+        assert paste.run(SH["snapshot-save"]) == "Snapshot saved at backup.db\n"
+        path = os.path.join(paste.cwd, "backup.db")
+        header, row = status_table(paste.run(SH["snapshot-status"]))
+        assert header == ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"]
+        # The key bucket: each key's version live at the compact revision, then every
+        # event after it; meta: consistent_index and the two compaction marks; auth:
+        # enabled and its revision; cluster: its version.
+        keys = (len(expected["ranges"][compact][3]) + len(expected["watch"])
+                + 3 + len(expected["leases"]) + 2 + len(expected["users"])
+                + len(expected["roles"]) + 1)
+        assert row[1:] == [str(current), str(keys), humanized(os.path.getsize(path) - 32)]
+        assert re.match(r"^[0-9a-f]{1,8}$", row[0]), row
+
+        paste.stop()                    # leaving: etcd takes the adapter's address
+        assert paste.run(SH["snapshot-to-etcd"]) == ""
+        assert Client(endpoint).login("alice", ALICE_PW).token     # the adapter's bcrypt
+        e = Client(endpoint).login("root", ROOT_PW)
+        got = observe(e, compact, current)
+        for rev in range(compact, current + 1):
+            assert got["ranges"][rev] == expected["ranges"][rev], rev
+        assert got == expected
+        assert put(e, b"/a/after", b"x") == current + 1
+        e.close()
+    finally:
+        paste.kill()
+
+
+def test_arriving_as_the_doc_says(tmp_path):
+    """"Restoring an etcd snapshot into a store": the doc's ``snapshot save`` from a real
+    etcd with the history, its ``etcd-adapter snapshot restore`` (into SQLite) printing
+    the revisions, then its adapter serving what etcd served."""
+    servers.require_etcd_binaries()
+    etcd = servers.EtcdServer("doc-arriving").start()
+    paste = Paste(tmp_path)
+    store = "sqlite://%s/restored.db" % tmp_path
+    paste.replace = {"https://etcd:2379": etcd.client_url,
+                     "root:PASSWORD": "root:" + ROOT_PW,
+                     "'mysql://user:pw@db/apisix'": "'%s'" % store}
+    try:
+        c = Client(etcd.endpoint)
+        compact, current = write_history(c)
+        add_users(c)
+        c.login("root", ROOT_PW)
+        expected = observe(c, compact, current)
+        c.close()
+        assert paste.run(SH["etcd-snapshot-save"]) == "Snapshot saved at etcd.db\n"
+        etcd.stop()
+
+        assert paste.run(SH["snapshot-restore"]) == (
+            "restored etcd.db into %s: revision %d, compact revision %d, 2 lease(s), "
+            "2 user(s), 2 role(s), auth enabled\n" % (store, current, compact))
+        assert paste.run(SH["snapshot-restored-adapter"]) == ""
+        endpoint = "127.0.0.1:%d" % paste.port
+        assert Client(endpoint).login("alice", ALICE_PW).token     # etcd's bcrypt
+        a = Client(endpoint).login("root", ROOT_PW)
+        got = observe(a, compact, current)
+        for rev in range(compact, current + 1):
+            assert got["ranges"][rev] == expected["ranges"][rev], rev
+        assert got == expected
+        assert put(a, b"/a/after", b"x") == current + 1
+        a.close()
+        paste.stop()
+    finally:
+        paste.kill()
+        etcd.stop()
+        etcd.cleanup()

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from support import servers
+from support.docs import marked
 from support.certs import CA
 from etcdadapter import tap
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
@@ -34,16 +35,8 @@ APISIX_DEPLOYMENT_KEYS = {"role", "role_traditional", "role_data_plane",
 
 
 def blocks():
-    """{name: parsed YAML} of every marked block in docs/*.md."""
-    out = {}
-    for name in sorted(os.listdir(DOCS)):
-        if not name.endswith(".md"):
-            continue
-        text = open(os.path.join(DOCS, name)).read()
-        for m in re.finditer(r"<!-- yaml: ([\w-]+) -->\n```yaml\n(.*?)```", text, re.S):
-            assert m.group(1) not in out, "two blocks named %s" % m.group(1)
-            out[m.group(1)] = yaml.safe_load(m.group(2))
-    return out
+    """{name: parsed YAML} of every marked yaml block (README.md and docs/*.md)."""
+    return {name: yaml.safe_load(text) for name, text in marked("yaml").items()}
 
 
 BLOCKS = blocks()

@@ -1,157 +1,36 @@
 """The shell commands of README.md and docs/ work when pasted: every block marked
-``<!-- sh: NAME -->`` is run here, as a user would run it, against the installed
-``etcd-adapter`` command, the local MariaDB and PostgreSQL and the real etcd/etcdctl.
-
-What differs from a user's terminal, and only that (``Paste.text``):
-
-* ports: ``2379`` and ``9379`` become free ports; a bare ``etcd-adapter`` (default
-  127.0.0.1:2379) gets ``ETCD_ADAPTER_LISTEN=127.0.0.1:<port>``;
-* names: the database and user ``etcd_adapter`` become a fresh ``ops16_docs_<hex>`` (and
-  are dropped afterwards); ``/var/lib/etcd-adapter`` a temporary folder;
-* ``sudo mysql`` / ``sudo -u postgres psql`` become the local servers' administrator
-  (``mysql -h 127.0.0.1 -u root``, ``psql -h 127.0.0.1 -U postgres``); any other
-  ``sudo`` is dropped (the tests run as root);
-* ``pip install ...`` is not run (the test's own install is there); the extra it names
-  must exist in setup.cfg.
-
-A line starting with ``etcd-adapter`` starts the server in the background (and must
-serve); the other lines of a block run in one ``bash -euo pipefail`` script.
+``<!-- sh: NAME -->`` is run here, as a user would run it (:class:`support.docs.Paste`
+says what differs from a user's terminal), against the installed ``etcd-adapter``
+command, the local MariaDB and PostgreSQL and the real etcd/etcdctl.  (The blocks of
+docs/etcd-snapshots.md run in tests/compat/test_snapshot.py, with the histories made
+there.)
 """
 
 import base64
-import configparser
 import json
 import os
 import re
-import shlex
 import socket
 import subprocess
-import sys
 import time
-import uuid
 
 import pytest
 import yaml
 
 from support import servers
 from support import stores
-from support.command import Running, free_port, get, metric
-
-ROOT = servers.REPO_ROOT
-README = open(os.path.join(ROOT, "README.md")).read()
-DOCS = {name: open(os.path.join(ROOT, "docs", name)).read()
-        for name in sorted(os.listdir(os.path.join(ROOT, "docs"))) if name.endswith(".md")}
-
-
-def marked(kind, lang=None):
-    """{name: text} of the blocks marked ``<!-- KIND: NAME -->`` in README and docs."""
-    out = {}
-    for text in [README] + list(DOCS.values()):
-        pattern = r"<!-- %s: ([\w-]+) -->\n```%s\n(.*?)```" % (kind, lang or kind)
-        for m in re.finditer(pattern, text, re.S):
-            assert m.group(1) not in out, "two %s blocks named %s" % (kind, m.group(1))
-            out[m.group(1)] = m.group(2)
-    return out
-
+from support.command import get, metric
+from support.docs import README, Paste, marked
 
 SH = marked("sh")
-
-
-def extras():
-    cfg = configparser.ConfigParser()
-    cfg.read(os.path.join(ROOT, "setup.cfg"))
-    return {k for k in cfg["options.extras_require"]}
-
-
-class Paste(object):
-    """One user's session: the substitutions, the servers started, the clean-up."""
-
-    def __init__(self, tmp_path):
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.name = "ops16_docs_" + uuid.uuid4().hex[:8]
-        self.state = str(tmp_path / "var-lib-etcd-adapter")
-        self.servers = []
-        self.env = {"PATH": os.path.dirname(sys.executable) + os.pathsep
-                    + os.environ.get("PATH", "")}
-
-    def text(self, block):
-        block = block.replace("sudo mysql", "mysql -h 127.0.0.1 -u root")
-        block = block.replace("sudo -u postgres psql",
-                              "psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1")
-        block = re.sub(r"^sudo ", "", block, flags=re.M)      # the tests run as root
-        block = re.sub(r"\betcd_adapter\b", self.name, block)
-        block = block.replace("/var/lib/etcd-adapter", self.state)
-        block = block.replace(":2379", ":%d" % self.port)
-        return block.replace(":9379", ":%d" % self.metrics_port)
-
-    def run(self, block):
-        """Run a block: scripts in bash, etcd-adapter lines as servers.  The script
-        outputs, joined."""
-        outputs = []
-        script = []
-        for line in _lines(self.text(block)):
-            if line.startswith("pip install"):
-                for extra in re.findall(r"\[(\w+)\]", line):
-                    assert extra in extras(), line
-                continue
-            if line.startswith("etcd-adapter"):
-                outputs.append(self.script(script))
-                script = []
-                self.start(shlex.split(line)[1:])
-            else:
-                script.append(line)
-        outputs.append(self.script(script))
-        return "".join(outputs)
-
-    def script(self, lines):
-        if not lines:
-            return ""
-        env = dict(os.environ, **self.env)
-        r = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(lines)],
-                           capture_output=True, text=True, env=env, timeout=60)
-        assert r.returncode == 0, (lines, r.stdout, r.stderr)
-        return r.stdout
-
-    def start(self, args):
-        env = dict(self.env)
-        if not any(a.startswith(("--listen", "--config-file")) for a in args):
-            env["ETCD_ADAPTER_LISTEN"] = "127.0.0.1:%d" % self.port
-        server = Running(args, env)
-        self.servers.append(server)
-        server.wait_http(self.port)
-        return server
-
-    def stop(self):
-        for server in self.servers:
-            assert server.terminate() == 0, server.stdout()
-            assert server.stderr() == "", server.stderr()
-
-
-def _lines(text):
-    """Shell commands: continuation lines joined, a here-document kept with its
-    command."""
-    out, heredoc = [], None
-    for line in text.replace("\\\n", " ").splitlines():
-        if heredoc is not None:
-            out[-1] += "\n" + line
-            if line.strip() == heredoc:
-                heredoc = None
-            continue
-        m = re.search(r"<<-?'?(\w+)'?", line)
-        if line.strip():
-            out.append(line)
-        if m:
-            heredoc = m.group(1)
-    return out
+YAML = marked("yaml")
 
 
 @pytest.fixture
 def paste(tmp_path):
     p = Paste(tmp_path)
     yield p
-    for server in p.servers:
-        server.kill()
+    p.kill()
 
 
 def check(paste):
@@ -253,8 +132,7 @@ def test_apisix_auth(paste):
     paste.start(["--store", "sqlite://%s/etcd.db" % paste.state.replace(
         "var-lib-etcd-adapter", "")])
     paste.run(SH["apisix-auth"])
-    etcd = yaml.safe_load(re.search(r"<!-- yaml: apisix-auth -->\n```yaml\n(.*?)```",
-                                    DOCS["apisix.md"], re.S).group(1))["deployment"]["etcd"]
+    etcd = yaml.safe_load(YAML["apisix-auth"])["deployment"]["etcd"]
     status, body = _post(paste.port, "/v3/auth/authenticate",
                          {"name": etcd["user"], "password": etcd["password"]})
     assert status == 200, body
@@ -319,8 +197,7 @@ def test_migrating_with_make_mirror(paste):
 def test_kubernetes_pod_probes(paste):
     """The pod of docs/deployment.md: its probes point at the metrics port the adapter's
     arguments open, and answer there."""
-    block = re.search(r"<!-- yaml: kubernetes-pod -->\n```yaml\n(.*?)```",
-                      DOCS["deployment.md"], re.S).group(1)
+    block = YAML["kubernetes-pod"]
     pod = yaml.safe_load(re.sub(r"\b9379\b", str(paste.metrics_port), paste.text(block)))
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["etcd-adapter"]

@@ -54,17 +54,18 @@ def metric(text, sample):
 
 
 class Running(object):
-    """``etcd-adapter ARGS`` in the background."""
+    """``etcd-adapter ARGS`` (or ``program ARGS``) in the background."""
 
-    def __init__(self, args, env=None):
+    def __init__(self, args, env=None, cwd=None, program=None):
         self.args = list(args)
         self.env = env
         self.dir = tempfile.mkdtemp(prefix="etcdadapter-cli-")
         self.out_path = os.path.join(self.dir, "stdout")
         self.err_path = os.path.join(self.dir, "stderr")
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen([BIN] + self.args, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, env=environment(env),
+            self.proc = subprocess.Popen([program or BIN] + self.args, stdout=out,
+                                         stderr=err, stdin=subprocess.DEVNULL,
+                                         env=environment(env), cwd=cwd,
                                          start_new_session=True)
 
     def stdout(self):
