@@ -20,7 +20,7 @@ import yaml
 from support import servers
 from support import stores
 from support.command import get, metric
-from support.docs import README, Paste, marked
+from support.docs import DOCS, README, ROOT, Paste, marked
 
 SH = marked("sh")
 YAML = marked("yaml")
