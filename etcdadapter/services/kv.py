@@ -11,7 +11,7 @@ from etcdadapter import errors
 from etcdadapter.pb.etcdserverpb import rpc_pb2 as rpc
 from etcdadapter.security import permissions as perm
 from etcdadapter.security.authorizer import Authorizer
-from etcdadapter.services.rpc import UNARY, Method, service_methods
+from etcdadapter.services.rpc import UNARY, Method, service_methods, then
 from etcdadapter.store import mvcc
 
 # Bytes etcd's InternalRaftRequest wrapper adds around a request (header with the
@@ -194,7 +194,7 @@ class KVService(object):
     def Range(self, request, context):
         check_range(request)
         self._authorize(perm.check_range, context, request)
-        return self.store.range(request).addCallback(self._header)
+        return then(self.store.range(request), self._header)
 
     def Put(self, request, context):
         check_put(request)
@@ -202,13 +202,13 @@ class KVService(object):
         perms = self._authorize(perm.check_put, context, request)
         d = self._after_lease_checks(perms, (request.lease,) if request.lease else (),
                                      lambda: self.store.put(request))
-        return d.addCallback(self._header)
+        return then(d, self._header)
 
     def DeleteRange(self, request, context):
         check_delete(request)
         self._check_size(request)
         self._authorize(perm.check_delete, context, request)
-        return self.store.delete_range(request).addCallback(self._header)
+        return then(self.store.delete_range(request), self._header)
 
     def Txn(self, request, context):
         check_txn(request, self.limits.max_txn_ops)
@@ -221,7 +221,7 @@ class KVService(object):
         # txn attaches a lease just the same.
         d = self._after_lease_checks(perms, perm.txn_put_leases(request),
                                      lambda: self.store.txn(request))
-        return d.addCallback(self._header)
+        return then(d, self._header)
 
     def ReplacePrefix(self, request, context):
         """Not an etcd RPC (:data:`REPLACE_PREFIX`, for the in-process client only): the

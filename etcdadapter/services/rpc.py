@@ -232,6 +232,24 @@ def status_code(error):
 _OK = StatusCode.OK
 
 
+def fired_with_value(d):
+    """Whether Deferred ``d`` has fired with a value that is final: no callback waits on
+    another Deferred (a fired Deferred that is not paused has run its callbacks: a
+    memory store's answer).  Its ``result``
+    can then be used as it is, without a callback run (Twisted's callback machinery
+    cost more than a memory store's write).  A handler never hands back a Deferred whose
+    callbacks are running -- that would be its own caller."""
+    return d.called and not d.paused and not isinstance(d.result, Failure)
+
+
+def then(d, fn):
+    """``d.addCallback(fn)``, or ``fn(d.result)`` itself when ``d`` has fired with a
+    value (:func:`fired_with_value`): handlers return either, see :func:`call_unary`."""
+    if fired_with_value(d):
+        return fn(d.result)
+    return d.addCallback(fn)
+
+
 def call_unary(method, request, context):
     """Call a unary method as every face does: its interceptors around its handler.
 
@@ -252,11 +270,7 @@ def call_unary(method, request, context):
         _ended(None, ends, request, context, clock() - t0, status_code(e))
         raise
     if isinstance(result, Deferred):
-        # Fired and not waiting on another Deferred: its result is final (reading it
-        # here saves two callback runs per call; a handler never hands back a Deferred
-        # whose callbacks are running -- that would be its own caller).
-        if not (result.called and not result.paused) or isinstance(result.result,
-                                                                    Failure):
+        if not fired_with_value(result):
             return result.addBoth(_ended_later, ends, request, context, clock, t0)
         result = result.result
     elapsed = clock() - t0
