@@ -143,9 +143,10 @@ def test_mysql_cluster_options_and_error_classes():
         assert kind(code) == dl.RETRY, code
     # (Group Replication: not ONLINE / stopping / primary failover with the BEFORE
     # consistency the adapter sets, 3781-3783 and 3796-3799; a node whose sessions are
-    # read-only by default, 1792; TiKV leader moves and overload, 9008-9013)
-    for code in (1047, 1290, 1792, 1836, 3100, 3781, 3782, 3783, 3796, 3797, 3798, 3799,
-                 9001, 9002, 9003, 9004, 9005, 9008, 9010, 9011, 9012, 9013):
+    # read-only by default, 1792; TiKV leader moves and overload, 9008-9013; Galera's
+    # replication failing at COMMIT, 1180)
+    for code in (1047, 1180, 1290, 1792, 1836, 3100, 3781, 3782, 3783, 3796, 3797, 3798,
+                 3799, 9001, 9002, 9003, 9004, 9005, 9008, 9010, 9011, 9012, 9013):
         assert kind(code) == dl.NOT_READY, code
     for code in (2013, 2006, 1053, 1927, 3032):
         assert kind(code) == dl.DISCONNECT, code
