@@ -150,8 +150,9 @@ class SQLStore(Store):
 
     @property
     def available(self):
-        """False while the database cannot be reached (between the store-unavailable
-        and store-available events); /metrics' etcd_server_has_leader follows it."""
+        """False while the database cannot be reached or refuses writes (between the
+        store-unavailable and store-available events); /metrics'
+        etcd_server_has_leader follows it."""
         return self.runner.down_since is None
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -336,7 +336,7 @@ class GroupCommitter(object):
         return batch, view, results
 
     def _committed(self, items, batch, view, results):
-        self.runner.available()
+        self.runner.available(writes=True)
         self.batches += 1
         self.items += len(items)
         self.last_batch = len(items)
@@ -480,7 +480,7 @@ class GroupCommitter(object):
             if kind == NOT_READY:
                 # Refused at COMMIT: the outcome may be unknown (a TiKV timeout).
                 yield self._rollback_on_reactor()
-                self.runner.unavailable("not ready at COMMIT", e)
+                self.runner.unavailable("not ready at COMMIT", e, writes=True)
                 raise errors.ErrTimeout()
             yield self._failed_on_reactor(e, attempt, since)
 
@@ -585,7 +585,7 @@ class GroupCommitter(object):
         if kind == NOT_READY:
             # The node answers but cannot serve (no quorum, read-only): Unavailable now;
             # the client tries another adapter.  Logged once (store-unavailable).
-            self.runner.unavailable("not ready", e)
+            self.runner.unavailable("not ready", e, writes=True)
             raise errors.ErrNoLeader()
         if kind == RETRY:
             # Rolled back by a conflict (a deadlock, Galera's certification, a TiDB

@@ -58,6 +58,11 @@ _GONE_CODES = (2002, 2003, 2005, 2006, 2013, 2026, 2055, 1040, 1045, 1049, 1053,
 # connection kept for when the node is back.
 #   1047  Galera: "WSREP has not yet prepared node for application use" (non-primary,
 #         joining, donor without wsrep_sst_donor_rejects_queries...)
+#   1180  ER_ERROR_DURING_COMMIT: Galera could not replicate the write set at COMMIT
+#         (wsrep-lib's e_error_during_commit; a node isolated under load gave "Error
+#         while appending streaming replication fragment(provider status: Not
+#         connected to Primary Component)": not sent, nothing committed); InnoDB's own
+#         commit failures carry it too.  Unavailable, logged once, no traceback
 #   1290  --read-only / --super-read-only (a Group Replication secondary, a replica, a
 #         node fenced by the operator): ER_OPTION_PREVENTS_STATEMENT
 #   1792  ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION: every new session starts read-only
@@ -80,7 +85,7 @@ _GONE_CODES = (2002, 2003, 2005, 2006, 2013, 2026, 2055, 1040, 1045, 1049, 1053,
 #   9011  TiKV max timestamp not synced (a new leader not ready yet)
 #   9012  TiFlash server timeout            9013  TiFlash server busy
 # (TiDB retries those internally with back-off, about 20 s, before answering them.)
-_NOT_READY_CODES = (1047, 1290, 1792, 1836, 3100, 3781, 3782, 3783, 3796, 3797, 3798,
+_NOT_READY_CODES = (1047, 1180, 1290, 1792, 1836, 3100, 3781, 3782, 3783, 3796, 3797, 3798,
                     3799, 9001, 9002, 9003, 9004, 9005, 9008, 9010, 9011, 9012, 9013)
 
 

@@ -31,7 +31,9 @@ threads only, never the reads, the change feed's polls or ``/health``.  Inside,
 
 The runner logs the database's state changes once each, not every failed attempt:
 ``store-unavailable`` (warn: the error) when it stops answering and ``store-available``
-(info: how long it was away) when a connection succeeds again; writes that timed out
+(info: how long it was away) when a transaction succeeds again -- a write, if writes were
+refused as not ready (a node that still serves reads is not back for writes because a
+read succeeded: one line for the whole time it refuses them); writes that timed out
 waiting for a lock are logged at most every 10 s (``store-lock-timeout``, with a count).
 """
 
@@ -258,11 +260,11 @@ class Session(object):
                 self._rollback(conn)
                 if kind == NOT_READY and mode == "write":
                     # Refused at COMMIT: the outcome may be unknown (TiKV timeouts).
-                    self.runner.unavailable("not ready at COMMIT", e)
+                    self.runner.unavailable("not ready at COMMIT", e, writes=True)
                     raise errors.ErrTimeout()
                 self._retry_or_raise(mode, kind, e, attempt, deadline)
                 continue
-            self.runner.available()
+            self.runner.available(writes=mode == "write")
             return result
 
     def _retry_or_raise(self, mode, kind, error, attempt, deadline):
@@ -278,7 +280,7 @@ class Session(object):
             raise self.runner.lock_timed_out(
                 None if deadline is None else deadline - self.dialect.lock_timeout)
         if kind == NOT_READY:
-            self.runner.unavailable("not ready", error)
+            self.runner.unavailable("not ready", error, writes=mode == "write")
             raise errors.ErrNoLeader()
         if kind in (RETRY, LOCK_TIMEOUT):
             until = self._retry_until if mode == "write" else None
@@ -331,6 +333,7 @@ class Runner(object):
         self._trigger = None
         self.connect_blocked_until = 0.0
         self._down_since = None          # monotonic time the database went away
+        self._writes_refused = False     # ... and a write was refused as not ready
         self._lock_timeouts = 0          # not logged yet
         self._lock_logged_at = None
         #: Transactions of the pools run again after a conflict (for /metrics).
@@ -384,8 +387,15 @@ class Runner(object):
         """Monotonic time the database went away, None while it answers."""
         return self._down_since
 
-    def unavailable(self, what, error):
+    def unavailable(self, what, error, writes=False):
+        """The database failed us (logged once per outage).  ``writes``: it refused a
+        write as not ready (read-only, no quorum, not primary) -- then only a write
+        that succeeds ends the outage: a node that serves reads but refuses writes
+        would otherwise be "available again" after every read in between (the change
+        feed polls every 40 ms) and log the pair once per refused write."""
         with self._lock:
+            if writes:
+                self._writes_refused = True
             if self._down_since is not None:
                 log.debug("database {db}: {what}: {error}", db=self.dialect.describe(),
                           what=what, error=_text(error))
@@ -394,11 +404,15 @@ class Runner(object):
         log.warn("database {db} unavailable ({what}): {error}", event="store-unavailable",
                  db=self.dialect.describe(), what=what, error=_text(error))
 
-    def available(self):
+    def available(self, writes=False):
+        """A transaction succeeded (``writes``: a write committed)."""
         if self._down_since is None:
             return
         with self._lock:
+            if self._writes_refused and not writes:
+                return
             since, self._down_since = self._down_since, None
+            self._writes_refused = False
         if since is not None:
             log.info("database {db} available again after {outage:.1f}s",
                      event="store-available", db=self.dialect.describe(),
