@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """What one gRPC Put crosses, request bytes in -> answer bytes out: the sans-IO H2Server of
 bench/unary_cpu.py (memory store) under a profiler for one call.  Prints the project
-calls, distinct project functions and files, and all Python calls; ``-v`` lists the files,
-``-f`` every project function with its count, ``-p`` the path.  The figure a newcomer's trace of a Put is
-measured by (calls and files to read).  Also the path a reader follows: the project
+calls, distinct project functions and files, and all Python calls (``-v`` lists the
+files, ``-f`` every project function with its count, ``-p`` the path below).  The figure
+a newcomer's trace of a Put is measured by (calls and files to read).  Also the path a
+reader follows: the project
 functions on the call stack when the store applies the write and when the answer's
 bytes are handed to the transport (the socket's ``Protocol.dataReceived`` ->
 ``H2Server.data_received`` is one more call, in one more file).

@@ -85,8 +85,9 @@ _GONE_CODES = (2002, 2003, 2005, 2006, 2013, 2026, 2055, 1040, 1045, 1049, 1053,
 #   9011  TiKV max timestamp not synced (a new leader not ready yet)
 #   9012  TiFlash server timeout            9013  TiFlash server busy
 # (TiDB retries those internally with back-off, about 20 s, before answering them.)
-_NOT_READY_CODES = (1047, 1180, 1290, 1792, 1836, 3100, 3781, 3782, 3783, 3796, 3797, 3798,
-                    3799, 9001, 9002, 9003, 9004, 9005, 9008, 9010, 9011, 9012, 9013)
+_NOT_READY_CODES = (1047, 1180, 1290, 1792, 1836, 3100, 3781, 3782, 3783, 3796, 3797,
+                    3798, 3799, 9001, 9002, 9003, 9004, 9005, 9008, 9010, 9011, 9012,
+                    9013)
 
 
 #: Multi-primary clusters the dialect recognises at connect (MySQLDialect.cluster).
