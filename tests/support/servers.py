@@ -28,6 +28,7 @@ Also here: a small gRPC client (:class:`GrpcClient`) built on grpcio generic cal
 import errno
 import os
 import queue
+import random
 import re
 import shutil
 import signal
@@ -91,19 +92,42 @@ _handed_out = set()
 _ports_lock = threading.Lock()
 
 
+def _worker_ports():
+    """The ports this test process hands out: under pytest-xdist each worker has a range
+    of its own, below Linux's ephemeral ports (32768-60999).  Ports the kernel picks
+    (bind to port 0) are shared by every process and by client connections: two workers
+    were handed the same port, one server took it, the other's failed to bind -- and its
+    readiness probe reached the first one's server and passed."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker[:2] == "gw" and worker[2:].isdigit() else 0
+    if index > 4:
+        return None
+    low = 10000 + index * 4000
+    return range(low, low + 4000)
+
+
+_PORTS = _worker_ports()
+_pick = random.Random().choice     # (tests seed the module's random for their own use)
+
+
 def free_port():
     """A loopback TCP port that is free now and not handed out before by this process.
 
     There is an unavoidable window between closing the probe socket and the server
-    binding it; the starters below detect "address already in use" and retry on fresh
-    ports.
+    binding it (another program may take the port); the starters below detect "address
+    already in use" and retry on fresh ports.
     """
     with _ports_lock:
         for _ in range(100):
+            port = _pick(_PORTS) if _PORTS is not None else 0
+            if port in _handed_out:
+                continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                sock.bind(("127.0.0.1", 0))
+                sock.bind(("127.0.0.1", port))
                 port = sock.getsockname()[1]
+            except OSError:
+                continue                # in use (or lingering): another one
             finally:
                 sock.close()
             if port not in _handed_out:
