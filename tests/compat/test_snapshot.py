@@ -142,6 +142,15 @@ def add_users(c):
     c.call(AUTH + "AuthEnable", rpc.AuthEnableRequest(), rpc.AuthEnableResponse)
 
 
+def with_history(c):
+    """Writes the history and the users through client ``c`` and logs in as root:
+    (what the server then answers, compact revision, current revision)."""
+    compact, current = write_history(c)
+    add_users(c)
+    c.login("root", ROOT_PW)
+    return observe(c, compact, current), compact, current
+
+
 def range_at(c, revision):
     r = c.call(KV + "Range", rpc.RangeRequest(key=b"\0", range_end=b"\0", revision=revision),
                rpc.RangeResponse)
@@ -296,10 +305,7 @@ def etcd_snapshot(tmp_path_factory):
     etcd = servers.EtcdServer("snapshot-source").start()
     try:
         c = Client(etcd.endpoint)
-        compact, current = write_history(c)
-        add_users(c)
-        c.login("root", ROOT_PW)
-        seen = observe(c, compact, current)
+        seen, compact, current = with_history(c)
         seen["alice-wrong"] = Client(etcd.endpoint).error(
             AUTH + "Authenticate", rpc.AuthenticateRequest(name="alice", password="nope"),
             rpc.AuthenticateResponse)
@@ -452,10 +458,7 @@ def test_etcdctl_snapshot_save_from_the_adapter(kind, tmp_path, request):
     url = "memory://" if kind == "memory" else fresh_store_url(kind, tmp_path, request)
     adapter = run_adapter("snapshot-out-" + kind, url, request)
     c = Client(adapter.endpoint)
-    compact, current = write_history(c)
-    add_users(c)
-    c.login("root", ROOT_PW)
-    expected = observe(c, compact, current)
+    expected, compact, current = with_history(c)
     check_history_shape(expected, compact, current)
     c.close()
     # Admin only, as on etcd.
@@ -563,10 +566,7 @@ def test_backing_up_and_leaving_as_the_doc_says(tmp_path):
         paste.start(["--store", "sqlite://%s/adapter.db" % tmp_path])
         endpoint = "127.0.0.1:%d" % paste.port
         c = Client(endpoint)
-        compact, current = write_history(c)
-        add_users(c)
-        c.login("root", ROOT_PW)
-        expected = observe(c, compact, current)
+        expected, compact, current = with_history(c)
         check_history_shape(expected, compact, current)
         c.close()
 
@@ -585,16 +585,23 @@ def test_backing_up_and_leaving_as_the_doc_says(tmp_path):
 
         paste.stop()                    # leaving: etcd takes the adapter's address
         assert paste.run(SH["snapshot-to-etcd"]) == ""
-        assert Client(endpoint).login("alice", ALICE_PW).token     # the adapter's bcrypt
-        e = Client(endpoint).login("root", ROOT_PW)
-        got = observe(e, compact, current)
-        for rev in range(compact, current + 1):
-            assert got["ranges"][rev] == expected["ranges"][rev], rev
-        assert got == expected
-        assert put(e, b"/a/after", b"x") == current + 1
-        e.close()
+        _serves_as_observed(endpoint, expected, compact, current)  # the adapter's bcrypt
     finally:
         paste.kill()
+
+
+def _serves_as_observed(endpoint, expected, compact, current):
+    """The server on ``endpoint`` (started from a snapshot) lets alice log in with her
+    password, answers what was ``observe``d at every retained revision, and writes on at
+    ``current`` + 1."""
+    assert Client(endpoint).login("alice", ALICE_PW).token
+    c = Client(endpoint).login("root", ROOT_PW)
+    got = observe(c, compact, current)
+    for rev in range(compact, current + 1):
+        assert got["ranges"][rev] == expected["ranges"][rev], rev
+    assert got == expected
+    assert put(c, b"/a/after", b"x") == current + 1
+    c.close()
 
 
 def test_arriving_as_the_doc_says(tmp_path):
@@ -610,10 +617,7 @@ def test_arriving_as_the_doc_says(tmp_path):
                      "'mysql://user:pw@db/apisix'": "'%s'" % store}
     try:
         c = Client(etcd.endpoint)
-        compact, current = write_history(c)
-        add_users(c)
-        c.login("root", ROOT_PW)
-        expected = observe(c, compact, current)
+        expected, compact, current = with_history(c)
         c.close()
         assert paste.run(SH["etcd-snapshot-save"]) == "Snapshot saved at etcd.db\n"
         etcd.stop()
@@ -622,15 +626,8 @@ def test_arriving_as_the_doc_says(tmp_path):
             "restored etcd.db into %s: revision %d, compact revision %d, 2 lease(s), "
             "2 user(s), 2 role(s), auth enabled\n" % (store, current, compact))
         assert paste.run(SH["snapshot-restored-adapter"]) == ""
-        endpoint = "127.0.0.1:%d" % paste.port
-        assert Client(endpoint).login("alice", ALICE_PW).token     # etcd's bcrypt
-        a = Client(endpoint).login("root", ROOT_PW)
-        got = observe(a, compact, current)
-        for rev in range(compact, current + 1):
-            assert got["ranges"][rev] == expected["ranges"][rev], rev
-        assert got == expected
-        assert put(a, b"/a/after", b"x") == current + 1
-        a.close()
+        _serves_as_observed("127.0.0.1:%d" % paste.port, expected, compact,
+                            current)                              # etcd's bcrypt
         paste.stop()
     finally:
         paste.kill()
