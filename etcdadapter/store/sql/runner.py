@@ -31,9 +31,10 @@ threads only, never the reads, the change feed's polls or ``/health``.  Inside,
 
 The runner logs the database's state changes once each, not every failed attempt:
 ``store-unavailable`` (warn: the error) when it stops answering and ``store-available``
-(info: how long it was away) when a transaction succeeds again -- a write, if writes were
-refused as not ready (a node that still serves reads is not back for writes because a
-read succeeded: one line for the whole time it refuses them); writes that timed out
+(info: how long it was away) when a transaction succeeds again -- a write, if a write was
+refused as not ready in the last ``WRITES_REFUSED_HOLD`` seconds (a node that still
+serves reads is not back for writes because a read succeeded: one line for the whole
+time it refuses them, however many reads come in between); writes that timed out
 waiting for a lock are logged at most every 10 s (``store-lock-timeout``, with a count).
 """
 
@@ -65,6 +66,9 @@ MAX_ATTEMPTS = 5
 DEFAULT_RETRY_TIMEOUT = 5.0
 # Lock-wait timeouts are logged at most this often (seconds), with the count since.
 LOCK_TIMEOUT_LOG_INTERVAL = 10.0
+#: After a write refused as not ready, how long only a committed write (not a read)
+#: ends the outage (see Runner.unavailable).
+WRITES_REFUSED_HOLD = 10.0
 # After a failed connection attempt, further attempts fail at once for this long, so that
 # requests fail fast instead of each waiting for its own connect timeout.
 CONNECT_BACKOFF = 1.0
@@ -333,7 +337,7 @@ class Runner(object):
         self._trigger = None
         self.connect_blocked_until = 0.0
         self._down_since = None          # monotonic time the database went away
-        self._writes_refused = False     # ... and a write was refused as not ready
+        self._writes_refused_at = None   # ... and a write was refused as not ready then
         self._lock_timeouts = 0          # not logged yet
         self._lock_logged_at = None
         #: Transactions of the pools run again after a conflict (for /metrics).
@@ -389,13 +393,15 @@ class Runner(object):
 
     def unavailable(self, what, error, writes=False):
         """The database failed us (logged once per outage).  ``writes``: it refused a
-        write as not ready (read-only, no quorum, not primary) -- then only a write
-        that succeeds ends the outage: a node that serves reads but refuses writes
-        would otherwise be "available again" after every read in between (the change
-        feed polls every 40 ms) and log the pair once per refused write."""
+        write as not ready (read-only, no quorum, not primary) -- then, for
+        ``WRITES_REFUSED_HOLD`` seconds, only a write that succeeds ends the outage: a
+        node that serves reads but refuses writes would otherwise be "available again"
+        after every read in between (the change feed polls every 40 ms) and log the
+        pair once per refused write.  After that a read ends it too, so an adapter that
+        takes no more writes does not stay "no leader" once the node is writable."""
         with self._lock:
             if writes:
-                self._writes_refused = True
+                self._writes_refused_at = time.monotonic()
             if self._down_since is not None:
                 log.debug("database {db}: {what}: {error}", db=self.dialect.describe(),
                           what=what, error=_text(error))
@@ -409,10 +415,12 @@ class Runner(object):
         if self._down_since is None:
             return
         with self._lock:
-            if self._writes_refused and not writes:
+            refused = self._writes_refused_at
+            if not writes and refused is not None \
+                    and time.monotonic() - refused < WRITES_REFUSED_HOLD:
                 return
             since, self._down_since = self._down_since, None
-            self._writes_refused = False
+            self._writes_refused_at = None
         if since is not None:
             log.info("database {db} available again after {outage:.1f}s",
                      event="store-available", db=self.dialect.describe(),
