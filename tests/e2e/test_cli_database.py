@@ -117,29 +117,46 @@ def test_newer_schema_is_one_line():
         drop()
 
 
-@pytest.fixture
-def proxied_mariadb():
-    url, drop = stores.create_database("mariadb")
+@pytest.fixture(params=["mariadb", "postgresql"])
+def proxied_database(request):
+    """(kind, store URL through the proxy, proxy) on a fresh database of each server."""
+    url, drop = stores.create_database(request.param)
     proxy = DatabaseProxy(urlsplit(url).port)
-    yield proxy.url_for(url), proxy
+    yield request.param, proxy.url_for(url), proxy
     proxy.close()
     drop()
 
 
-def test_gives_up_after_the_start_timeout(proxied_mariadb):
-    url, proxy = proxied_mariadb
+# The driver's words for a refused connection, as a pattern: PyMySQL's whole; psycopg's
+# (libpq's) by its start, as libpq's hint after it changes between versions.
+REFUSED = {
+    "mariadb": lambda port: re.escape(
+        "Can't connect to MySQL server on '127.0.0.1' ([Errno 111] Connection refused)"),
+    "postgresql": lambda port: re.escape(
+        'connection failed: connection to server at "127.0.0.1", port %d failed: '
+        'Connection refused' % port) + r"[^;\n]*",
+}
+
+
+def described(url):
+    """The store as the command names it: the URL without its options."""
+    return url.split("?")[0]
+
+
+def test_gives_up_after_the_start_timeout(proxied_database):
+    kind, url, proxy = proxied_database
     proxy.cut()
     t0 = time.monotonic()
     line = fails_with(url, "--store-start-timeout", "1")
     assert time.monotonic() - t0 < 8
     assert re.fullmatch(
-        r"etcd-adapter: store %s: Can't connect to MySQL server on '127.0.0.1' "
-        r"\(\[Errno 111\] Connection refused\) \(gave up after [23] tries in 1s: "
-        r"--store-start-timeout\)" % re.escape(url), line), line
+        r"etcd-adapter: store %s: %s \(gave up after [23] tries in 1s: "
+        r"--store-start-timeout\)" % (re.escape(described(url)), REFUSED[kind](proxy.port)),
+        line), line
 
 
-def test_waits_for_the_database_then_has_leader_follows_it(proxied_mariadb):
-    url, proxy = proxied_mariadb
+def test_waits_for_the_database_then_has_leader_follows_it(proxied_database):
+    kind, url, proxy = proxied_database
     proxy.cut()
     port, metrics_port = free_port(), free_port()
     server = Running(["--store", url, "--listen", "127.0.0.1:%d" % port,
@@ -149,7 +166,13 @@ def test_waits_for_the_database_then_has_leader_follows_it(proxied_mariadb):
         server.wait_log("not reachable (try 2)")
         proxy.restore()
         server.wait_log("etcd-adapter ready")
-        assert re.search(r"database \S+ reachable after \d+ tries", server.stdout())
+        for n, wait in ((1, "0.5"), (2, "1.0")):
+            assert re.search(r"warn \[etcdadapter.store_start\] database %s not reachable "
+                             r"\(try %d\): %s; trying again in %ss$"
+                             % (re.escape(described(url)), n, REFUSED[kind](proxy.port),
+                                re.escape(wait)), server.stdout(), re.M), server.stdout()
+        assert re.search(r"database %s reachable after \d+ tries$"
+                         % re.escape(described(url)), server.stdout(), re.M)
 
         def has_leader():
             return metric(get(metrics_port, "/metrics")[1], "etcd_server_has_leader")
@@ -161,9 +184,11 @@ def test_waits_for_the_database_then_has_leader_follows_it(proxied_mariadb):
             503, '{"health":"false","reason":"RANGE ERROR:etcdserver: no leader"}')
         proxy.restore()
         wait_for(lambda: has_leader() == 1)
+        assert get(metrics_port, "/health") == (200, '{"health":"true","reason":""}')
     finally:
         assert server.terminate() == 0
     assert server.stderr() == ""
+    assert "Traceback" not in server.stdout()
 
 
 def wait_for(predicate, timeout=15):
