@@ -117,6 +117,16 @@ def test_urls():
 # ---------------------------------------------------------------------------------------
 # Schema, revisions, persistence
 
+def test_driver_errors_are_logged_on_one_line():
+    # libpq's messages carry a newline and a tab before its hint; a log line is one line.
+    e = OSError('connection to server at "127.0.0.1", port 5432 failed: Connection '
+                'refused\n\tIs the server running on that host and accepting TCP/IP '
+                'connections?\n')
+    assert runner_module.error_text(e) == (
+        'OSError: connection to server at "127.0.0.1", port 5432 failed: Connection '
+        'refused Is the server running on that host and accepting TCP/IP connections?')
+
+
 def test_mysql_cluster_options_and_error_classes():
     """Galera / Group Replication overrides in the URL; which server errors are
     conflicts (retried until the deadline) and which mean a node that cannot serve

@@ -49,7 +49,8 @@ from etcdadapter.store.sql.dialect import DISCONNECT, LOCK_TIMEOUT, NOT_READY, R
 from etcdadapter.store.sql.replica import META_LOCK, purged_through, read_revisions
 from etcdadapter.store.sql.reactor_conn import NotConnected
 from etcdadapter.store.sql.runner import (COMMIT, CONNECT_BACKOFF, DEFAULT_RETRY_TIMEOUT,
-                                          MAX_ATTEMPTS, WRITE, Session, Tx, backoff)
+                                          MAX_ATTEMPTS, WRITE, Session, Tx, backoff,
+                                          error_text)
 from etcdadapter.store.sql.schema import CURRENT, LEASE, LOG, META
 
 log = Logger()
@@ -391,7 +392,7 @@ class GroupCommitter(object):
                 # No answer: the COMMIT may have been run, its outcome is unknown.
                 c.close_connection()
                 log.warn("database {db}: connection lost during a write: {err}",
-                         db=d.describe(), err="%s: %s" % (e.__class__.__name__, e))
+                         db=d.describe(), err=error_text(e))
                 self.runner.unavailable("connection lost during a write", e)
                 raise errors.ErrTimeout()
             try:
@@ -474,7 +475,7 @@ class GroupCommitter(object):
             kind = self._kind(e)
             if kind == DISCONNECT:
                 log.warn("database {db}: connection lost during COMMIT: {err}",
-                         db=d.describe(), err="%s: %s" % (e.__class__.__name__, e))
+                         db=d.describe(), err=error_text(e))
                 self.runner.unavailable("connection lost during COMMIT", e)
                 raise errors.ErrTimeout()
             if kind == NOT_READY:
@@ -609,7 +610,7 @@ class GroupCommitter(object):
         log.warn("database {db}: {count} write batch(es) still conflicting at their "
                  "deadline (this one after {n} attempts: {err}): answered 'request timed "
                  "out'", db=self.dialect.describe(), count=count, n=attempts,
-                 err="%s: %s" % (e.__class__.__name__, e))
+                 err=error_text(e))
 
     def _finish(self, tx, statements, attempt, since):
         d = self.dialect
@@ -626,7 +627,7 @@ class GroupCommitter(object):
                 if d.classify(e) == DISCONNECT:
                     s.drop()
                     log.warn("database {db}: connection lost during COMMIT: {err}",
-                             db=d.describe(), err="%s: %s" % (e.__class__.__name__, e))
+                             db=d.describe(), err=error_text(e))
                     self.runner.unavailable("connection lost during COMMIT", e)
                     raise errors.ErrTimeout()
                 self._failed(conn, e, False, attempt, since)

@@ -13,6 +13,8 @@ import threading
 
 from twisted.logger import Logger
 
+from etcdadapter.store.sql.runner import error_text
+
 log = Logger()
 
 SLOW_INTERVAL = 1.0     # safety-net poll while notifications arrive
@@ -61,7 +63,7 @@ class Listener(object):
                 if not failing and not self._stop.is_set():
                     log.warn("{db}: commit notifications lost ({err}); polling every "
                              "{s}s until they are back", db=self.dialect.describe(),
-                             err="%s: %s" % (e.__class__.__name__, e), s=self.interval)
+                             err=error_text(e), s=self.interval)
                 failing = True
                 self.reactor.callFromThread(self._connected, False)
             finally:

@@ -258,7 +258,7 @@ class Session(object):
                     if mode == "read":
                         return result            # nothing to commit: the read stands
                     log.warn("database {db}: connection lost during COMMIT: {err}",
-                             db=d.describe(), err=_text(e))
+                             db=d.describe(), err=error_text(e))
                     self.runner.unavailable("connection lost during COMMIT", e)
                     raise errors.ErrTimeout()
                 self._rollback(conn)
@@ -305,15 +305,17 @@ def backoff(attempt):
     return random.uniform(0.001, min(0.05, 0.002 * (2 ** min(attempt, 10))))
 
 
-def _text(e):
-    return "%s: %s" % (e.__class__.__name__, e)
+def error_text(e):
+    """A driver's error for a log line: its class and message on one line (libpq's
+    messages carry newlines and tabs)."""
+    return "%s: %s" % (e.__class__.__name__, " ".join(str(e).split()))
 
 
 def _gave_up(dialect, e, attempts):
     # Still conflicting at the deadline (rolled back each time): Unavailable, which
     # clients retry.
     log.warn("database {db}: giving up after {n} conflicting attempts: {err}",
-             db=dialect.describe(), n=attempts, err=_text(e))
+             db=dialect.describe(), n=attempts, err=error_text(e))
     return errors.ErrTimeout()
 
 
@@ -404,11 +406,11 @@ class Runner(object):
                 self._writes_refused_at = time.monotonic()
             if self._down_since is not None:
                 log.debug("database {db}: {what}: {error}", db=self.dialect.describe(),
-                          what=what, error=_text(error))
+                          what=what, error=error_text(error))
                 return
             self._down_since = time.monotonic()
         log.warn("database {db} unavailable ({what}): {error}", event="store-unavailable",
-                 db=self.dialect.describe(), what=what, error=_text(error))
+                 db=self.dialect.describe(), what=what, error=error_text(error))
 
     def available(self, writes=False):
         """A transaction succeeded (``writes``: a write committed)."""
