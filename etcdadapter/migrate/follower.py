@@ -5,10 +5,11 @@ marks the store (:mod:`etcdadapter.store.sql.following`) in the same transaction
 if the store is already marked, resumes at the store's revision without copying again.
 :meth:`Follower.follow` then watches etcd from the store's revision + 1 (prev_kv) and
 writes each batch of whole revisions in one transaction, at etcd's revisions; it polls
-etcd's leases every second (grants and revokes are not in the watch) and the mark every
-half second.  Once a cut-over is requested (``--cut-over``) it reads etcd's revision E,
-applies everything up to E, then removes the mark: adapters accept writes again,
-continuing at E + 1.
+etcd's leases every second (grants and revokes are not in the watch), reads a lease's
+remaining time again every 5 s (every third of its TTL if shorter, as a client keeps it
+alive), and the mark every half second.  Once a cut-over is requested (``--cut-over``)
+it reads etcd's revision E, applies everything up to E, then removes the mark: adapters
+accept writes again, continuing at E + 1.
 
 Blocking code on one thread (plus one thread reading the watch stream): no reactor.
 """
@@ -27,7 +28,7 @@ from etcdadapter.store.sql.runner import Runner, Session
 
 MARK_CHECK_INTERVAL = 0.5
 LEASE_POLL_INTERVAL = 1.0
-LEASE_REFRESH_INTERVAL = 5.0     # every lease's remaining time, read again
+LEASE_REFRESH_INTERVAL = 5.0     # a lease's remaining time, read again (at the most)
 WATCH_RETRY_DELAY = 1.0
 MAX_RESPONSES_PER_TX = 200
 
@@ -63,7 +64,8 @@ class Follower(object):
         self.now = now
         self.session = Session(Runner(dialect, 1, None, 1))
         self.revision = None            # the store's revision, as written by us
-        self.leases = {}                # id -> (ttl, remaining) last written
+        self.leases = {}                # id -> (granted TTL, expiry in ms) last written
+        self.lease_read = {}            # id -> time.monotonic() of its last read on etcd
         self.stopping = threading.Event()
 
     def say(self, text):
@@ -94,14 +96,18 @@ class Follower(object):
         started = time.monotonic()
         history, live, count = copy.snapshot(self.client)
         now = self._now_ms()
+        read = time.monotonic()
+        leases = dict((i, (ttl, now + max(remaining, 0) * 1000))
+                      for i, (ttl, remaining) in live.items())
 
         def body(tx):
             importing.write(tx, d, history, now)
             following.set_mark(tx, history.revision)
-            following.sync_leases(tx, live, now)
+            following.sync_leases(tx, leases)
         self.tx("write", body)
         self.revision = history.revision
-        self.leases = live
+        self.leases = leases
+        self.lease_read = dict.fromkeys(leases, read)
         self.say("copied %d key(s), %d lease(s)%s at revision %d in %.2fs"
                  % (count, len(live), ", users and roles" if history.auth_blob else "",
                     history.revision, time.monotonic() - started))
@@ -109,20 +115,36 @@ class Follower(object):
 
     # -- leases ------------------------------------------------------------------------
     def sync_leases(self, refresh=False):
+        """etcd's lease IDs; the granted TTL and remaining time of the new ones, of all
+        with ``refresh``, and of those read longer ago than :meth:`_reread_after` (a
+        lease kept alive on etcd must not run out on the adapters between two reads)."""
         ids = self.client.lease_ids()
         live = {}
         for lease_id in ids:
             known = self.leases.get(lease_id)
-            if known is not None and not refresh:
+            # Due at the next poll: read at this one.
+            if known is not None and not refresh and (
+                    time.monotonic() - self.lease_read.get(lease_id, 0)
+                    < self._reread_after(known[0]) - LEASE_POLL_INTERVAL / 2):
                 live[lease_id] = known
                 continue
+            read = time.monotonic()
             ttl = self.client.lease_ttl(lease_id)
             if ttl is not None:
-                live[lease_id] = ttl
-        if live != self.leases or refresh:
-            now = self._now_ms()
-            self.tx("write", lambda tx: following.sync_leases(tx, live, now))
+                # The expiry itself is kept: writing the others again must not
+                # push theirs back.
+                live[lease_id] = (ttl[0], self._now_ms() + max(ttl[1], 0) * 1000)
+                self.lease_read[lease_id] = read
+        if live != self.leases:
+            self.tx("write", lambda tx: following.sync_leases(tx, live))
             self.leases = live
+        self.lease_read = dict((i, t) for i, t in self.lease_read.items() if i in live)
+
+    @staticmethod
+    def _reread_after(granted_ttl):
+        """Seconds after which a lease's remaining time is read again: clients keep
+        a lease alive every third of its TTL (etcd's clientv3 does)."""
+        return min(LEASE_REFRESH_INTERVAL, granted_ttl / 3.0)
 
     # -- following ---------------------------------------------------------------------
     def _watch(self, start, inbox, abandoned):

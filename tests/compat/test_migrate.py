@@ -17,7 +17,8 @@ etcd's keys.
 
 Then: users and roles (auth on), the README's steps as pasted, TLS with client
 certificates, a database that refuses writes for a while, etcd compacted under a
-stopped follower, a copied revision that is a txn out of key order, usage errors.
+stopped follower, a copied revision that is a txn out of key order, usage errors, a
+lease kept alive on etcd and one expiring there while following.
 """
 
 import base64
@@ -846,6 +847,97 @@ def test_copied_revision_is_exact(etcd, tmp_path):
     finally:
         for w in watches:
             w.close()
+        follower.kill()
+        if adapter is not None:
+            adapter.stop()
+            adapter.cleanup()
+
+
+def test_leases_kept_alive_and_expiring_while_following(etcd, tmp_path):
+    """While following: a 3 s lease kept alive on etcd (``etcdctl lease keep-alive``)
+    for 8 s never runs out on the adapter, whose LeaseTimeToLive stays within 2 s of
+    etcd's; a 2 s lease left to expire on etcd takes its keys with it -- the DELETE
+    events reach the adapter's watchers at etcd's revisions -- and is gone on the
+    adapter too (TTL -1).  Both leases end within the test: the module's etcd must not
+    change under the later tests."""
+    etcd_server, ec = etcd
+    alive, expiring = 0x1701, 0x1702
+    url = "sqlite:///%s/leases.db" % tmp_path
+    follower = migrate(url, etcd_server)
+    adapter = keepalive = None
+    watches = []
+
+    def time_to_live(c, lease_id):
+        r = ok(c.call(LEASE + "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(
+            ID=lease_id, keys=True), rpc.LeaseTimeToLiveResponse))
+        return r.TTL, r.grantedTTL, list(r.keys)
+    try:
+        follower.wait_log("following etcd from revision")
+        adapter = servers.AdapterServer("migrate-leases-adapter", store=url)
+        adapter.start()
+        ac = servers.GrpcClient(adapter.endpoint)
+
+        start = revision_of(ec) + 1
+        watches = [GrpcWatch(etcd_server.endpoint, start),
+                   GrpcWatch(adapter.endpoint, start)]
+        grant(ec, alive, 3)
+        put(ec, b"/apisix/data_plane/server_info/alive", b"a", lease=alive)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        env["ETCDCTL_API"] = "3"
+        keepalive = subprocess.Popen(
+            [servers.ETCDCTL_BIN, "--endpoints=" + etcd_server.endpoint, "lease",
+             "keep-alive", "%x" % alive], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env=env)
+        grant(ec, expiring, 2)
+        put(ec, b"/apisix/data_plane/server_info/x1", b"1", lease=expiring)
+        put(ec, b"/apisix/data_plane/server_info/x2", b"2", lease=expiring)
+        servers.wait_until(lambda: expiring in lease_ids(ac), timeout=3,
+                           what="the leases on the adapter")
+
+        # Kept alive for 8 s, longer than the follower's 5 s refresh: etcd's answer
+        # and the adapter's, side by side.
+        samples = []
+        until = time.monotonic() + 8
+        while time.monotonic() < until:
+            samples.append((time_to_live(ec, alive)[0], time_to_live(ac, alive)[0]))
+            time.sleep(0.25)
+        assert keepalive.poll() is None
+        assert all(e >= 0 and a >= 0 and abs(e - a) <= 2 for e, a in samples), samples
+        assert time_to_live(ac, alive)[1:] == (3, [b"/apisix/data_plane/server_info/alive"])
+
+        # The 2 s lease expired on etcd meanwhile: its keys' deletions, at etcd's
+        # revision, on both watches; the lease gone on both.
+        assert time_to_live(ec, expiring) == (-1, 0, [])
+        servers.wait_until(lambda: expiring not in lease_ids(ac), timeout=3,
+                           what="the expired lease gone from the adapter")
+        assert time_to_live(ac, expiring) == (-1, 0, [])
+        now = revision_of(ec)
+        expected = watches[0].events(until=now)
+        deletions = [e for e in expected if e[0] == mvccpb.Event.DELETE]
+        assert [(e[1], e[3]) for e in deletions] == [
+            (b"/apisix/data_plane/server_info/x1", now),
+            (b"/apisix/data_plane/server_info/x2", now)], expected
+        assert watches[1].events(until=now) == expected
+        servers.wait_until(lambda: revision_of(ac) == now, what="adapter at %d" % now)
+        assert kvs_at(ac, now) == kvs_at(ec, now)
+        assert lease_ids(ac) == lease_ids(ec)
+
+        # Revoked on etcd, the kept lease goes from the adapter too, with its key.
+        keepalive.kill()
+        keepalive.wait(10)
+        revoked = revoke(ec, alive).header.revision
+        servers.wait_until(lambda: revision_of(ac) == revoked and alive not in
+                           lease_ids(ac), timeout=3, what="the revoke on the adapter")
+        assert kvs_at(ac, revoked) == kvs_at(ec, revoked)
+        ac.close()
+    finally:
+        for w in watches:
+            w.close()
+        if keepalive is not None and keepalive.poll() is None:
+            keepalive.kill()
+            keepalive.wait(10)
+        if alive in lease_ids(ec):
+            revoke(ec, alive)
         follower.kill()
         if adapter is not None:
             adapter.stop()

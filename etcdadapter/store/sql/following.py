@@ -131,15 +131,14 @@ def apply(tx, dialect, expected, revisions):
     return top
 
 
-def sync_leases(tx, leases, now_ms):
-    """Make the lease table hold exactly ``leases``: {id: (granted TTL, remaining
-    seconds)} (a lease etcd revoked is gone; its keys' deletions come as events)."""
+def sync_leases(tx, leases):
+    """Make the lease table hold exactly ``leases``: {id: (granted TTL, expiry in
+    wall-clock ms)} (a lease etcd revoked is gone; its keys' deletions come as events)."""
     have = set(r[0] for r in tx.all("SELECT id FROM " + LEASE))
     gone = sorted(have - set(leases))
     for lease_id in gone:
         tx.run("DELETE FROM " + LEASE + " WHERE id = %s", (lease_id,))
-    for lease_id, (ttl, remaining) in sorted(leases.items()):
-        expiry = now_ms + max(remaining, 0) * 1000
+    for lease_id, (ttl, expiry) in sorted(leases.items()):
         if lease_id in have:
             tx.run("UPDATE " + LEASE + " SET ttl = %s, expiry = %s WHERE id = %s",
                    (ttl, expiry, lease_id))
